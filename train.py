@@ -1,0 +1,487 @@
+"""Pretraining with a domain mixture: the loop that every experiment in this project runs.
+
+    python train.py --domain_frac 0.05                   # CPU miniature on CPU, 124M on a GPU
+    python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02
+    torchrun --nproc_per_node 8 train.py --config configs/olmo-1b.json --domain_frac 0.05
+    python train.py --out_dir out/d0.02 --resume          # continue an interrupted run exactly
+    python train.py --init_from out/npt/ckpt_90M.pt --domain_frac 0.05 --max_tokens 100e6   # SCPT
+
+Each optimizer step consumes one global batch of `batch_size` sequences from data.Mixture, of which
+a `domain_frac` share are domain sequences. The global batch does not depend on the number of
+processes: with N torchrun ranks each rank runs grad_accum / N micro-steps, so a run on 8 GPUs and
+the same run on one process with accumulation see identical data and give the same losses.
+
+At every eval the loop measures the general validation loss, the domain *train* loss (on a fixed
+subset of the training split) and the domain *test* loss, and appends one JSON line to
+out_dir/log.jsonl; the gap between the last two is the overfitting that fit_laws.py models.
+Checkpoints (model, optimizer, mixture position, config) are written atomically: ckpt_latest.pt at
+every eval, plus one per requested token milestone, which finetune.py then starts from.
+
+finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`).
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+from evaluate import mean_loss
+from model import GPT, PRESETS, config_from_preset
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data_dir: str = data.DEFAULT_DATA_DIR
+    out_dir: str = ""  # default: out/d<domain_frac>
+    domain_frac: float = 0.0
+    # model: a preset plus optional overrides
+    model: str = "cpu-mini"
+    n_layer: int | None = None
+    n_head: int | None = None
+    d_model: int | None = None
+    d_ff: int | None = None
+    seq_len: int | None = None
+    norm: str | None = None
+    # batch: global sequences per optimizer step, split into grad_accum micro-steps (shared by ranks)
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_tokens: float = 1e6
+    # learning rate schedule
+    schedule: str = "cosine_truncated"  # cosine_truncated | cosine | constant | wsd
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 20
+    horizon_mult: float = 10.0  # cosine_truncated: the cosine spans horizon_mult x max_tokens (paper: 2T/200B)
+    decay_frac: float = 0.2  # wsd: linear decay over the last decay_frac of the run
+    # AdamW (paper defaults)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-5
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation, logging and checkpoints
+    eval_interval: int = 25  # steps
+    eval_windows: int = 64  # fixed windows per split and eval
+    eval_batch_size: int = 32
+    ckpt_tokens: str = ""  # comma-separated token milestones, e.g. "250e3,500e3,1e6"
+    log_interval: int = 5
+    seed: int = 0
+    # system
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    init_from: str = ""
+    resume: bool = False
+
+
+class TrainError(Exception):
+    """Bad input or a failed run: the message is one line that says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and devices
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """One process, or one of torchrun's (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPUs."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        if device == "cuda":
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dev = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(rank, world_size, dev, getattr(torch, dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer, schedule, checkpoints: shared with finetune.py
+
+def configure_optimizer(model, lr, betas, eps, weight_decay):
+    """AdamW with weight decay on matrices only (biases and norms, if any, are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def lr_at(step: int, total_steps: int, cfg) -> float:
+    """Learning rate at `step`. All schedules warm up linearly over cfg.warmup_steps, then:
+    cosine_truncated: the paper's cosine from lr to min_lr over horizon_mult x the run, stopped at
+      the end of the run, so every checkpoint is nearly un-annealed and shorter budgets are simply
+      earlier checkpoints of one run; cosine: the same cosine over exactly the run; constant;
+      wsd: warmup-stable-decay, linear decay to min_lr over the last decay_frac of the run."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = total_steps * (1 - cfg.decay_frac)
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr + (cfg.min_lr - cfg.lr) * min(1.0, (step - decay_start) / max(1.0, total_steps - decay_start))
+    if cfg.schedule not in ("cosine", "cosine_truncated"):
+        raise TrainError(f"unknown schedule {cfg.schedule!r}: use cosine_truncated, cosine, constant or wsd")
+    horizon = total_steps * (cfg.horizon_mult if cfg.schedule == "cosine_truncated" else 1.0)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1.0, horizon - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(path: str, state: dict):
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.exists(path):
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint")
+
+
+def load_weights(model, ckpt: dict, path: str):
+    """Load a checkpoint's weights into `model`, with a one-line error if the shapes differ."""
+    expected, found = model.config_dict(), ckpt["model_config"]
+    diff = {k: (found.get(k), v) for k, v in expected.items() if k != "tie_embeddings" and found.get(k) != v}
+    if diff:
+        raise TrainError(f"{path} holds a model with " + ", ".join(f"{k}={a} (not {b})" for k, (a, b) in diff.items())
+                         + ": use the same --model/overrides as the run that wrote it")
+    if not found.get("tie_embeddings", True):
+        model.untie()
+    model.load_state_dict(ckpt["model"])
+
+
+def format_tokens(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:g}{unit}"
+    return f"{int(n)}"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, for MFU. None where unknown (and on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12)):
+        if key in name:
+            return flops
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval, start_step: int,
+               total_steps: int, mixture_step0: int = 0, tokens_offset: int = 0, desc: str = "train",
+               extra_eval_steps=()):
+    """Run optimizer steps start_step .. total_steps - 1 and evaluate along the way.
+
+    evaluate_fn() returns a dict of eval losses; on_eval(step, record) receives the log record after
+    the step (step = optimizer steps done) and returns True to stop early. Evals happen every
+    cfg.eval_interval steps, at extra_eval_steps, at the end, and before the first step of a new run. The step's batch comes from
+    mixture step (step - mixture_step0), which is what makes resume and SCPT continuation exact.
+    """
+    n_micro = cfg.grad_accum // rt.world_size
+    if cfg.grad_accum % rt.world_size:
+        raise TrainError(f"grad_accum {cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
+    ddp = isinstance(model, DDP)
+    raw = model.module if ddp else model
+    tokens_per_step = cfg.batch_size * mixture.seq_len
+    flops_per_token = raw.flops_per_token()
+    peak = peak_flops(rt.device)
+    loss_sum = torch.zeros((), device=rt.device)
+    t_start = time.time()
+    meter = {"count": 0, "time": t_start, "step": start_step}  # the train loss and speed since the last eval
+
+    def eval_record(done):
+        train_loss = loss_sum.clone()
+        if rt.world_size > 1:
+            dist.all_reduce(train_loss)
+        train_loss = train_loss.item() / max(1, meter["count"]) / rt.world_size if meter["count"] else None
+        if train_loss is not None and not math.isfinite(train_loss):
+            raise TrainError(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
+        dt = time.time() - meter["time"]
+        tokens_per_s = (done - meter["step"]) * tokens_per_step / dt if dt > 0 else 0.0
+        record = {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
+                  "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
+                  "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate_fn(),
+                  "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
+                  "elapsed_s": time.time() - t_start}
+        loss_sum.zero_()
+        meter.update(count=0, time=time.time(), step=done)
+        return record
+
+    if start_step == 0 and on_eval(0, eval_record(0)):
+        return
+    bar = tqdm(range(start_step, total_steps), desc=desc, disable=not rt.master, dynamic_ncols=True)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, cfg)
+        for micro in range(n_micro):
+            x, y, _ = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
+            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
+            with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
+                _, loss = model(x, y)
+            (loss / n_micro).backward()
+            loss_sum += loss.detach() / n_micro
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter["count"] += 1
+        done = step + 1
+        if rt.master and done % cfg.log_interval == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / meter['count']:.3f}",
+                            E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
+        if done % cfg.eval_interval == 0 or done == total_steps or done in extra_eval_steps:
+            record = eval_record(done)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", dom_test=f"{record['domain_test_loss']:.3f}",
+                            E=f"{record['domain_epochs']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            if on_eval(done, record):
+                break
+    bar.close()
+
+
+def make_evaluator(model, cfg, rt: Runtime, data_dir: str, seq_len: int, vocab_size: int):
+    """The three losses of every log line, on fixed windows (see evaluate.py)."""
+    splits = {name: data.read_tokens(os.path.join(data_dir, f"{split}.bin"), vocab_size)
+              for name, split in (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
+                                  ("domain_test_loss", "domain_test"))}
+
+    def evaluate():
+        return {name: mean_loss(model, tokens, seq_len, cfg.eval_windows, cfg.eval_batch_size, rt.device,
+                                rt.autocast, rt.rank, rt.world_size)
+                for name, tokens in splits.items()}
+    return evaluate
+
+
+def append_jsonl(path: str, record: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_log(path: str, last_step: int):
+    """On resume, drop log lines written after the checkpoint we continue from."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+        data.atomic_write(path, lambda f: f.writelines(kept), mode="w")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
+    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "d_model", "d_ff", "seq_len", "norm")}
+    try:
+        return GPT(config_from_preset(cfg.model, vocab_size=vocab_size, **overrides))
+    except ValueError as e:
+        raise TrainError(str(e))
+
+
+def parse_milestones(spec: str) -> list[int]:
+    try:
+        return sorted(int(float(s)) for s in spec.split(",") if s.strip())
+    except ValueError:
+        raise TrainError(f"--ckpt_tokens {spec!r}: give comma-separated token counts like 250e3,1e6")
+
+
+def pretrain(cfg: TrainConfig):
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    if not 0 <= cfg.domain_frac < 1:
+        raise TrainError(f"--domain_frac {cfg.domain_frac} is outside [0, 1): it is the share of domain "
+                         f"tokens in pretraining (finetune.py trains on domain data alone)")
+    out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
+    log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
+    if not cfg.resume and (os.path.exists(log_path) or os.path.exists(latest)):
+        raise TrainError(f"{out_dir} already holds a run: add --resume to continue it or pick another --out_dir")
+    if cfg.resume and not os.path.exists(latest):
+        raise TrainError(f"--resume: {latest} does not exist; start the run without --resume")
+    data_dir = data.ensure_default_dataset(cfg.data_dir) if rt.master else cfg.data_dir
+    if rt.world_size > 1:
+        dist.barrier()  # rank 0 may have prepared the default dataset
+    meta = data.load_meta(data_dir)
+
+    model = build_model(cfg, meta["vocab_size"])
+    seq_len = model.cfg.seq_len
+    ckpt, start_step, mixture_step0, tokens_offset, general_start = None, 0, 0, 0, 0
+    if cfg.resume:
+        ckpt = load_checkpoint(latest)
+        load_weights(model, ckpt, latest)
+        start_step, mixture_step0, tokens_offset = ckpt["step"], ckpt["mixture_step0"], ckpt["tokens_offset"]
+        general_start = ckpt["mixture"]["general_start"]
+    elif cfg.init_from:
+        # A new run from old weights: it continues the old run's token count, schedule position and
+        # general data (so SCPT's last 10% sees no general window twice), with a fresh optimizer.
+        init = load_checkpoint(cfg.init_from)
+        load_weights(model, init, cfg.init_from)
+        start_step = mixture_step0 = init["step"]
+        tokens_offset = init["tokens"]
+        general_start = init["general_position"]
+    model.to(rt.device)
+    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed,
+                           general_start=general_start, vocab_size=meta["vocab_size"])
+    tokens_per_step = cfg.batch_size * seq_len
+    total_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+    if total_steps <= start_step:
+        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step}: raise it")
+    milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
+                  for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
+    optimizer = configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+    raw = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.world_size > 1:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    evaluate = make_evaluator(model, cfg, rt, data_dir, seq_len, meta["vocab_size"])
+
+    if rt.master:
+        os.makedirs(out_dir, exist_ok=True)
+        run_info = {**dataclasses.asdict(cfg), "out_dir": out_dir, "data_dir": data_dir,
+                    "dataset_id": meta["dataset_id"], "model_config": raw.config_dict(),
+                    "n_params": raw.num_params(), "domain_train_tokens": meta["splits"]["domain_train"]["tokens"],
+                    "world_size": rt.world_size}
+        data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1), mode="w")
+        if cfg.resume:
+            truncate_log(log_path, start_step)
+        print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
+              f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
+
+    def checkpoint_state(step):
+        return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "mixture": mixture.state_dict(),
+                "step": step, "mixture_step0": mixture_step0, "tokens_offset": tokens_offset,
+                "tokens": tokens_offset + (step - mixture_step0) * tokens_per_step,
+                "general_position": mixture.position(step - mixture_step0)["general"],
+                "model_config": raw.config_dict(), "config": dataclasses.asdict(cfg),
+                "dataset_id": meta["dataset_id"], "rng": torch.get_rng_state()}
+
+    def on_eval(step, record):
+        if rt.master:
+            state = checkpoint_state(step)
+            for tokens, milestone_step in milestones.items():
+                if milestone_step == step:
+                    save_checkpoint(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), state)
+            save_checkpoint(latest, state)
+            append_jsonl(log_path, record)
+        return False
+
+    train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,
+               mixture_step0, tokens_offset, desc=f"pretrain d={cfg.domain_frac:g}",
+               extra_eval_steps=set(milestones.values()))
+    if rt.master:
+        print(f"done: log {log_path}, checkpoints {out_dir}/ckpt_*.pt")
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: defaults < --config file < flags
+
+def parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def field_type(field):
+    """The type behind a dataclass field's annotation, e.g. int for `int | None`."""
+    if isinstance(field.type, types.UnionType):
+        return next(t for t in field.type.__args__ if t is not type(None))
+    return field.type
+
+
+def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
+    """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6; bools accept
+    `--flag`, `--flag true` or `--flag=false`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
+    for f in dataclasses.fields(config_cls):
+        kind = field_type(f)
+        if kind is bool:
+            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default)
+        else:
+            p.add_argument(f"--{f.name}", type=(lambda s: int(float(s))) if kind is int else kind, default=f.default)
+    return p
+
+
+def parse_config(config_cls, argv, description: str):
+    parser = build_parser(config_cls, description)
+    args = parser.parse_args(argv)
+    if args.config:
+        if not os.path.exists(args.config):
+            raise TrainError(f"--config {args.config} does not exist (presets live in configs/)")
+        with open(args.config) as f:
+            file_values = json.load(f)
+        unknown = set(file_values) - {f.name for f in dataclasses.fields(config_cls)}
+        if unknown:
+            raise TrainError(f"{args.config}: unknown keys {sorted(unknown)}")
+        parser.set_defaults(**file_values)
+        args = parser.parse_args(argv)
+    return config_cls(**{k: v for k, v in vars(args).items() if k != "config"})
+
+
+def main(argv=None):
+    cfg = parse_config(TrainConfig, argv, __doc__)
+    if cfg.model not in PRESETS:
+        raise TrainError(f"unknown model preset {cfg.model!r}: choose one of {', '.join(PRESETS)}")
+    return pretrain(cfg)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (TrainError, data.DataError) as e:
+        sys.exit(f"train.py: {e}")

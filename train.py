@@ -195,10 +195,12 @@ def load_weights(model, ckpt: dict, path: str):
 
 
 def format_tokens(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:g}{unit}"
-    return f"{int(n)}"
+    """Exact, short names for checkpoint files: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
+    n = int(n)
+    for unit, scale in (("B", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -1,0 +1,145 @@
+"""The pretraining loop: it learns, logs, resumes exactly, and torchrun matches one process."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = {"step", "tokens", "domain_frac", "domain_epochs", "lr", "train_loss", "general_val_loss",
+          "domain_train_loss", "domain_test_loss", "tokens_per_s", "elapsed_s"}
+
+
+def tiny_args(data_dir, out_dir, *extra):
+    return ["--data_dir", data_dir, "--out_dir", out_dir, "--model=cpu-tiny", "--seq_len", "32",
+            "--batch_size", "8", "--max_tokens", "8192", "--eval_interval", "8", "--eval_windows", "8",
+            "--warmup_steps", "4", "--lr", "3e-3", "--domain_frac", "0.25", *extra]
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_run_learns_logs_and_checkpoints(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train.main(tiny_args(tiny_data, out, "--ckpt_tokens", "2048,4096"))
+    log = read_log(out)
+    assert all(FIELDS <= set(rec) for rec in log)
+    assert [r["step"] for r in log] == [0, 8, 16, 24, 32]
+    assert [r["tokens"] for r in log] == [s * 8 * 32 for s in (0, 8, 16, 24, 32)]
+    for key in ("general_val_loss", "domain_train_loss", "domain_test_loss"):
+        assert log[-1][key] < log[0][key] - 1.0, key
+    assert log[-1]["domain_epochs"] == pytest.approx(8192 * 0.25 / json.load(
+        open(os.path.join(out, "config.json")))["domain_train_tokens"], rel=0.05)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["ckpt_2048.pt", "ckpt_4096.pt", "ckpt_latest.pt"]
+    ckpt = torch.load(os.path.join(out, "ckpt_4096.pt"), weights_only=False)
+    assert ckpt["step"] == 16 and ckpt["tokens"] == 4096 and {"model", "optimizer", "mixture"} <= set(ckpt)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    train.main(tiny_args(tiny_data, full, "--ckpt_tokens", "4096"))
+    # Interrupt after step 16: what a crash would leave is the step-16 checkpoint as the latest one,
+    # plus log lines written after it (which resume must drop).
+    os.makedirs(resumed)
+    shutil.copy(os.path.join(full, "ckpt_4096.pt"), os.path.join(resumed, "ckpt_latest.pt"))
+    with open(os.path.join(resumed, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in read_log(full)[:4])  # up to step 24: one line too many
+    train.main(tiny_args(tiny_data, resumed, "--resume"))
+    a, b = read_log(full), read_log(resumed)
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "general_val_loss", "domain_train_loss", "domain_test_loss", "lr"):
+            if ra[key] is not None:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7), (ra["step"], key)
+
+
+def test_init_from_continues_tokens_and_general_data(tiny_data, tmp_path):
+    npt, scpt = str(tmp_path / "npt"), str(tmp_path / "scpt")
+    train.main(tiny_args(tiny_data, npt, "--domain_frac", "0", "--ckpt_tokens", "6144"))
+    train.main(tiny_args(tiny_data, scpt, "--init_from", os.path.join(npt, "ckpt_6144.pt"), "--domain_frac", "0.5"))
+    log = read_log(scpt)
+    assert log[0]["tokens"] > 6144 and log[-1]["tokens"] == 8192 and log[-1]["domain_frac"] == 0.5
+    ckpt = torch.load(os.path.join(scpt, "ckpt_latest.pt"), weights_only=False)
+    init = torch.load(os.path.join(npt, "ckpt_6144.pt"), weights_only=False)
+    assert ckpt["mixture"]["general_start"] == init["general_position"] > 0
+
+
+def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train.main(tiny_args(tiny_data, out, "--max_tokens", "1024"))
+    with pytest.raises(train.TrainError, match="already holds a run"):
+        train.main(tiny_args(tiny_data, out))
+    with pytest.raises(train.TrainError, match="outside"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "x"), "--domain_frac", "1.2"))
+    with pytest.raises(train.TrainError, match="unknown model preset"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "y"), "--model", "gpt-7"))
+    with pytest.raises(train.TrainError, match="d_model=64"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "z"), "--d_model", "128",
+                             "--init_from", os.path.join(out, "ckpt_latest.pt")))
+    with pytest.raises(train.TrainError, match="--resume"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "none"), "--resume"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(train.TrainError, match="corrupt"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
+    # a byte-level dataset with a model that expects the gpt2 vocabulary is caught by the mixture
+    from data import DataError, Mixture
+    with pytest.raises(DataError, match="vocab_size"):
+        Mixture(tiny_data, 0.1, 8, 32, vocab_size=50257)
+
+
+def test_nan_loss_stops_with_the_step(tiny_data, tmp_path):
+    with pytest.raises(train.TrainError, match="at step 8"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "nan"), "--lr", "1e30", "--warmup_steps", "0",
+                             "--grad_clip", "0"))
+
+
+def test_schedules():
+    cfg = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, schedule="cosine")
+    assert train.lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert train.lr_at(9, 100, cfg) == pytest.approx(1.0)
+    assert train.lr_at(100, 100, cfg) == pytest.approx(0.1)
+    cfg.schedule = "cosine_truncated"  # the paper: a 10x longer cosine, stopped early
+    assert 0.9 < train.lr_at(99, 100, cfg) < 1.0
+    cfg.schedule = "wsd"
+    assert train.lr_at(79, 100, cfg) == 1.0 and train.lr_at(100, 100, cfg) == pytest.approx(0.1)
+    cfg.schedule = "constant"
+    assert train.lr_at(99, 100, cfg) == 1.0
+
+
+def test_flags_accept_both_spellings_and_config_files(tmp_path):
+    cfg = train.parse_config(train.TrainConfig, ["--lr=0.01", "--batch_size", "64", "--compile",
+                                                 "--max_tokens=2e6"], "")
+    assert (cfg.lr, cfg.batch_size, cfg.compile, cfg.max_tokens) == (0.01, 64, True, 2e6)
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"lr": 0.5, "batch_size": 4}))
+    cfg = train.parse_config(train.TrainConfig, ["--config", str(preset), "--batch_size", "2"], "")
+    assert (cfg.lr, cfg.batch_size) == (0.5, 2)
+    for name in os.listdir(os.path.join(ROOT, "configs")):
+        train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
+
+
+def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):
+    """Same global batch: 1 process x 2 micro-steps vs 2 gloo ranks x 1 micro-step."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    args = tiny_args(tiny_data, "OUT", "--grad_accum", "2", "--max_tokens", "4096")
+    train.main([a if a != "OUT" else one for a in args])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           os.path.join(ROOT, "train.py")] + [a if a != "OUT" else two for a in args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = read_log(one), read_log(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "general_val_loss", "domain_train_loss", "domain_test_loss"):
+            if ra[key] is not None:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+    assert json.load(open(os.path.join(two, "config.json")))["world_size"] == 2

@@ -1,0 +1,464 @@
+"""Tests of data.py's named sources: parsers on tiny self-made fixtures, the registry fetchers on a
+fake cache (nothing is downloaded), local files, and the online path on a local `datasets` dataset.
+
+Binary fixtures in tests/fixtures/ were made with ncompress's `compress` from the text that
+`lzw_sample_text()` and `bible_sample_lines()` below generate:
+    sample_b10.Z       = compress -c -b 10 < lzw_sample_text()
+    bible_sample.data  = the lines, cut into 2048-byte windows, each `compress -c -b 12`'d, behind a
+                         Bible Retrieval System header (see data.brs_text)
+"""
+import gzip
+import io
+import itertools
+import json
+import os
+import shutil
+import string
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+
+import pytest
+
+import data
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fixture(name: str, mode: str = "r"):
+    with open(os.path.join(FIXTURES, name), mode) as f:
+        return f.read()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty CACHE_DIR; fetching is forbidden, so a test fails if a source tries to download."""
+    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_network(cmd, what, cwd=None):
+        raise AssertionError(f"tried to run {cmd} ({what})")
+    monkeypatch.setattr(data, "run_command", no_network)
+    return tmp_path / "cache"
+
+
+def fake_debian(cache, package: str, files: dict[str, str | bytes]):
+    """Lay out files as if `package` had been downloaded and unpacked into the cache."""
+    for path, content in files.items():
+        full = cache / "debian" / package / path
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def fake_wheel(cache, filename: str, files: dict[str, str | bytes]):
+    (cache / "pypi").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(cache / "pypi" / filename, "w") as z:
+        for path, content in files.items():
+            z.writestr(path, content)
+
+
+# --- music ------------------------------------------------------------------------------------
+
+def test_abc_file_splits_into_tunes_with_their_headers():
+    tunes = list(data.abc_tunes(fixture("three_tunes.abc")))
+    assert len(tunes) == 3
+    assert [t.splitlines()[0] for t in tunes] == ["X:1", "X:2", "X:3"]
+    assert all("\nT:" in t and "\nM:" in t and "\nK:" in t for t in tunes)
+    assert "T:or, The Alternative Title" in tunes[1]  # a second title stays with its tune
+    assert "% a comment inside a tune" in tunes[2]
+    assert not any("made-up collection" in t for t in tunes)  # the file preamble is dropped
+    assert tunes[2].endswith("e3|]")
+
+
+def test_abc_and_kern_sources_read_the_music21_wheel(cache):
+    fake_wheel(cache, "music21-10.5.1-py3-none-any.whl", {
+        "music21/corpus/a/tunes.abc": fixture("three_tunes.abc"),
+        "music21/corpus/b/more.abc": "X:9\nT:Alone\nK:C\nCDEF|]\n",
+        "music21/corpus/c/score.krn": "**kern\n4c\n*-\n",
+        "music21/corpus/c/notes.txt": "not music",
+    })
+    assert len(list(data.SOURCES["abc"].documents())) == 4
+    assert list(data.SOURCES["kern"].documents()) == ["**kern\n4c\n*-\n"]
+
+
+# --- formal mathematics -----------------------------------------------------------------------
+
+def test_metamath_compressed_proofs_become_placeholders_and_sections_split():
+    sections = list(data.metamath_sections(fixture("snippet.mm")))
+    assert len(sections) == 4  # file preamble, chapter, section, subsection
+    assert sections[1].startswith("$(\n#*#*") and "Chapter one" in sections[1]
+    text = "".join(sections)
+    assert text.count("$= ? $.") == 2
+    assert "ABCDE" not in text and "AABC" not in text  # the compressed proof bodies are gone
+    assert "idu $p |- ph $= idu.1 $." in text  # an uncompressed proof is kept
+    assert "Inference form of identity" in text  # comments are kept
+    assert "wi $a wff ( ph -> ps ) $." in sections[1]
+
+
+def test_proof_assistant_sources_are_one_file_per_document(cache):
+    fake_debian(cache, "hol-light", {
+        "usr/share/hol-light/lib.ml": "let x = 1;;",
+        "usr/share/hol-light/Library/thm.hl": "let y = 2;;",
+        "usr/share/hol-light/database.ml": "generated",
+        "usr/share/hol-light/Multivariate/multivariate_database.ml": "generated",
+        "usr/share/hol-light/README": "not a source file",
+    })
+    assert sorted(data.SOURCES["hol"].documents()) == ["let x = 1;;", "let y = 2;;"]
+    fake_debian(cache, "libcoq-stdlib", {"usr/lib/ocaml/coq/theories/Init/Logic.v": "Inductive True : Prop := I."})
+    assert list(data.SOURCES["coq"].documents()) == ["Inductive True : Prop := I."]
+
+
+# --- Jane Austen: an R lazy-load database made here, byte by byte ------------------------------
+
+def xdr(*ints: int) -> bytes:
+    return struct.pack(f">{len(ints)}i", *ints)
+
+
+def r_string(s: str | None, latin1: bool = False) -> bytes:
+    if s is None:
+        return xdr(9, -1)  # NA_character_
+    raw = s.encode("latin-1" if latin1 else "utf-8")
+    return xdr(9 | (4 if latin1 else 8) << 12, len(raw)) + raw
+
+
+def r_strings(items) -> bytes:
+    return xdr(16, len(items)) + b"".join(r_string(s) for s in items)
+
+
+def r_named(items: dict, first_symbol: bool) -> bytes:
+    """A list with a names attribute. R writes the symbol `names` once and refers back to it after."""
+    symbol = xdr(1) + r_string("names") if first_symbol else xdr(1 << 8 | 255)
+    attributes = xdr(2 | 1 << 10) + symbol + r_strings(list(items)) + xdr(254)
+    return xdr(19 | 1 << 9, len(items)) + b"".join(items.values()) + attributes
+
+
+def r_serialize(body: bytes) -> bytes:
+    return b"X\n" + xdr(3, 0x040201, 0x030500) + xdr(5) + b"UTF-8" + body
+
+
+def write_r_lazyload(prefix: str, objects: dict[str, bytes]):
+    records, index = b"", {}
+    for name, body in objects.items():
+        raw = r_serialize(body)
+        record = struct.pack(">I", len(raw)) + zlib.compress(raw)
+        index[name] = xdr(13, 2, len(records), len(record))
+        records += record
+    variables = r_named(index, first_symbol=True)
+    rdx = r_named({"variables": variables, "references": r_strings([]), "compressed": xdr(10, 1, 1)},
+                  first_symbol=False)
+    with open(prefix + ".rdb", "wb") as f:
+        f.write(records)
+    with gzip.open(prefix + ".rdx", "wb") as f:
+        f.write(r_serialize(rdx))
+
+
+NOVEL = ["A NOVEL", "", "By Somebody", "", "CHAPTER I", "", "It was a dark", "and stormy night.", "",
+         "Then it rained.", None, "Chapter 2", "", "The end came", "soon."]
+
+
+def test_r_lazyload_reads_what_r_writes(tmp_path):
+    prefix = str(tmp_path / "Rdata")
+    write_r_lazyload(prefix, {
+        "novel": r_strings(NOVEL),
+        "other": xdr(16, 2) + r_string("caf\xe9", latin1=True) + r_string("\u00e9t\u00e9"),
+        "numbers": xdr(14, 2) + struct.pack(">2d", 1.5, -2.0),
+    })
+    objects = data.r_lazyload(prefix)
+    assert objects == {"novel": NOVEL, "other": ["caf\xe9", "\u00e9t\u00e9"], "numbers": [1.5, -2.0]}
+
+
+def test_r_reader_rejects_what_it_does_not_know():
+    with pytest.raises(data.DataError, match="type 3 is not supported"):
+        data.r_unserialize(r_serialize(xdr(3)))  # a closure
+    with pytest.raises(data.DataError, match="XDR"):
+        data.r_unserialize(b"RDA2\n")
+
+
+def test_austen_chapters_unwrap_paragraphs(cache):
+    folder = cache / "debian" / "r-cran-janeaustenr" / os.path.dirname(data.AUSTEN_DB)
+    folder.mkdir(parents=True)
+    write_r_lazyload(str(cache / "debian" / "r-cran-janeaustenr" / data.AUSTEN_DB), {"novel": r_strings(NOVEL)})
+    chapters = list(data.SOURCES["austen"].documents())
+    assert chapters == ["A NOVEL\n\nBy Somebody\n\nCHAPTER I\n\nIt was a dark and stormy night.\n\nThen it rained.",
+                        "Chapter 2\n\nThe end came soon."]
+
+
+# --- the Bible: Unix compress (LZW) windows ---------------------------------------------------
+
+def lzw_sample_text() -> str:
+    """~16 KB of words from a small vocabulary (compresses well), then ~16 KB of letter pairs in a
+    fixed pseudo-random order (compresses badly), so `compress -b 10` fills its table, sees its ratio
+    drop and clears the table: every branch of the decoder runs."""
+    words = ("the of and to in a is that for it as was with be by on not he this are or his from at "
+             "which tune proof molecule chapter verse document token budget").split()
+    state, out = 1, []
+    for i in range(6000):
+        state = (state * 1103515245 + 12345) % 2 ** 31  # a fixed pseudo-random sequence (an LCG)
+        out.append(words[state >> 16 & 31] if i < 3000 else
+                   string.ascii_letters[state >> 16 & 31] + string.ascii_letters[state >> 21 & 31])
+    return " ".join(out) + "\n"
+
+
+def bible_sample_lines() -> list[str]:
+    """A title line, then 66 made-up books ("Xaa".."Xcn"), the first with two chapters, 3 verses each."""
+    books = ["X" + a + b for a, b in itertools.islice(itertools.product(string.ascii_lowercase, repeat=2), 66)]
+    lines = ["A made-up bible.data for the tests of data.py."]
+    for n, book in enumerate(books):
+        for chapter in (1, 2) if n == 0 else (1,):
+            for verse in (1, 2, 3):
+                lines.append(f"{book}{chapter}:{verse} Words of book {n + 1}, chapter {chapter}, verse {verse}.")
+    return lines
+
+
+def test_unlzw_decodes_compress_output():
+    assert data.unlzw(fixture("sample_b10.Z", "rb")) == lzw_sample_text().encode()
+
+
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="gzip is not installed")
+def test_unlzw_agrees_with_gzip_on_the_windows():
+    """gzip -d also reads .Z files: an independent decoder to compare with."""
+    raw = fixture("bible_sample.data", "rb")
+    offsets = struct.unpack_from(">4I", raw, 92)
+    window = raw[offsets[0] - 3:offsets[0]] + raw[offsets[1]:offsets[2]]
+    expected = subprocess.run(["gzip", "-dc"], input=window, capture_output=True, check=True).stdout
+    assert data.unlzw(window) == expected and len(expected) == 2048
+
+
+def test_unlzw_rejects_garbage():
+    with pytest.raises(data.DataError, match="not compress"):
+        data.unlzw(b"PK\x03\x04")
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.unlzw(b"\x1f\x9d\x90" + b"\xff" * 8)  # a first code far beyond the table
+
+
+def test_bible_chapters_with_book_names(cache):
+    fake_debian(cache, "bible-kjv-text", {"usr/lib/bible.data": fixture("bible_sample.data", "rb")})
+    chapters = list(data.SOURCES["bible"].documents())
+    assert len(chapters) == 67
+    assert chapters[0] == ("Genesis 1\n\n1 Words of book 1, chapter 1, verse 1.\n"
+                           "2 Words of book 1, chapter 1, verse 2.\n3 Words of book 1, chapter 1, verse 3.")
+    assert chapters[1].startswith("Genesis 2\n\n1 Words of book 1, chapter 2")
+    assert chapters[-1].startswith("Revelation 1\n\n1 Words of book 66,")
+    assert [c.split("\n")[0] for c in chapters].count("Song of Solomon 1") == 1
+
+
+# --- Wikipedia, fortunes, documentation -------------------------------------------------------
+
+WIKI_XML = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
+  <page><title>Tune</title><ns>0</ns><revision><text xml:space="preserve">{{Infobox music|name={{nested|x}}}}
+A '''tune''' is a [[melody]] played on a [[Violin|fiddle]].&lt;ref&gt;A source.&lt;/ref&gt;
+[[File:Fiddle.jpg|thumb|A [[fiddle]].]]
+&lt;!-- an editor's note --&gt;
+== History ==
+{| class="wikitable"
+| cell || {| inner table |}
+|}
+See [http://example.org the site] &amp;nbsp;now.
+[[Category:Music]]</text></revision></page>
+  <page><title>Tunes</title><ns>0</ns><redirect title="Tune" /><revision><text>#REDIRECT [[Tune]]</text></revision></page>
+  <page><title>Talk:Tune</title><ns>1</ns><revision><text>Discussion.</text></revision></page>
+</mediawiki>"""
+
+
+def test_mediawiki_articles_strip_markup_and_skip_redirects():
+    assert list(data.mediawiki_articles(WIKI_XML.encode())) == [
+        "Tune\n\nA tune is a melody played on a fiddle.\n\nHistory\n\nSee the site \xa0now."]
+
+
+def test_fortunes_one_per_document_without_overstrikes(cache):
+    fake_debian(cache, "fortunes", {
+        "usr/share/games/fortunes/wisdom": "First fortune.\n%\nSecond, _\bu_\bn_\bd_\be_\br_\bl_\bi_\bn_\be_\bd.\n"
+                                           "\t-- Someone\n%\n",
+        "usr/share/games/fortunes/wisdom.dat": b"\x00\x00\x00\x02binary index",
+    })
+    os.symlink("wisdom", cache / "debian" / "fortunes" / "usr/share/games/fortunes/wisdom.u8")
+    assert list(data.SOURCES["fortunes"].documents()) == ["First fortune.", "Second, underlined.\n\t-- Someone"]
+
+
+def test_kernel_docs_skip_translations(cache):
+    sources = "usr/share/doc/linux-doc-6.1/html/_sources"
+    fake_debian(cache, "linux-doc-6.1", {f"{sources}/process/howto.rst.txt": "HOWTO",
+                                         f"{sources}/translations/it_IT/howto.rst.txt": "COME FARE",
+                                         f"{sources}/index.rst.txt": "Index"})
+    assert list(data.SOURCES["kerneldocs"].documents()) == ["Index", "HOWTO"]
+
+
+def test_mixes_chain_their_parts(cache, monkeypatch):
+    for name in data.ENGLISH:
+        monkeypatch.setitem(data.SOURCES, name, data.Source(name, "general", "", lambda n=name: iter([n])))
+    assert list(data.SOURCES["english"].documents()) == list(data.ENGLISH)
+    assert list(data.SOURCES["prose"].documents()) == ["wiki", "austen", "bible", "fortunes"]
+
+
+# --- chemistry --------------------------------------------------------------------------------
+
+def smiles_csv_gz(molecules: list[str]) -> bytes:
+    return gzip.compress(("SMILES\n" + "".join(m + "\n" for m in molecules)).encode())
+
+
+def test_smiles_grouped_into_documents_of_32(cache):
+    molecules = [f"C{'C' * (i % 7)}O{i}" for i in range(100)]
+    fake_wheel(cache, "molsets-0.3.1-py3-none-any.whl", {
+        "moses/dataset/data/train.csv.gz": smiles_csv_gz(molecules[:70]),
+        "moses/dataset/data/test.csv.gz": smiles_csv_gz(molecules[70:90]),
+        "moses/dataset/data/test_scaffolds.csv.gz": smiles_csv_gz(molecules[90:]),
+    })
+    docs = list(data.SOURCES["smiles"].documents())
+    assert [len(d.split("\n")) for d in docs] == [32, 32, 6, 20, 10]  # groups never span two files
+    assert "\n".join(docs).split("\n") == molecules
+
+
+def test_csv_smiles_finds_the_column():
+    csv_gz = gzip.compress(b"ID,SMILES,SPLIT\n1,CCO,train\n2,c1ccccc1,test\n")
+    assert list(data.csv_smiles(csv_gz)) == ["CCO", "c1ccccc1"]
+
+
+# --- fetching ---------------------------------------------------------------------------------
+
+def test_run_command_failure_is_one_line_naming_the_command():
+    with pytest.raises(data.DataError) as e:
+        data.run_command([sys.executable, "-c", "import sys; print('noise'); sys.exit('it broke')"], "testing")
+    assert "testing failed" in str(e.value) and "it broke" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(data.DataError, match="is not installed"):
+        data.run_command(["no-such-program-spt"], "testing")
+
+
+def test_pypi_wheel_uses_the_cache(cache):
+    fake_wheel(cache, "music21-10.5.1-py3-none-any.whl", {"x.txt": "hi"})
+    assert data.pypi_wheel("music21==10.5.1").read("x.txt") == b"hi"  # `cache` forbids running pip
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed (not a Debian system)")
+def test_debian_package_updates_lists_once_then_downloads_and_unpacks(tmp_path, monkeypatch):
+    """A fake apt-get on PATH: `download` fails until `update` has run, then hands over a real .deb
+    built here with dpkg-deb. Checks the retry, the unpacking, and that the cache is used after."""
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text("Package: spt-test\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: nobody <nobody@example.org>\nDescription: test\n")
+    (tree / "usr/share/spt").mkdir(parents=True)
+    (tree / "usr/share/spt/hello.txt").write_text("hello")
+    deb = tmp_path / "spt-test_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+if [ "$1" = update ]; then touch {tmp_path}/updated; exit 0; fi
+if [ ! -e {tmp_path}/updated ]; then echo "E: Unable to locate package $2" >&2; exit 100; fi
+cp {deb} .
+""")
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
+    data.apt_get_update.cache_clear()
+    root = data.debian_package("spt-test")
+    assert open(os.path.join(root, "usr/share/spt/hello.txt")).read() == "hello"
+    assert data.debian_package("spt-test") == root
+    assert log.read_text().split("\n") == ["download spt-test", "update", "download spt-test", ""]
+    assert not any(name.endswith(".deb") for name in os.listdir(tmp_path / "cache" / "debian"))
+    data.apt_get_update.cache_clear()
+
+
+def test_a_package_without_the_expected_files_is_a_clear_error(cache):
+    fake_debian(cache, "rdkit-doc", {"usr/share/doc/rdkit/README": "moved"})
+    with pytest.raises(data.DataError, match="rdkit-doc has no file matching"):
+        list(data.SOURCES["rdkit"].documents())
+
+
+# --- local files ------------------------------------------------------------------------------
+
+def test_local_txt_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("first document")
+    (tmp_path / "b.jsonl").write_text('{"text": "second"}\n\n{"text": "third"}\n')
+    (tmp_path / "ignored.csv").write_text("x")
+    assert list(data.resolve_source(f"local:{tmp_path}").read()) == ["first document", "second", "third"]
+
+
+def test_local_jsonl_bad_line_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
+    with pytest.raises(data.DataError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
+        list(data.local_documents(str(path)))
+
+
+def test_local_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": ["one", "two"], "id": [1, 2]}), tmp_path / "d.parquet")
+    assert list(data.local_documents(str(tmp_path / "*.parquet"))) == ["one", "two"]
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(data.DataError, match="unknown source 'nope'"):
+        data.resolve_source("nope")
+
+
+# --- online: the `datasets` code path, on local files -----------------------------------------
+
+@pytest.fixture
+def local_hub(tmp_path):
+    """Local JSON-lines files that `datasets` streams like a hosted dataset: 200 documents of 100 chars."""
+    pytest.importorskip("datasets", reason="the optional `datasets` package is not installed")
+    path = tmp_path / "stream.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{i:04d} " + "x" * 95, "n": i}) + "\n" for i in range(200)))
+    return str(path)
+
+
+def test_online_stream_stops_near_the_budget(local_hub):
+    docs = list(data.hf_documents("json", data_files=local_hub, budget_tokens=500))
+    # 500 tokens * 4 chars * 1.2 margin = 2400 chars = 24 documents of 100 chars, in order
+    assert len(docs) == 24 and docs[0].startswith("0000 ") and docs[-1].startswith("0023 ")
+    assert len(list(data.hf_documents("json", data_files=local_hub, budget_tokens=10 ** 9))) == 200
+
+
+def test_online_stream_errors(local_hub, monkeypatch):
+    with pytest.raises(data.DataError, match="no 'body' field, only \\['n', 'text'\\]"):
+        list(data.hf_documents("json", data_files=local_hub, budget_tokens=100, field="body"))
+    with pytest.raises(data.DataError, match="streaming json .* failed"):
+        list(data.hf_documents("json", data_files=local_hub + ".missing", budget_tokens=100))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(data.DataError, match="pip install datasets"):
+        list(data.hf_documents("json", data_files=local_hub, budget_tokens=100))
+
+
+def test_online_sources_need_a_budget_and_hf_specs_resolve():
+    source = data.resolve_source("hf:someone/corpus:config")
+    assert source.online and source.documents.args == ("someone/corpus", "config")
+    with pytest.raises(data.DataError, match="token budget"):
+        data.SOURCES["fineweb"].read()
+    assert data.resolve_source("fineweb,abc").online
+
+
+def test_prepare_bounds_an_online_source_by_the_token_budget(local_hub, tmp_path, monkeypatch):
+    streamed = []
+
+    def stream(budget_tokens):
+        for doc in data.hf_documents("json", data_files=local_hub, budget_tokens=budget_tokens):
+            streamed.append(doc)
+            yield doc
+    monkeypatch.setitem(data.SOURCES, "stream", data.Source("stream", "general", "local stream", stream, online=True))
+    folder = tmp_path / "dom"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i}.txt").write_text(f"domain document {i}")
+    meta = data.prepare(str(tmp_path / "ds"), "stream", f"local:{folder}", tokenizer="byte",
+                        val_frac=0.1, general_tokens=2000)
+    # the stream is asked for 2000 / (1 - 0.1) tokens, ~4.8 chars each: ~10,700 chars = 107 documents
+    assert len(streamed) == 107
+    assert 2000 <= meta["splits"]["general_train"]["tokens"] < 2200
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def test_list_names_every_source():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--list"], capture_output=True,
+                         text=True, check=True).stdout
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names[:len(data.SOURCES)] == list(data.SOURCES)
+    for name in ("english", "prose", "wiki", "austen", "bible", "fortunes", "pydocs", "perldocs", "kerneldocs",
+                 "abc", "kern", "smiles", "rdkit", "metamath", "hol", "coq", "fineweb", "musicpile", "chempile",
+                 "proofpile", "local:PATH", "hf:ID[:CONFIG]"):
+        assert name in names

@@ -244,7 +244,7 @@ def pypi_wheel(spec: str, *pip_args: str) -> zipfile.ZipFile:
     folder = os.path.join(CACHE_DIR, "pypi")
     pattern = os.path.join(folder, f"{name.replace('-', '_')}-{version}-*.whl")
     if not glob.glob(pattern):
-        print(f"downloading {spec} from PyPI into {folder} (once)")
+        tqdm.write(f"downloading {spec} from PyPI into {folder} (once)")  # above any progress bar
         run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                      "--disable-pip-version-check", "-d", folder, spec, *pip_args], f"downloading {spec} from PyPI")
     found = glob.glob(pattern)
@@ -256,7 +256,7 @@ def pypi_wheel(spec: str, *pip_args: str) -> zipfile.ZipFile:
 @functools.cache
 def apt_get_update():
     """Once per process: a fresh machine often has no package lists, and `apt-get download` then fails."""
-    print("apt-get download failed: fetching the package lists with `apt-get update` (once) and retrying")
+    tqdm.write("apt-get download failed: fetching the package lists with `apt-get update` (once) and retrying")
     run_command(["apt-get", "update"], "apt-get update (it needs root: run `sudo apt-get update` once)")
 
 
@@ -270,7 +270,7 @@ def debian_package(name: str) -> str:
     if os.path.isdir(target):
         return target
     os.makedirs(folder, exist_ok=True)
-    print(f"downloading Debian package {name} into {folder} (once)")
+    tqdm.write(f"downloading Debian package {name} into {folder} (once)")
     download = ["apt-get", "download", name]
     try:
         run_command(download, f"apt-get download {name}", cwd=folder)
@@ -498,10 +498,10 @@ def bible_documents() -> Iterator[str]:
 
 
 def brs_text(data: bytes) -> bytes:
-    """The text of a Bible Retrieval System data file: the magic "EC02" and a description, then at byte
-    84 three big-endian uint32 fields (window size, window count n) and n + 1 offsets. Window i is the
-    LZW code stream data[offset[i]:offset[i+1]], written after one `compress` header (3 bytes) that
-    all windows share."""
+    """The text of a Bible Retrieval System data file: the magic "EC02" and a description, then from
+    byte 84 big-endian uint32s: the window size, the window count n, and n + 1 offsets. Window i is
+    the LZW code stream data[offset[i]:offset[i+1]]; the one `compress` header (3 bytes) that all
+    windows share sits just before the first."""
     if data[:4] != b"EC02":
         raise DataError("bible.data is not a Bible Retrieval System file (magic EC02)")
     count = struct.unpack_from(">I", data, 88)[0]
@@ -514,9 +514,9 @@ def brs_text(data: bytes) -> bytes:
 
 def unlzw(data: bytes) -> bytes:
     """Decompress Unix `compress` (.Z) data: LZW with codes of 9 bits growing to maxbits (at most 16),
-    packed little-endian. Two quirks of the original program matter: codes are read in groups of
-    eight (n_bits bytes), so when the code width grows, or the table is cleared (code 256 in block
-    mode), the rest of the current group is skipped."""
+    packed little-endian. One quirk of the original program matters: it reads codes in groups of
+    eight (n_bits bytes), and when the code width grows, or the table is cleared (code 256 in block
+    mode), it skips the rest of the current group."""
     if data[:2] != b"\x1f\x9d":
         raise DataError("not compress (.Z) data")
     maxbits, block_mode = data[2] & 0x1F, data[2] & 0x80
@@ -592,7 +592,7 @@ def abc_tunes(text: str) -> Iterator[str]:
 
 
 def kern_documents() -> Iterator[str]:
-    """1,326 scores in Humdrum **kern (mostly Palestrina masses, some Bach and Beethoven), one score
+    """1,327 scores in Humdrum **kern (mostly Palestrina masses, some Bach and Beethoven), one score
     per document: a tab-separated grid of spines, one per voice."""
     for _, text in wheel_files(MUSIC21, ".krn"):
         yield text
@@ -655,6 +655,9 @@ def metamath_sections(text: str) -> Iterator[str]:
 # --- Online: the paper's own corpora, streamed from the Hugging Face hub with `datasets`.
 
 CHARS_PER_TOKEN = 4  # GPT-2 BPE on English; only used to stop a stream near a token budget
+# ChemPile-Education is split into configs (e.g. LibreText_Chemistry-default: textbooks) with a `text`
+# column (if one lacks it, hf_documents names the fields it has); rather than pin a list that may
+# grow, we ask the hub for the configs and interleave them.
 ALL_CONFIGS = "*"
 # Proof-Pile's loading script does not run on datasets >= 4: read its JSON-lines shards directly.
 PROOF_PILE_FILES = "hf://datasets/hoskinson-center/proof-pile/train/proofpile_train_*.jsonl.gz"
@@ -712,7 +715,7 @@ PROSE = ("wiki", "austen", "bible", "fortunes")
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("english", "general", "general English mix (~17M gpt2 tokens): " + "+".join(ENGLISH), mix(*ENGLISH)),
-    Source("prose", "general", "prose only (~3.4M tokens): " + "+".join(PROSE), mix(*PROSE)),
+    Source("prose", "general", "prose only (~3.3M tokens): " + "+".join(PROSE), mix(*PROSE)),
     Source("wiki", "general", "106 Wikipedia articles, markup stripped (PyPI gensim)", wiki_documents),
     Source("austen", "general", "Jane Austen's 6 novels, a chapter per doc (Debian r-cran-janeaustenr)",
            austen_documents),
@@ -726,7 +729,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            functools.partial(file_documents, "linux-doc-6.1", "usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
                              skip="/translations/")),
     Source("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
-    Source("kern", "domain", "1,326 scores in Humdrum **kern (PyPI music21)", kern_documents),
+    Source("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
     Source("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),
     Source("rdkit", "domain", "RDKit book and guides, reST (Debian rdkit-doc)",
            functools.partial(file_documents, "rdkit-doc", "usr/share/doc/rdkit/html/_sources/*.txt")),

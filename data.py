@@ -721,8 +721,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            austen_documents),
     Source("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents),
     Source("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents),
+    # [0-9]: the package's usr/share/doc/python3.11-doc/html is a link to the same files
     Source("pydocs", "general", "Python 3.11 docs, reST sources (Debian python3.11-doc)",
-           functools.partial(file_documents, "python3.11-doc", "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
+           functools.partial(file_documents, "python3.11-doc",
+                             "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
     Source("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
            functools.partial(file_documents, "perl-doc", "usr/share/perl/*/pod/*.pod")),
     Source("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-6.1)",

@@ -8,7 +8,6 @@ Binary fixtures in tests/fixtures/ were made with ncompress's `compress` from th
                          Bible Retrieval System header (see data.brs_text)
 """
 import gzip
-import io
 import itertools
 import json
 import os
@@ -257,7 +256,8 @@ A '''tune''' is a [[melody]] played on a [[Violin|fiddle]].&lt;ref&gt;A source.&
 |}
 See [http://example.org the site] &amp;nbsp;now.
 [[Category:Music]]</text></revision></page>
-  <page><title>Tunes</title><ns>0</ns><redirect title="Tune" /><revision><text>#REDIRECT [[Tune]]</text></revision></page>
+  <page><title>Tunes</title><ns>0</ns><redirect title="Tune" />
+    <revision><text>#REDIRECT [[Tune]]</text></revision></page>
   <page><title>Talk:Tune</title><ns>1</ns><revision><text>Discussion.</text></revision></page>
 </mediawiki>"""
 

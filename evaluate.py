@@ -1,16 +1,56 @@
 """Evaluation: the losses that train.py and finetune.py log, and the paper's measurements.
 
-Every loss here is the mean next-token loss over a *fixed* set of windows of a token file: the same
-windows at every eval of every run, so that curves are smooth and comparable across runs (they are
-the raw material of fit_laws.py). The windows are evenly spaced over the whole file, which covers
-all of a small held-out split and a representative sample of a large one.
+    python evaluate.py out/d0.05/ckpt_1M.pt out/d0/ckpt_1M.pt            # data: the checkpoints' own
+    python evaluate.py out/*/ft_*/ckpt_best.pt --data data/default --out results.jsonl
+    python evaluate.py CKPT --mcqa questions.jsonl                         # your own 4-choice QA
+    python evaluate.py CKPT --benchmark musictheorybench                   # online, needs `datasets`
+
+What is measured, and why:
+
+1. Losses. Every loss is the mean next-token loss over a *fixed* set of windows of a token file: the
+   same windows at every eval of every run, so that curves are smooth and comparable across runs
+   (they are the raw material of fit_laws.py). The windows are evenly spaced over the whole file,
+   which covers all of a small held-out split and a representative sample of a large one. The
+   paper's main metric is the domain *test* loss; the domain *train* loss shows overfitting (the
+   gap between the two), the general validation loss shows forgetting.
+2. Bits per byte. A loss in nats per token depends on the tokenizer: a byte-level model predicts
+   ~4x as many tokens as a GPT-2 BPE model for the same text. Dividing the summed loss by the
+   split's UTF-8 bytes (recorded by data.py in meta.json) gives a number both can be ranked on.
+3. Multiple-choice QA, as the paper's downstream check. Each option is scored by the
+   log-likelihood the model gives it after the question; the prediction is the most likely option
+   (`acc`), or the most likely per token (`acc_norm`, which does not favour short options). Sources:
+   a JSONL file of {"question", "choices", "answer"} rows, the paper's benchmarks online
+   (MusicTheoryBench, MATH-MCQA, ChemBench), and, always available offline, a *continuation task*
+   built from the held-out domain test split: the start of a held-out document, its true
+   continuation and 3 continuations taken from other held-out documents. Chance is reported
+   alongside, since on a tiny model "35%" means little without it.
+4. The paper's comparisons between runs: the relative gain R_gain of SPT over NPT after
+   finetuning, and the compute multiplier (how many fewer pretraining tokens SPT needs).
+
+Results of the command line are printed as a table and, with --out, written as one JSON object per
+checkpoint.
 """
+import argparse
 import contextlib
+import json
+import math
+import os
+import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
+import data
+from model import GPT, GPTConfig
+
+LOSS_SPLITS = (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
+               ("domain_test_loss", "domain_test"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses on fixed windows (train.py and finetune.py call these at every eval)
 
 def eval_offsets(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
     """Start offsets of up to n_windows windows of seq_len + 1 tokens, evenly spread over the file."""
@@ -42,3 +82,371 @@ def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, devi
         dist.all_reduce(total)
     model.train(was_training)
     return (total[0] / total[1]).item()
+
+
+def bits_per_byte(loss: float, split_meta: dict) -> float:
+    """Convert a mean loss in nats per token into bits per UTF-8 byte of the split's text.
+
+    split_meta is the split's entry of meta.json ({"tokens", "bytes", ...}). Its token count includes
+    the one end-of-text token before each document, whose loss is thereby charged to the text too:
+    a model must also predict where documents end. Over the whole split, nats = loss * tokens.
+    """
+    if split_meta.get("bytes", 0) <= 0 or split_meta.get("tokens", 0) <= 0:
+        raise data.DataError("the split's meta has no byte count: prepare the dataset again with data.py")
+    return loss / math.log(2) * split_meta["tokens"] / split_meta["bytes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiple-choice QA. An *item* is tokenized: {"context": [ids], "choices": [[ids], ...], "answer": i}.
+# Text rows {"question", "choices", "answer"} become items through encode_mcqa.
+
+def check_mcqa_row(row, where: str) -> dict:
+    """One {"question": str, "choices": [str, ...], "answer": index} row, or a one-line DataError."""
+    if not isinstance(row, dict):
+        raise data.DataError(f"{where}: expected a JSON object with question, choices and answer")
+    question, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
+    if not isinstance(question, str):
+        raise data.DataError(f"{where}: 'question' must be a string")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise data.DataError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise data.DataError(f"{where}: 'answer' must be the index (0..{len(choices) - 1}) of the right choice")
+    return {"question": question, "choices": choices, "answer": answer}
+
+
+def read_mcqa_jsonl(path: str) -> list[dict]:
+    """Rows of a JSONL file of multiple-choice questions; a malformed line is reported by number."""
+    if not os.path.exists(path):
+        raise data.DataError(f"MCQA file {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise data.DataError(f"{path}:{lineno}: not valid JSON")
+            rows.append(check_mcqa_row(row, f"{path}:{lineno}"))
+    if not rows:
+        raise data.DataError(f"MCQA file {path} holds no questions")
+    return rows
+
+
+def encode_mcqa(rows: list[dict], enc) -> list[dict]:
+    """Text rows -> items. The prompt is "<eot>Question: ...\\nAnswer:" and each option is scored as
+    " <choice>" after it, the plain zero-shot format that a model with no instruction tuning can use."""
+    return [{"context": [enc.eot_token] + enc.encode_ordinary(f"Question: {row['question']}\nAnswer:"),
+             "choices": [enc.encode_ordinary(" " + c) for c in row["choices"]], "answer": row["answer"]}
+            for row in rows]
+
+
+def musictheorybench_rows(records) -> list[dict]:
+    """MusicTheoryBench (m-a-p): stem, options {A..D}, answer letter, optional ABC score."""
+    rows = []
+    for i, r in enumerate(records):
+        letters = sorted(k for k, v in (r.get("options") or {}).items() if v)
+        if r.get("answer") not in letters:
+            raise data.DataError(f"MusicTheoryBench row {i}: answer {r.get('answer')!r} is not one of {letters}")
+        question = r["stem"] + (f"\n{r['abc_score']}" if r.get("abc_score") else "")
+        rows.append(check_mcqa_row({"question": question, "choices": [r["options"][k] for k in letters],
+                                    "answer": letters.index(r["answer"])}, f"MusicTheoryBench row {i}"))
+    return rows
+
+
+def math_mcqa_rows(records) -> list[dict]:
+    """MATH-MCQA (stellaathena/math_mcqa): problem, choices, answer index."""
+    return [check_mcqa_row({"question": r.get("problem"), "choices": list(r.get("choices") or []),
+                            "answer": r.get("answer")}, f"MATH-MCQA row {i}") for i, r in enumerate(records)]
+
+
+def chembench_rows(records) -> list[dict]:
+    """ChemBench (BIG-bench format): each record holds examples with an input and target_scores
+    {option: 1 or 0}. Open-ended questions (no target_scores) and ones with several right options
+    are skipped, since they are not single-answer multiple choice."""
+    rows = []
+    for i, r in enumerate(records):
+        for example in r.get("examples") or []:
+            scores = example.get("target_scores")
+            if isinstance(scores, str):
+                scores = json.loads(scores)
+            if not scores:
+                continue
+            choices = list(scores)
+            right = [k for k, v in scores.items() if float(v) == 1.0]
+            if len(right) == 1:
+                rows.append(check_mcqa_row({"question": example.get("input"), "choices": choices,
+                                            "answer": choices.index(right[0])}, f"ChemBench record {i}"))
+    return rows
+
+
+# name: (hub repository, configuration, preferred split, row converter)
+BENCHMARKS = {
+    "musictheorybench": ("m-a-p/MusicTheoryBench", None, "test", musictheorybench_rows),
+    "math_mcqa": ("stellaathena/math_mcqa", None, "test", math_mcqa_rows),
+    "chembench": ("jablonkagroup/ChemBench", "general_chemistry", "train", chembench_rows),
+}
+
+
+def load_benchmark(name: str) -> list[dict]:
+    """Download one of the paper's benchmarks through Hugging Face `datasets` (imported only here)."""
+    if name not in BENCHMARKS:
+        raise data.DataError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+    repo, config, split, convert = BENCHMARKS[name]
+    try:
+        import datasets
+    except ImportError:
+        raise data.DataError(f"--benchmark {name} needs the `datasets` package (pip install datasets) "
+                             f"and a network connection; offline, use --mcqa FILE.jsonl")
+    try:
+        ds = datasets.load_dataset(repo, config)
+    except Exception as e:
+        raise data.DataError(f"cannot load {repo} ({type(e).__name__}): offline? use --mcqa FILE.jsonl instead")
+    rows = convert(ds[split] if split in ds else ds[next(iter(ds))])
+    if not rows:
+        raise data.DataError(f"{repo} gave no single-answer multiple-choice questions")
+    return rows
+
+
+def continuation_task(data_dir: str, n_items: int = 200, prefix_tokens: int = 64, continuation_tokens: int = 32,
+                      seed: int = 0, n_choices: int = 4) -> list[dict]:
+    """A multiple-choice task made from the held-out domain test split, for domains without a benchmark.
+
+    Each item shows the first `prefix_tokens` of a held-out document and offers its true next
+    `continuation_tokens` among n_choices - 1 distractors: the tokens at the same position of other
+    held-out documents (so every option is a plausible piece of the domain, at the same place in a
+    document), never identical to the true one. Documents shorter than prefix + continuation are not
+    used; each document is the question of at most one item. Deterministic given `seed`.
+    """
+    meta = data.load_meta(data_dir)
+    tokens = np.asarray(data.open_split(data_dir, "domain_test"))
+    eot = meta["eot_token"]
+    bounds = np.append(np.flatnonzero(tokens == eot), len(tokens))
+    need = prefix_tokens + continuation_tokens
+    starts = [a + 1 for a, b in zip(bounds[:-1], bounds[1:]) if b - a - 1 >= need]
+    if len(starts) < n_choices:
+        raise data.DataError(f"{data_dir}/domain_test has {len(starts)} documents of >= {need} tokens, fewer than "
+                             f"the {n_choices} a question needs: lower --prefix_tokens/--continuation_tokens")
+    rng = np.random.default_rng(seed)
+    cont = [tuple(tokens[s + prefix_tokens:s + need].tolist()) for s in starts]
+    items = []
+    for i in rng.permutation(len(starts))[:n_items]:
+        options = [cont[i]]
+        for j in rng.permutation(len(starts)):  # distractors: other documents, all options distinct
+            if len(options) == n_choices:
+                break
+            if cont[j] not in options:
+                options.append(cont[j])
+        if len(options) < n_choices:
+            continue
+        order = rng.permutation(n_choices)
+        items.append({"context": [eot] + tokens[starts[i]:starts[i] + prefix_tokens].tolist(),
+                      "choices": [list(options[k]) for k in order], "answer": int(np.flatnonzero(order == 0)[0])})
+    return items
+
+
+@torch.no_grad()
+def choice_logprobs(model, items: list[dict], batch_size: int = 32, autocast=contextlib.nullcontext) -> list[list[float]]:
+    """Summed log-probability of each choice's tokens given the context, per item.
+
+    Every (context, choice) pair is one row, right-padded within its batch (a causal model never
+    looks right, so the padding changes nothing). Only the hidden states at choice positions go
+    through the output layer, so a 50k vocabulary costs (choice tokens x vocab), not (rows x seq x vocab).
+    The context is left-truncated to fit the model's seq_len.
+    """
+    was_training = model.training
+    model.eval()
+    seq_len, device = model.cfg.seq_len, model.output_weight.device
+    pairs = []
+    for n, item in enumerate(items):
+        for choice in item["choices"]:
+            if not 0 < len(choice) < seq_len:
+                raise data.DataError(f"item {n}: a choice of {len(choice)} tokens does not fit the model's "
+                                     f"context of {seq_len} after at least one context token")
+            pairs.append((item["context"] + choice)[-(seq_len + 1):])
+    n_choice_tokens = [len(c) for item in items for c in item["choices"]]
+    sums = []
+    for start in range(0, len(pairs), batch_size):
+        chunk, lengths = pairs[start:start + batch_size], n_choice_tokens[start:start + batch_size]
+        width = max(len(p) for p in chunk) - 1
+        x = torch.zeros(len(chunk), width, dtype=torch.long)
+        y = torch.full((len(chunk), width), -1, dtype=torch.long)
+        for r, (seq, k) in enumerate(zip(chunk, lengths)):
+            x[r, :len(seq) - 1] = torch.tensor(seq[:-1])
+            y[r, len(seq) - 1 - k:len(seq) - 1] = torch.tensor(seq[-k:])  # targets: the choice tokens only
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            hidden = model.hidden(x)
+        mask = y != -1
+        logits = hidden[mask].float() @ model.output_weight.float().t()
+        token_lp = F.log_softmax(logits, dim=-1).gather(1, y[mask][:, None]).squeeze(1)
+        rows = torch.arange(len(chunk), device=device)[:, None].expand_as(y)[mask]
+        sums += torch.zeros(len(chunk), device=device).index_add_(0, rows, token_lp).tolist()
+    model.train(was_training)
+    out, k = [], 0
+    for item in items:
+        out.append(sums[k:k + len(item["choices"])])
+        k += len(item["choices"])
+    return out
+
+
+def score_mcqa(model, items: list[dict], batch_size: int = 32, autocast=contextlib.nullcontext) -> dict:
+    """Accuracy of picking the most likely choice (acc) and the most likely per token (acc_norm),
+    with chance (the mean of 1 / number of choices) and the number of items."""
+    if not items:
+        raise data.DataError("no multiple-choice items to score")
+    logprobs = choice_logprobs(model, items, batch_size, autocast)
+    acc = acc_norm = 0
+    for item, lp in zip(items, logprobs):
+        per_token = [v / len(c) for v, c in zip(lp, item["choices"])]
+        acc += int(np.argmax(lp)) == item["answer"]
+        acc_norm += int(np.argmax(per_token)) == item["answer"]
+    n = len(items)
+    return {"acc": acc / n, "acc_norm": acc_norm / n,
+            "chance": float(np.mean([1 / len(item["choices"]) for item in items])), "n": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's comparisons between runs
+
+def relative_gain(loss_npt_ft: float, loss_spt_ft: float) -> float:
+    """R_gain = 100 * (L_NPT->FT - L_SPT->FT) / L_NPT->FT, in percent; L is the best post-finetuning
+    domain test loss. Positive when SPT wins (paper at 200B tokens: 0.8% to 2.0%)."""
+    if not loss_npt_ft > 0:
+        raise ValueError(f"loss_npt_ft must be a positive loss, got {loss_npt_ft}")
+    return 100.0 * (loss_npt_ft - loss_spt_ft) / loss_npt_ft
+
+
+def compute_multiplier(npt_points, spt_points) -> float | None:
+    """How many times fewer pretraining tokens SPT->FT needs to match NPT->FT (the paper's 1.4-1.75x).
+
+    Points are (pretrain_tokens, best post-finetuning domain test loss), one per finetuned checkpoint.
+    The target is NPT->FT's loss at its largest budget T_npt. Walking the SPT checkpoints in order of
+    tokens, the first one whose loss is <= the target is found and the crossing T_spt interpolated
+    between it and the previous checkpoint, linearly in log tokens (losses are close to power laws,
+    i.e. smooth in log T). The multiplier is T_npt / T_spt.
+
+    Returns None when SPT's checkpoints do not bracket the crossing: SPT never reaches the target
+    (the multiplier would be < T_npt / T_spt_max, an extrapolation), or SPT's smallest checkpoint
+    is already better (the multiplier is at least T_npt / T_spt_min, also unknown). Add checkpoints
+    rather than extrapolate.
+    """
+    npt, spt = sorted(npt_points), sorted(spt_points)
+    if not npt or not spt or min(t for t, _ in npt + spt) <= 0:
+        raise ValueError("give at least one (tokens > 0, loss) point for each of NPT and SPT")
+    t_npt, target = npt[-1]
+    for k, (tokens, loss) in enumerate(spt):
+        if loss <= target:
+            if k == 0:
+                return float(t_npt / tokens) if loss == target else None
+            (t0, l0), (t1, l1) = spt[k - 1], (tokens, loss)
+            frac = (l0 - target) / (l0 - l1)
+            return float(t_npt / math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0))))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+def load_model(path: str, device="cpu"):
+    """A model and its checkpoint dict, from any checkpoint of train.py or finetune.py."""
+    import train  # here, not at the top: train.py imports this file for mean_loss
+    ckpt = train.load_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    train.load_weights(model, ckpt, path)
+    return model.to(device), ckpt
+
+
+def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
+    """The same token ids mean different things under another tokenizer: refuse, in one line."""
+    vocab = ckpt["model_config"]["vocab_size"]
+    if vocab != meta["vocab_size"]:
+        raise data.DataError(f"{ckpt_path} has a {vocab}-token vocabulary but {data_dir} holds {meta['tokenizer']} "
+                             f"tokens ({meta['vocab_size']}): use the dataset the model was trained on")
+
+
+def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: int | None = None,
+                        mcqa: list[dict] | None = None, n_items: int = 200, prefix_tokens: int = 64,
+                        continuation_tokens: int = 32, seed: int = 0, device: str = "auto",
+                        batch_size: int = 32) -> dict:
+    """Losses, bits per byte, the continuation task and (given text rows) MCQA accuracy of one checkpoint.
+
+    data_dir defaults to the dataset the checkpoint was trained on, eval_windows to the number its
+    run logged with, so the losses here match the ones in its log.jsonl.
+    """
+    import train  # see load_model
+    rt = train.setup_runtime(device)
+    model, ckpt = load_model(path, rt.device)
+    data_dir = data_dir or ckpt["config"]["data_dir"]
+    meta = data.load_meta(data_dir)
+    check_vocabulary(ckpt, meta, path, data_dir)
+    splits = {name: data.open_split(data_dir, split) for name, split in LOSS_SPLITS}
+    seq_len = model.cfg.seq_len
+    windows = eval_windows or ckpt["config"].get("eval_windows", 64)
+    result = {"checkpoint": path, "tokens": ckpt.get("tokens"), "domain_frac": ckpt["config"].get("domain_frac"),
+              "dataset_id": meta["dataset_id"], "tokenizer": meta["tokenizer"], "eval_windows": windows}
+    if "finetune" in ckpt:
+        result["finetune"] = ckpt["finetune"]
+    for (name, split), tokens in zip(LOSS_SPLITS, splits.values()):
+        loss = mean_loss(model, tokens, seq_len, windows, batch_size, rt.device, rt.autocast)
+        result[name] = loss
+        result[name.replace("_loss", "_bpb")] = bits_per_byte(loss, meta["splits"][split])
+    items = continuation_task(data_dir, n_items, prefix_tokens, continuation_tokens, seed)
+    result["continuation"] = score_mcqa(model, items, batch_size, rt.autocast)
+    if mcqa:
+        result["mcqa"] = score_mcqa(model, encode_mcqa(mcqa, data.get_tokenizer(meta["tokenizer"])),
+                                    batch_size, rt.autocast)
+    return result
+
+
+def format_table(results: list[dict]) -> str:
+    cols = [("tokens", "tokens", "{:,}"), ("domain_frac", "delta", "{:g}"), ("general_val_loss", "gen_val", "{:.4f}"),
+            ("domain_train_loss", "dom_train", "{:.4f}"), ("domain_test_loss", "dom_test", "{:.4f}"),
+            ("domain_test_bpb", "test_bpb", "{:.4f}")]
+    tasks = [t for t in ("continuation", "mcqa") if any(t in r for r in results)]
+    header = ["checkpoint"] + [c[1] for c in cols] + [f"{t[:4]}_{m}" for t in tasks for m in ("acc", "norm")]
+    lines = [header]
+    for r in results:
+        row = [r["checkpoint"]] + ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in cols]
+        row += [f"{r[t][m]:.3f}" if t in r else "-" for t in tasks for m in ("acc", "acc_norm")]
+        lines.append(row)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in lines)
+    chance = {t: next(r[t]["chance"] for r in results if t in r) for t in tasks}
+    return text + "".join(f"\n{t}: chance {c:.3f}, {next(r[t]['n'] for r in results if t in r)} items"
+                          for t, c in chance.items())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
+    p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")
+    p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="a paper benchmark (online)")
+    p.add_argument("--out", default=None, help="write one JSON line per checkpoint here")
+    p.add_argument("--eval_windows", type=int, default=None, help="default: the checkpoint's run's")
+    p.add_argument("--n_items", type=int, default=200, help="continuation task items")
+    p.add_argument("--prefix_tokens", type=int, default=64)
+    p.add_argument("--continuation_tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    rows = read_mcqa_jsonl(args.mcqa) if args.mcqa else []
+    if args.benchmark:
+        rows += load_benchmark(args.benchmark)
+    results = [evaluate_checkpoint(path, args.data, args.eval_windows, rows, args.n_items, args.prefix_tokens,
+                                   args.continuation_tokens, args.seed, args.device, args.batch_size)
+               for path in args.checkpoints]
+    print(format_table(results))
+    if args.out:  # only once every checkpoint is done: a failure leaves no half-written file
+        data.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
+    return results
+
+
+if __name__ == "__main__":
+    import train  # safe here, as the script: the circular import is only between the two modules
+    try:
+        main()
+    except (data.DataError, train.TrainError) as e:
+        sys.exit(f"evaluate.py: {e}")

@@ -1,0 +1,391 @@
+"""Finetuning on the domain: the last stage of both recipes, run identically after NPT and after SPT.
+
+    python finetune.py --init out/d0.05/ckpt_1M.pt                    # the default 3 x 3 grid
+    python finetune.py --init out/d0/ckpt_1M.pt --lr 1e-3,3e-3 --warmup 20
+    python finetune.py --init out/d0/ckpt_1M.pt --replay 0.1          # 10% general tokens replayed
+    torchrun --nproc_per_node 8 finetune.py --init out/1b/ckpt_200B.pt --lr 1e-5,4e-5,1e-4 --warmup 50,100,200
+
+The paper's claim is about what happens *after* finetuning, so finetuning has to be the same for
+every checkpoint and fair to each: a small grid of learning rates and warmups, every configuration
+starting from the same checkpoint, and the best point over the grid reported. The protocol:
+
+- Embeddings untied. Pretraining ties the input embedding and the output layer; finetuning gives
+  the output layer its own copy (model.GPT.untie), so the two can move apart. The copy is exact,
+  so the model computes the same function at step 0 (`pretrained` in the results is measured then).
+- AdamW (0.9, 0.95), eps 1e-5, weight decay 1e-7 (practically none: a few epochs over a small set
+  should not be pulled towards zero), gradient clipping 1.0, a fresh optimizer per configuration.
+- Constant learning rate after a linear warmup (`--schedule wsd` decays over the last decay_frac of
+  the epoch cap instead, so it only matters for runs that reach the cap).
+- Domain data only, through the same data.Mixture as pretraining at domain_frac = 1; `--replay r`
+  makes a share r of every batch general data, read from where pretraining stopped (so replayed
+  tokens are new to the model), as in the paper's replay experiment.
+- No fixed number of epochs: every eval interval we measure domain test loss (the metric), domain
+  train loss (overfitting: train falls while test turns up) and general validation loss (forgetting).
+  A configuration stops once the domain test loss has not improved for `patience` evals, or at
+  `max_epochs`. Its best point is the eval with the lowest domain test loss; the general loss
+  *at that point* is the forgetting the paper reports. Selecting on test loss is what the paper
+  does (there is no separate validation split); the same selection is applied to every run, so the
+  comparison between NPT and SPT stays fair, but the absolute numbers are slightly optimistic.
+- The best over the grid (including step 0, so finetuning can never be reported as hurting) is the
+  number that enters R_gain, the compute multiplier (evaluate.py) and the laws (fit_laws.py).
+
+Scaling the paper's grid down. The paper finetunes a 1B model at batch 512 x 2048 with LR
+{1e-5, 4e-5, 1e-4} (1/40 to 1/4 of its pretraining peak 4e-4) and warmup {50, 100, 200} steps,
+about 1/6 to 2/3 of an epoch of its 300M-token domain sets. Our default keeps those proportions
+where they transfer and shifts the LR up where they do not: batch = pretraining batch / 4 (512 vs
+2048), warmup {10, 20, 40} steps (a fraction of an epoch for the CPU miniature's ~50 steps per
+epoch), and LR {0.1x, 0.3x, 1x} the checkpoint's pretraining peak (3e-4, 9e-4, 3e-3 for the
+miniature). Small models take larger steps well, and a run of a few hundred steps from a model
+that has seen only millions of tokens needs them to move at all; the paper's 1/40 would barely
+finetune. Absolute values (`--lr 1e-5,4e-5,1e-4`) give the paper's grid as is.
+
+Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
+- finetune.json, rewritten atomically at every eval: the pretrained losses, per configuration its
+  curve, its best point and whether it finished, and the best over the grid. A rerun with the same
+  out_dir skips finished configurations and reruns any that was interrupted.
+- log.jsonl: train.py's log lines, plus ft_lr and ft_warmup naming the configuration.
+- ckpt_best.pt with --save_best: the weights at the best point over the grid, loadable by
+  evaluate.py (and by this script or train.py --init_from, like any checkpoint).
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+import train
+from evaluate import LOSS_SPLITS, check_vocabulary
+
+LOSS_KEYS = tuple(name for name, _ in LOSS_SPLITS)
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = ""  # the checkpoint to finetune (required)
+    out_dir: str = ""  # default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>]
+    data_dir: str = ""  # default: the dataset the checkpoint was pretrained on
+    # the grid: comma-separated; an "x" suffix means times the checkpoint's pretraining peak LR
+    lr: str = "0.1x,0.3x,1x"
+    warmup: str = "10,20,40"  # steps
+    schedule: str = "constant"  # constant | wsd
+    decay_frac: float = 0.2  # wsd: decay over the last decay_frac of the epoch cap ...
+    min_lr_frac: float = 0.1  # ... to this fraction of the LR
+    replay: float = 0.0  # share of general sequences in every finetuning batch
+    batch_size: int | None = None  # default: the pretraining batch / 4 (paper: 512 vs 2048)
+    grad_accum: int | None = None  # default: keep the pretraining micro-batch size
+    # AdamW (paper)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-5
+    weight_decay: float = 1e-7
+    grad_clip: float = 1.0
+    # evaluation and early stopping
+    eval_interval: int | None = None  # steps; default: eval_epochs of an epoch
+    eval_epochs: float = 0.25
+    patience: int = 4  # evals without a new lowest domain test loss before stopping
+    max_epochs: float = 10.0
+    eval_windows: int | None = None  # default: the pretraining run's, so losses are comparable
+    eval_batch_size: int | None = None
+    log_interval: int = 5
+    save_best: bool = False
+    seed: int = 0
+    # system
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+
+class EarlyStopping:
+    """Remembers the lowest value seen; says stop once `patience` values in a row were not lower."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_index, self.seen = patience, math.inf, -1, 0
+
+    def update(self, value: float) -> bool:
+        """Record the next value; True when it is time to stop."""
+        if value < self.best:
+            self.best, self.best_index = value, self.seen
+        self.seen += 1
+        return self.seen - 1 - self.best_index >= self.patience
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: the grid, the batch, the eval interval
+
+def parse_grid(cfg: FinetuneConfig, pretrain_lr: float) -> list[tuple[float, int]]:
+    """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR."""
+    try:
+        lrs = [float(s[:-1]) * pretrain_lr if s.endswith("x") else float(s) for s in map(str.strip, cfg.lr.split(",")) if s]
+        warmups = [int(float(s)) for s in cfg.warmup.split(",") if s.strip()]
+    except ValueError:
+        raise train.TrainError(f"--lr {cfg.lr!r} / --warmup {cfg.warmup!r}: give comma-separated numbers "
+                               f"like --lr 3e-4,1e-3 (or 0.1x,1x of the pretraining LR) --warmup 10,20")
+    if not lrs or not warmups:
+        raise train.TrainError("the grid is empty: give at least one --lr and one --warmup")
+    if min(lrs) <= 0 or min(warmups) < 0:
+        raise train.TrainError(f"--lr must be > 0 and --warmup >= 0 (got {lrs}, {warmups})")
+    return [(lr, w) for lr in lrs for w in warmups]
+
+
+def batch_geometry(cfg: FinetuneConfig, pre: train.TrainConfig, world_size: int) -> tuple[int, int]:
+    """(batch_size, grad_accum): by default a quarter of the pretraining batch, split into micro-
+    batches no larger than pretraining's (which is known to fit in memory) and shared by the ranks."""
+    batch = cfg.batch_size or max(1, pre.batch_size // 4)
+    accum = cfg.grad_accum
+    if accum is None:
+        micro = max(1, pre.batch_size // pre.grad_accum)
+        accum = world_size * math.ceil(math.ceil(batch / micro) / world_size)
+    if batch % accum or accum % world_size:
+        raise train.TrainError(f"batch_size {batch} must split into grad_accum {accum} micro-batches, a multiple "
+                               f"of the {world_size} processes: set --batch_size/--grad_accum")
+    return batch, accum
+
+
+def pretrain_config(ckpt: dict, path: str) -> train.TrainConfig:
+    """The TrainConfig of the run that wrote the checkpoint (fields it lacks keep their defaults)."""
+    if not {"config", "model_config", "model", "tokens", "general_position"} <= set(ckpt):
+        raise train.TrainError(f"{path} is not a train.py checkpoint (config, model or tokens missing)")
+    known = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    return train.TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+
+
+@dataclass
+class Plan:
+    """Everything derived from the config, the checkpoint and the data before any step is taken."""
+    data_dir: str
+    out_dir: str
+    meta: dict
+    grid: list
+    batch_size: int
+    grad_accum: int
+    eval_interval: int
+    total_steps: int
+    settings: dict  # what results depend on; a rerun must match it to reuse finished configurations
+
+
+def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_size: int) -> Plan:
+    """Check every input and derive the run's geometry. Raises before anything is written."""
+    if not 0 <= cfg.replay < 1:
+        raise train.TrainError(f"--replay {cfg.replay} is outside [0, 1): it is the share of general data")
+    if cfg.schedule not in ("constant", "wsd"):
+        raise train.TrainError(f"--schedule {cfg.schedule!r}: finetuning uses constant or wsd")
+    if cfg.patience < 1 or cfg.max_epochs <= 0:
+        raise train.TrainError("--patience must be >= 1 and --max_epochs > 0")
+    data_dir = cfg.data_dir or pre.data_dir
+    meta = data.load_meta(data_dir)
+    check_vocabulary(ckpt, meta, cfg.init, data_dir)
+    for _, split in LOSS_SPLITS:
+        data.open_split(data_dir, split)  # a dataset without a domain fails here, in one line
+    if ckpt.get("dataset_id") != meta["dataset_id"]:
+        print(f"note: {cfg.init} was pretrained on dataset {ckpt.get('dataset_id')}, finetuning on "
+              f"{meta['dataset_id']} ({data_dir})", file=sys.stderr)
+    grid = parse_grid(cfg, pre.lr)
+    batch, accum = batch_geometry(cfg, pre, world_size)
+    seq_len = ckpt["model_config"]["seq_len"]
+    domain_windows = (meta["splits"]["domain_train"]["tokens"] - 1) // seq_len
+    steps_per_epoch = domain_windows / (batch * (1 - cfg.replay))
+    eval_interval = cfg.eval_interval or max(1, round(cfg.eval_epochs * steps_per_epoch))
+    total_steps = max(1, math.ceil(cfg.max_epochs * steps_per_epoch))
+    out_dir = cfg.out_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.init)),
+                                          "ft_" + os.path.splitext(os.path.basename(cfg.init))[0]
+                                          + (f"_replay{cfg.replay:g}" if cfg.replay else ""))
+    settings = {"pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
+                "dataset_id": meta["dataset_id"], "batch_size": batch, "seq_len": seq_len,
+                "eval_interval": eval_interval, "eval_windows": cfg.eval_windows or pre.eval_windows,
+                "max_epochs": cfg.max_epochs, "total_steps": total_steps,
+                **{k: getattr(cfg, k) for k in ("replay", "schedule", "decay_frac", "min_lr_frac", "beta1", "beta2",
+                                                "eps", "weight_decay", "grad_clip", "patience", "seed")}}
+    return Plan(data_dir, out_dir, meta, grid, batch, accum, eval_interval, total_steps, settings)
+
+
+def previous_results(path: str, settings: dict) -> dict:
+    """Finished configurations of an earlier run in the same out_dir, keyed by (lr, warmup)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        old = json.load(f)
+    diff = sorted(k for k in set(settings) | set(old.get("settings", {})) if settings.get(k) != old.get("settings", {}).get(k))
+    if diff:
+        raise train.TrainError(f"{path} was written with other settings ({', '.join(diff)}): "
+                               f"use the same ones to resume, or another --out_dir")
+    return {(c["lr"], c["warmup"]): c for c in old["configs"] if c["finished"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+def point_of(record: dict) -> dict:
+    return {"step": record["step"], "epochs": record["domain_epochs"], **{k: record[k] for k in LOSS_KEYS}}
+
+
+def best_over(configs) -> dict | None:
+    """The point with the lowest domain test loss over all configurations, with its lr and warmup."""
+    best = min(configs, key=lambda c: c["best"]["domain_test_loss"], default=None)
+    return None if best is None else {"lr": best["lr"], "warmup": best["warmup"], **best["best"]}
+
+
+def results_json(cfg: FinetuneConfig, ckpt: dict, plan: Plan, configs: list[dict]) -> dict:
+    first = configs[0]["curve"][0]  # step 0 of any configuration: the checkpoint itself
+    return {"init": cfg.init, "pretrain_tokens": int(ckpt["tokens"]),
+            "domain_frac": float(ckpt["config"].get("domain_frac", 0.0)), "dataset_id": plan.meta["dataset_id"],
+            "replay": cfg.replay, "pretrained": {k: first[k] for k in LOSS_KEYS},
+            "best": best_over(configs), "configs": configs, "settings": plan.settings}
+
+
+def save_results(path: str, results: dict):
+    data.atomic_write(path, lambda f: json.dump(results, f, indent=1), mode="w")
+
+
+def drop_log_lines(path: str, lr: float, warmup: int):
+    """Remove an interrupted configuration's log lines before it runs again."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip()
+                    and (json.loads(line).get("ft_lr"), json.loads(line).get("ft_warmup")) != (lr, warmup)]
+        data.atomic_write(path, lambda f: f.writelines(kept), mode="w")
+
+
+# ---------------------------------------------------------------------------------------------
+# One configuration
+
+def untied_model(ckpt: dict, pre: train.TrainConfig, rt: train.Runtime, path: str):
+    """The checkpoint's model with its own output layer (a copy of the embedding: same function)."""
+    model = train.build_model(pre, ckpt["model_config"]["vocab_size"])
+    train.load_weights(model, ckpt, path)
+    return model.untie().to(rt.device)
+
+
+def run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
+    """Finetune one (lr, warmup) from the checkpoint until early stopping or the epoch cap.
+
+    on_progress(entry) receives the configuration's results after every eval. Returns the entry
+    and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
+    torch.manual_seed(cfg.seed)
+    raw = untied_model(ckpt, pre, rt, cfg.init)
+    optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    run_cfg = train.TrainConfig(batch_size=plan.batch_size, grad_accum=plan.grad_accum, schedule=cfg.schedule,
+                                lr=lr, min_lr=lr * cfg.min_lr_frac, warmup_steps=warmup, decay_frac=cfg.decay_frac,
+                                grad_clip=cfg.grad_clip, eval_interval=plan.eval_interval,
+                                eval_windows=plan.settings["eval_windows"],
+                                eval_batch_size=cfg.eval_batch_size or pre.eval_batch_size,
+                                log_interval=cfg.log_interval)
+    model = torch.compile(raw) if cfg.compile else raw
+    if rt.world_size > 1:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    evaluate = train.make_evaluator(model, run_cfg, rt, plan.data_dir, raw.cfg.seq_len, plan.meta["vocab_size"])
+    stopper, entry, snapshot = EarlyStopping(cfg.patience), None, None
+    curve = []
+    log_path = os.path.join(plan.out_dir, "log.jsonl")
+
+    def on_eval(step, record):
+        nonlocal entry, snapshot
+        curve.append(point_of(record))
+        stop = stopper.update(curve[-1]["domain_test_loss"])
+        best = curve[stopper.best_index]
+        if cfg.save_best and rt.master and stopper.best_index == len(curve) - 1 and best["domain_test_loss"] < best_so_far:
+            snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
+        entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None,
+                 "best": best, "curve": curve}
+        if rt.master:
+            train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
+        on_progress(entry)
+        return stop
+
+    train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, plan.total_steps,
+                     desc=f"finetune lr={lr:.3g} warmup={warmup}")
+    early = len(curve) - 1 - stopper.best_index >= cfg.patience
+    entry.update(finished=True, stopped="early" if early else "epoch_cap")
+    return entry, snapshot
+
+
+def best_checkpoint(ckpt: dict, raw_state: dict, model_config: dict, dataset_id: str, init: str, point: dict) -> dict:
+    """A checkpoint in train.py's format (pretraining config and tokens kept) plus what finetuning did."""
+    return {"model": raw_state, "model_config": model_config, "config": ckpt["config"], "step": ckpt["step"],
+            "tokens": ckpt["tokens"], "general_position": ckpt["general_position"], "dataset_id": dataset_id,
+            "finetune": {"init": init, **point}}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run(cfg: FinetuneConfig) -> dict:
+    if not cfg.init:
+        raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
+    rt = train.setup_runtime(cfg.device, cfg.dtype)
+    ckpt = train.load_checkpoint(cfg.init)
+    pre = pretrain_config(ckpt, cfg.init)
+    plan = make_plan(cfg, ckpt, pre, rt.world_size)
+    json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
+    done = previous_results(json_path, plan.settings)
+    mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
+                           general_start=ckpt["general_position"], vocab_size=plan.meta["vocab_size"])
+    if rt.master:
+        os.makedirs(plan.out_dir, exist_ok=True)
+        print(f"finetuning {cfg.init} ({ckpt['tokens']:,} tokens, delta {pre.domain_frac:g}) on {plan.data_dir}: "
+              f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, "
+              f"eval every {plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
+    results = dict(done)  # (lr, warmup) -> entry, finished ones first
+
+    def on_progress(entry):  # every rank keeps the results; rank 0 writes them
+        results[(entry["lr"], entry["warmup"])] = entry
+        if rt.master:
+            save_results(json_path, results_json(cfg, ckpt, plan, list(results.values())))
+
+    for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):
+        if (lr, warmup) in done:
+            continue
+        if rt.master:
+            drop_log_lines(log_path, lr, warmup)
+        best = best_over([c for c in results.values() if c["finished"]])
+        entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
+                                     best["domain_test_loss"] if best else math.inf)
+        on_progress(entry)
+        if snapshot is not None:
+            model_config = {**ckpt["model_config"], "tie_embeddings": False}
+            train.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
+                                  best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
+                                                  cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
+    final = results_json(cfg, ckpt, plan, list(results.values()))
+    if rt.master:
+        save_results(json_path, final)
+        print_summary(final, json_path)
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    return final
+
+
+def print_summary(results: dict, path: str):
+    pre, best = results["pretrained"], results["best"]
+    print(f"pretrained: domain test {pre['domain_test_loss']:.4f}, general val {pre['general_val_loss']:.4f}")
+    for c in results["configs"]:
+        b = c["best"]
+        print(f"  lr {c['lr']:.3g} warmup {c['warmup']:>4}: best domain test {b['domain_test_loss']:.4f} at step "
+              f"{b['step']} ({b['epochs']:.2f} epochs), general val there {b['general_val_loss']:.4f} [{c['stopped']}]")
+    print(f"best: domain test {best['domain_test_loss']:.4f} (lr {best['lr']:.3g}, warmup {best['warmup']}, "
+          f"{best['epochs']:.2f} epochs), forgetting: general val {pre['general_val_loss']:.4f} -> "
+          f"{best['general_val_loss']:.4f}; {path}")
+
+
+def finetune(init_path: str, out_dir: str | None = None, **overrides) -> dict:
+    """The importable entry point: finetune.json's content for one checkpoint (see FinetuneConfig)."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(FinetuneConfig)}
+    if unknown:
+        raise train.TrainError(f"unknown finetune settings {sorted(unknown)}")
+    return run(FinetuneConfig(init=init_path, out_dir=out_dir or "", **overrides))
+
+
+def main(argv=None):
+    return run(train.parse_config(FinetuneConfig, argv, __doc__))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (train.TrainError, data.DataError) as e:
+        sys.exit(f"finetune.py: {e}")

@@ -754,12 +754,17 @@ def _law_errors(law, baselines, runs):
     return out
 
 
-def _observed_onset(runs):
-    """Tokens of the lowest observed test loss, if the curve turns up after it (else None)."""
+def _observed_onset(runs, noise):
+    """Tokens of the lowest observed test loss if the curve then rises by more than 3 x `noise`
+    (the fit's RMSE), so that a noisy flat end does not count as overfitting; else None."""
     tokens = np.concatenate([r.tokens for r in runs])
     test = np.concatenate([r.test for r in runs])
     i = int(np.argmin(test))
-    return float(tokens[i]) if tokens[i] < tokens.max() else None
+    return float(tokens[i]) if test[np.argmax(tokens)] - test[i] > 3 * noise else None
+
+
+def _n_points(runs):
+    return int(sum(len(r.tokens) for r in runs))
 
 
 def holdout_check(runs, delta, starts=8, seed=0):
@@ -770,20 +775,20 @@ def holdout_check(runs, delta, starts=8, seed=0):
                            f"(have {sorted({r.delta for r in runs})})")
     kept = [r for r in runs if all(r is not h for h in held)]
     law = fit_pretraining_law(kept, starts=starts, seed=seed)
-    return {"delta": delta, "errors": _law_errors(law, fit_baselines(kept, law.t_scale), held),
-            "onset_predicted": law.onset(delta), "onset_observed": _observed_onset(held)}
+    return {"delta": delta, "n_fit_points": _n_points(kept),
+            "errors": _law_errors(law, fit_baselines(kept, law.t_scale), held),
+            "onset_predicted": law.onset(delta), "onset_observed": _observed_onset(held, law.rmse)}
 
 
 def fit_until_check(runs, max_tokens, starts=8, seed=0):
     """Refit on points with tokens <= max_tokens; report the error on the points beyond."""
     early = [r.subset(r.tokens <= max_tokens) for r in runs]
-    late = [r.subset(r.tokens > max_tokens) for r in runs]
-    late = [r for r in late if len(r.tokens)]
+    late = [r for r in (r.subset(r.tokens > max_tokens) for r in runs) if len(r.tokens)]
     if not late:
         raise FitLawsError(f"--fit_until {max_tokens:.3g}: no eval points beyond it to check")
     law = fit_pretraining_law(early, starts=starts, seed=seed)
-    return {"fit_until": max_tokens, "errors": _law_errors(law, fit_baselines(early, law.t_scale),
-                                                           late)}
+    return {"fit_until": max_tokens, "n_fit_points": _n_points(early),
+            "errors": _law_errors(law, fit_baselines(early, law.t_scale), late)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -980,13 +985,14 @@ def format_report(results):
     lines += _fmt_errors("Fit errors, domain test loss, in sample:", results["errors"]["in_sample"])
     if "holdout" in results["errors"]:
         h = results["errors"]["holdout"]
-        lines += _fmt_errors(f"Held-out delta {h['delta']:g} (fit without it):", h["errors"])
+        lines += _fmt_errors(f"Held-out delta {h['delta']:g} (fit without it, on "
+                             f"{h['n_fit_points']} points):", h["errors"])
         lines.append(f"  onset predicted {_fmt_tokens(h['onset_predicted'])}, "
                      f"observed minimum {_fmt_tokens(h['onset_observed'])}")
     if "fit_until" in results["errors"]:
         f = results["errors"]["fit_until"]
-        lines += _fmt_errors(f"Beyond {_fmt_tokens(f['fit_until'])} tokens (fit on tokens up to it):",
-                             f["errors"])
+        lines += _fmt_errors(f"Beyond {_fmt_tokens(f['fit_until'])} tokens (fit on the "
+                             f"{f['n_fit_points']} points up to it):", f["errors"])
     drop = results["drop"]
     if drop:
         lines.append(f"Finetuning drop Delta(T) = a T^b + c, mode {drop['mode']}: {drop['reason']}")

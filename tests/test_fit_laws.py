@@ -235,6 +235,22 @@ def test_holdout_of_the_largest_delta(fitted):
     assert check["onset_predicted"] == pytest.approx(check["onset_observed"], rel=0.25)
 
 
+def test_checks_never_see_the_data_they_score(fitted):
+    """Shift the scored data by 0.3 nats: a check that fits on it would absorb part of the shift."""
+    runs, _, _ = fitted
+    shifted = [fit_laws.Run(r.path, r.delta, r.dataset_id, r.model, r.domain_tokens, r.tokens,
+                            r.train + 0.3, r.test + 0.3) if r.delta == 0.1 else r for r in runs]
+    held = fit_laws.holdout_check(shifted, 0.1, starts=2)
+    assert held["n_fit_points"] == 5 * len(TOKENS)
+    assert held["errors"]["paper_law"]["rmse"] == pytest.approx(0.3, abs=0.02)
+    late = TOKENS > 5e10
+    shifted = [fit_laws.Run(r.path, r.delta, r.dataset_id, r.model, r.domain_tokens, r.tokens,
+                            r.train + 0.3 * late, r.test + 0.3 * late) for r in runs]
+    until = fit_laws.fit_until_check(shifted, 5e10, starts=2)
+    assert until["n_fit_points"] == 6 * int(np.sum(~late))
+    assert until["errors"]["paper_law"]["rmse"] == pytest.approx(0.3, abs=0.02)
+
+
 def test_fit_until_extrapolates_in_tokens(fitted):
     runs, _, _ = fitted
     check = fit_laws.fit_until_check(runs, 5e10, starts=4, seed=0)

@@ -53,6 +53,9 @@ Every reported coefficient refers to that unit (see "t_scale" in the output).
     does not grow); such fits are listed under "flags" -- read their forecasts with suspicion.
   delta = 0: domain train and test are both unseen, so their gap is ~0 plus noise and the law pins it to
     zero. A clear offset there means the two splits differ in distribution; we warn and report it.
+  Enough data: C_train has 4 parameters and A_gap 3, so the fit needs runs at >= 4 distinct deltas,
+    >= 3 of them nonzero, each with >= 3 usable eval points; with less it stops with an error. Early
+    evals are warmup transients that no power law in T describes: --min_tokens drops them.
 
 Finetuning drop and the recommendation
 --------------------------------------
@@ -70,13 +73,14 @@ interval for every candidate and how often each candidate wins (the drop fit is 
 Baselines and extrapolation checks
 ----------------------------------
 Two laws that can only saturate, fitted per delta to the domain test loss with the Chinchilla
-paper's objective: Huber loss (delta 1e-3) on log loss, summed, from a grid of starting points
+paper's objective: Huber loss (threshold 1e-3) on log loss, summed, from a grid of starting points
 (minimised by trust-region least squares rather than L-BFGS; same objective, see fit_saturating):
   chinchilla:        L = E + B / T^beta
   data_constrained:  L = E + B / T'^beta, with T' = D'/d the pretraining tokens "worth" the domain data
                      seen: D' = U + U * R* * (1 - exp(-R / R*)) (Muennighoff et al. 2023), U = unique
                      domain tokens seen, R = repeats beyond the first epoch, R* = 15.4. T' = T until
-                     the first repeat (and for d = 0), then saturates, so the loss flattens.
+                     the first repeat (and for d = 0), then saturates near (1 + R*) epochs' worth:
+                     the law credits the domain loss to domain data only, and flattens there.
 Neither has a delta dependence of its own: for an unseen delta we interpolate their parameters (E,
 log B, beta) linearly between the neighbouring fitted deltas. Checks, as the paper does them:
   --holdout_frac d   refit without the runs at delta d and report the error predicting them, and the
@@ -102,12 +106,17 @@ Usage
   python fit_laws.py out/run_d0 out/run_d0.01 ... --finetune out/ft_* --target_tokens 20B \\
       --candidates 0,0.001,0.01,0.02,0.05,0.1 [--holdout_frac 0.1] [--fit_until 5e9] \\
       [--bootstrap 50] [--seed 0] [--out fit_results.json]
-Token counts accept suffixes K, M, B, T (20B = 2e10). Writes the results JSON (atomically) and, next to
-it, <stem>_curves.png (data and fitted train / gap / test curves per delta) and <stem>_recommendation.png
-(post-finetuning loss against delta at the target budget). Reading the printed report: the parameter
-table (with bootstrap intervals and flags), the fit errors of each law (in-sample and held-out), the
-drop law, and one row per candidate delta: pretraining test loss, drop, post-finetuning loss with its
-interval, repeats, overfitting onset, and how often it won across bootstrap fits.
+List the run folders first (--finetune takes every path after it). Token counts accept suffixes
+K, M, B, T (20B = 2e10). Writes the results JSON (atomically) and, next to
+it, <stem>_curves.png (data and fitted train / gap / test curves per delta), <stem>_recommendation.png
+(post-finetuning loss against delta at the target budget) and, with a check, <stem>_checks.png (the
+scored data against each law's forecast). Reading the printed report: the parameter
+table (with bootstrap intervals and flags); stage 1's free per-delta coefficients next to the values
+of the fitted A_gap(delta) and C_train(delta) (large disagreements mean the functional forms do not
+suit the data); the fit errors of each law, in sample and held out, with its parameter count; the
+drop law and why its mode was chosen; and one row per candidate delta: pretraining test loss, drop,
+post-finetuning loss with its interval, repeats, overfitting onset, and how often it won across the
+bootstrap fits. A * marks candidates outside the fitted deltas (extrapolated in delta).
 
 API (for scripts/study.py)
 --------------------------
@@ -115,7 +124,7 @@ API (for scripts/study.py)
   load_finetunes(paths, dataset_id=None) -> list[dict]           (keys: path, delta, tokens, drop)
   fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto") -> Law
       Law.predict(tokens, delta) -> {"train", "gap", "test"};  Law.onset(delta) -> tokens or None;
-      Law.param_dict(), Law.ci(), Law.flags, Law.stage1
+      Law.param_dict(), Law.ci(), Law.flags, Law.stage1, Law.gap_at_zero
   fit_baselines(runs, t_scale) -> dict;  predict_baseline(baselines, name, tokens, delta)
   fit_finetune_drop(ft_results, mode="auto") -> Drop;  predict_drop(drop, tokens, delta)
   recommend(law, drop, target_tokens, candidates, domain_tokens) -> dict  (drop may be None)
@@ -154,7 +163,7 @@ LOWER = np.array([BOUNDS[n][0] for n in PARAM_NAMES])
 UPPER = np.array([BOUNDS[n][1] for n in PARAM_NAMES])
 EXPONENTS = slice(1, 5)          # b_train_s, b_train_g, b_gap_s, b_gap_g
 R_STAR = 15.4                    # Muennighoff et al. (2023), R*_D
-ONSET_HORIZON = 1000.0           # search the overfitting onset up to this many times the data range
+ONSET_HORIZON = 1000.0           # report an onset only up to this many times the largest fitted T
 HUBER_DELTA = 1e-3               # Chinchilla's Huber threshold on log loss
 CI_LEVEL = 0.95
 ZERO_GAP_TOLERANCE = 0.02        # nats: a larger mean test-train gap at delta = 0 gets a warning
@@ -249,7 +258,7 @@ def load_run(run_dir, min_tokens=0):
     train = np.array([_as_float(e["domain_train_loss"]) for e in entries])
     test = np.array([_as_float(e["domain_test_loss"]) for e in entries])
     # Power laws in T are undefined at T = 0, and the first evals are warmup transients.
-    keep = tokens > max(min_tokens, 0)
+    keep = (tokens > 0) & (tokens >= min_tokens)
     finite = np.isfinite(train) & np.isfinite(test)
     if np.any(keep & ~finite):
         _warn(f"{log_path}: excluded {int(np.sum(keep & ~finite))} eval point(s) "
@@ -369,6 +378,7 @@ class Law:
     flags: list = field(default_factory=list)
     boot: np.ndarray | None = None
     bootstrap_unit: str | None = None
+    gap_at_zero: dict | None = None
 
     def predict(self, tokens, delta, params=None):
         """Domain train, gap and test loss at raw token count(s) `tokens` and fraction(s) `delta`."""
@@ -413,8 +423,8 @@ def _check_enough_data(runs):
     nonzero deltas, and stage 1 needs 3 points per run."""
     for run in runs:
         if len(run.tokens) < 3:
-            raise FitLawsError(f"{run.path}: {len(run.tokens)} usable eval point(s) with tokens > 0; "
-                               "need at least 3")
+            raise FitLawsError(f"{run.path}: {len(run.tokens)} usable eval point(s) (finite "
+                               "losses, tokens > 0 and >= --min_tokens); need at least 3")
     deltas = sorted({r.delta for r in runs})
     if len(deltas) < 4 or sum(d > 0 for d in deltas) < 3:
         raise FitLawsError(f"the 12-parameter law needs >= 4 distinct domain_frac values, >= 3 of "
@@ -547,7 +557,7 @@ def _sign_flags(p, deltas):
            "b_gap_hi": "a gap that grows linearly or faster (b_gap(delta) reaches 1)",
            "a1": "no train-test gap at all (a1 = 0): the law reduces to a saturating power law",
            "a2": "a flat A_gap(delta): A_gap(0) = 0 is barely enforced (a2 at its lower bound)",
-           "k1": "C_train rising with delta (k1 at 0)",
+           "k1": "C_train(delta) does not fall near delta = 0 (k1 at its bound 0)",
            "k2": "a log singularity of C_train at delta = 0 (k2 at its lower bound)"}
     ends = np.array([0.0, max(deltas)])
     b_train, b_gap = _exponents(p, ends)
@@ -636,8 +646,11 @@ def fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="aut
     params, rmse = _joint_fit(data, [init] + [_random_start(rng, init)
                                               for _ in range(max(starts, 1) - 1)])
     deltas = sorted({r.delta for r in runs})
+    for row in stage1["per_delta"]:     # the imposed delta-functions next to the free values
+        row["A_gap_law"] = float(_a_gap(params, row["delta"]))
+        row["C_train_law"] = float(_c_train(params, row["delta"]))
     law = Law(params, t_scale, deltas, max_tokens, rmse, stage1,
-              _sign_flags(params, deltas) + _stage1_flags(stage1))
+              _sign_flags(params, deltas) + _stage1_flags(stage1), gap_at_zero=_zero_gap_check(runs))
     if bootstrap > 0:
         law.bootstrap_unit = _resolve_bootstrap_unit(runs, bootstrap_unit)
         law.boot = _bootstrap(runs, data, params, bootstrap, law.bootstrap_unit, rng)
@@ -661,7 +674,7 @@ def effective_tokens(tokens, delta, domain_tokens, r_star=R_STAR):
 
 
 def fit_saturating(x, y):
-    """L = E + B / x^beta fitted as Chinchilla does: Huber loss (delta 1e-3) on log loss, summed,
+    """L = E + B / x^beta fitted as Chinchilla does: Huber loss (threshold 1e-3) on log loss, summed,
     from a grid of starts, with E = exp(e) and B = exp(b) kept positive.
 
     Chinchilla minimised that sum with L-BFGS. least_squares(loss="huber", f_scale=delta) minimises
@@ -737,20 +750,21 @@ def predict_baseline(fits, name, tokens, delta):
 # Extrapolation checks
 # ------------------------------------------------------------------------------------------------
 
-def _errors(pred, y):
+def _errors(pred, y, n_params):
     ape = 100 * np.abs(pred - y) / y
     return {"rmse": float(np.sqrt(np.mean((pred - y) ** 2))), "mape": float(np.mean(ape)),
-            "max_ape": float(np.max(ape)), "n": int(len(y))}
+            "max_ape": float(np.max(ape)), "n": int(len(y)), "n_params": int(n_params)}
 
 
 def _law_errors(law, baselines, runs):
-    """Error of the paper's law and each baseline on the domain test loss of `runs`."""
+    """Error of the paper's law and each baseline on the domain test loss of `runs`, with the
+    number of parameters each fitted (the baselines have 3 per delta)."""
     y = np.concatenate([r.test for r in runs])
     out = {"paper_law": _errors(np.concatenate([law.predict(r.tokens, r.delta)["test"]
-                                                 for r in runs]), y)}
+                                                 for r in runs]), y, len(PARAM_NAMES))}
     for name in BASELINES:
         pred = np.concatenate([predict_baseline(baselines, name, r.tokens, r.delta) for r in runs])
-        out[name] = _errors(pred, y)
+        out[name] = _errors(pred, y, 3 * len(baselines[name]))
     return out
 
 
@@ -767,6 +781,19 @@ def _n_points(runs):
     return int(sum(len(r.tokens) for r in runs))
 
 
+def _check_curves(law, baselines, runs, delta):
+    """Test-loss forecasts of every law at `delta` from the first eval to twice the last, with the
+    observed points: the picture of a check (only the paper's law can turn up)."""
+    own = [r for r in runs if r.delta == delta]
+    tokens = np.concatenate([r.tokens for r in own])
+    grid = np.geomspace(tokens.min(), 2 * tokens.max(), 100)
+    curves = {"delta": delta, "tokens": grid, "paper_law": law.predict(grid, delta)["test"]}
+    for name in BASELINES:
+        curves[name] = predict_baseline(baselines, name, grid, delta)
+    curves["observed"] = {"tokens": tokens, "test": np.concatenate([r.test for r in own])}
+    return curves
+
+
 def holdout_check(runs, delta, starts=8, seed=0):
     """Refit without the runs at `delta`; report the error predicting them."""
     held = [r for r in runs if math.isclose(r.delta, delta, rel_tol=1e-9, abs_tol=1e-12)]
@@ -775,20 +802,26 @@ def holdout_check(runs, delta, starts=8, seed=0):
                            f"(have {sorted({r.delta for r in runs})})")
     kept = [r for r in runs if all(r is not h for h in held)]
     law = fit_pretraining_law(kept, starts=starts, seed=seed)
-    return {"delta": delta, "n_fit_points": _n_points(kept),
-            "errors": _law_errors(law, fit_baselines(kept, law.t_scale), held),
-            "onset_predicted": law.onset(delta), "onset_observed": _observed_onset(held, law.rmse)}
+    baselines = fit_baselines(kept, law.t_scale)
+    return {"delta": held[0].delta, "n_fit_points": _n_points(kept),
+            "errors": _law_errors(law, baselines, held),
+            "onset_predicted": law.onset(held[0].delta),
+            "onset_observed": _observed_onset(held, law.rmse),
+            "curves": _check_curves(law, baselines, held, held[0].delta)}
 
 
 def fit_until_check(runs, max_tokens, starts=8, seed=0):
-    """Refit on points with tokens <= max_tokens; report the error on the points beyond."""
+    """Refit on points with tokens <= max_tokens; report the error on the points beyond. The curves
+    show the largest delta, where turning up matters most."""
     early = [r.subset(r.tokens <= max_tokens) for r in runs]
     late = [r for r in (r.subset(r.tokens > max_tokens) for r in runs) if len(r.tokens)]
     if not late:
         raise FitLawsError(f"--fit_until {max_tokens:.3g}: no eval points beyond it to check")
     law = fit_pretraining_law(early, starts=starts, seed=seed)
+    baselines = fit_baselines(early, law.t_scale)
     return {"fit_until": max_tokens, "n_fit_points": _n_points(early),
-            "errors": _law_errors(law, fit_baselines(early, law.t_scale), late)}
+            "errors": _law_errors(law, baselines, late),
+            "curves": _check_curves(law, baselines, runs, max(r.delta for r in runs))}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -853,8 +886,8 @@ def _choose_drop_mode(groups, mode):
     best = min(options, key=lambda m: (cv[m] is None, cv[m] or 0.0, m != "shared"))
     if cv[best] is None:
         return best, cv, "too few checkpoints to cross-validate; took the simplest fittable mode"
-    others = ", ".join(f"{m} {cv[m]:.4f}" for m in options if m != best and cv[m] is not None)
-    return best, cv, f"lowest leave-one-out RMSE ({best} {cv[best]:.4f}{'; ' + others if others else ''})"
+    scores = "; ".join(f"{m} {cv[m]:.4f}" for m in options if cv[m] is not None)
+    return best, cv, f"lowest leave-one-out RMSE ({scores})"
 
 
 def fit_finetune_drop(ft_results, mode="auto"):
@@ -965,9 +998,10 @@ def _fmt_tokens(tokens):
 
 
 def _fmt_errors(title, errors):
-    lines = [title, f"  {'law':<18}{'RMSE':>9}{'MAPE %':>9}{'max %':>9}{'n':>6}"]
+    lines = [title, f"  {'law':<18}{'params':>7}{'RMSE':>9}{'MAPE %':>9}{'max %':>9}{'points':>8}"]
     for name, e in errors.items():
-        lines.append(f"  {name:<18}{e['rmse']:9.4f}{e['mape']:9.3f}{e['max_ape']:9.3f}{e['n']:6d}")
+        lines.append(f"  {name:<18}{e['n_params']:7d}{e['rmse']:9.4f}{e['mape']:9.3f}"
+                     f"{e['max_ape']:9.3f}{e['n']:8d}")
     return lines
 
 
@@ -982,13 +1016,21 @@ def format_report(results):
         ci_text = f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "(no bootstrap)"
         lines.append(f"  {name:<10}{value:11.4g}   {ci_text}")
     lines.append("  flags: " + ("; ".join(law["flags"]) if law["flags"] else "none"))
+    lines.append("Stage 1, each delta with free A_train, A_gap, C_train (next to the fitted "
+                 "A_gap(delta), C_train(delta)):")
+    lines.append(f"  {'delta':>7}{'A_train':>10}{'A_gap':>10}{'A_gap(d)':>10}{'C_train':>10}"
+                 f"{'C_train(d)':>11}")
+    for row in law["stage1"]["per_delta"]:
+        lines.append(f"  {row['delta']:7g}{row['A_train']:10.4g}{row['A_gap']:10.4g}"
+                     f"{row['A_gap_law']:10.4g}{row['C_train']:10.4g}{row['C_train_law']:11.4g}")
     lines += _fmt_errors("Fit errors, domain test loss, in sample:", results["errors"]["in_sample"])
     if "holdout" in results["errors"]:
         h = results["errors"]["holdout"]
         lines += _fmt_errors(f"Held-out delta {h['delta']:g} (fit without it, on "
                              f"{h['n_fit_points']} points):", h["errors"])
-        lines.append(f"  onset predicted {_fmt_tokens(h['onset_predicted'])}, "
-                     f"observed minimum {_fmt_tokens(h['onset_observed'])}")
+        lines.append(f"  onset: paper_law predicts {_fmt_tokens(h['onset_predicted'])}, the "
+                     f"baselines never (they only saturate); observed "
+                     f"{_fmt_tokens(h['onset_observed'])}")
     if "fit_until" in results["errors"]:
         f = results["errors"]["fit_until"]
         lines += _fmt_errors(f"Beyond {_fmt_tokens(f['fit_until'])} tokens (fit on the "
@@ -1014,15 +1056,17 @@ def format_report(results):
                      f"{r['post_ft_loss']:9.4f}  {ci_text:<17}{r['repeats']:9.3g}"
                      f"{_fmt_tokens(r['onset_tokens']):>15}{wins:>6}{mark}")
     best = rec["recommended"]
-    lines.append(f"Recommended domain_frac: {best['delta']:g} (post-finetuning domain test loss "
+    which = "post-finetuning" if rec["uses_finetune_drop"] else "pretraining"
+    lines.append(f"Recommended domain_frac: {best['delta']:g} ({which} domain test loss "
                  f"{best['post_ft_loss']:.4f}, {best['repeats']:.3g} repeats of D_dom)"
                  + ("   * = outside the fitted deltas" if any(r["extrapolated_delta"]
                                                               for r in rec["candidates"]) else ""))
     return "\n".join(lines)
 
 
-def plot_curves(runs, law, path, target_tokens):
-    """Data and fitted train / gap / test curves per delta (dashed beyond the data)."""
+def plot_curves(runs, law, path, target_tokens, candidates=()):
+    """Data and fitted train / gap / test curves per delta (dashed beyond the data); candidate deltas
+    that were never trained get a dotted forecast in the test panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1046,8 +1090,41 @@ def plot_curves(runs, law, path, target_tokens):
         ax.set_xscale("log")
         ax.set_xlabel("pretraining tokens T")
         ax.set_title(title)
-    axes[2].axvline(target_tokens, color="gray", ls=":", label="target")
+    for i, delta in enumerate(sorted(set(candidates) - set(deltas))):   # deltas never trained
+        axes[2].plot(grid, law.predict(grid, delta)["test"], ":", color="k", alpha=0.6, lw=1,
+                     label="untrained candidates" if i == 0 else None)
+        axes[2].annotate(f"{delta:g}", (grid[-1], law.predict(grid[-1], delta)["test"]), fontsize=7)
+    axes[2].axvline(target_tokens, color="gray", ls="-.", lw=0.8, label="target")
     axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_checks(errors, path):
+    """One panel per extrapolation check: observed domain test loss and each law's forecast."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checks = [(k, errors[k]) for k in ("holdout", "fit_until") if k in errors]
+    fig, axes = plt.subplots(1, len(checks), figsize=(6.5 * len(checks), 4.5), squeeze=False)
+    for ax, (kind, check) in zip(axes[0], checks):
+        curves = check["curves"]
+        ax.plot(curves["observed"]["tokens"], curves["observed"]["test"], "o", ms=3, color="gray",
+                label="observed")
+        for name, style in (("paper_law", "-"), ("chinchilla", "--"), ("data_constrained", ":")):
+            ax.plot(curves["tokens"], curves[name], style, label=name)
+        if kind == "fit_until":
+            ax.axvline(check["fit_until"], color="k", lw=0.8, label="fit until")
+            ax.set_title(f"fit on T <= {_fmt_tokens(check['fit_until'])}; "
+                         f"delta={curves['delta']:g}")
+        else:
+            ax.set_title(f"delta={curves['delta']:g} held out of the fit")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining tokens T")
+        ax.set_ylabel("domain test loss")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1102,7 +1179,7 @@ def _parse_candidates(text):
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of fractions: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a list of fractions: {text!r}") from None
     if not values or any(not 0 <= v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"candidates must be fractions in [0, 1): {text!r}")
     return values
@@ -1154,7 +1231,7 @@ def _analyse(args):
         "settings": {k: v for k, v in vars(args).items() if k not in ("run_dirs", "finetune")},
         "law": {"t_scale": law.t_scale, "deltas": law.deltas, "params": law.param_dict(),
                 "ci": law.ci(), "bootstrap_unit": law.bootstrap_unit, "flags": law.flags,
-                "rmse": law.rmse, "stage1": law.stage1, "gap_at_zero": _zero_gap_check(runs)},
+                "rmse": law.rmse, "stage1": law.stage1, "gap_at_zero": law.gap_at_zero},
         "baselines": {name: baselines[name] for name in BASELINES},
         "errors": errors,
         "drop": drop and {"mode": drop.mode, "params": drop.params, "t_scale": drop.t_scale,
@@ -1175,16 +1252,23 @@ def main(argv=None):
         except FitLawsError as exc:
             raise SystemExit(f"fit_laws: {exc}") from None
         finally:
-            messages = [str(w.message) for w in caught if issubclass(w.category, FitLawsWarning)]
+            messages = [str(w.message) if issubclass(w.category, FitLawsWarning)
+                        else f"{w.category.__name__}: {w.message}" for w in caught]
             for message in messages:
                 print(f"fit_laws: warning: {message}", file=sys.stderr)
     results["warnings"] = messages
     stem = os.path.splitext(args.out)[0]
-    results["plots"] = [] if args.no_plots else [stem + "_curves.png", stem + "_recommendation.png"]
+    has_checks = {"holdout", "fit_until"} & set(results["errors"])
+    results["plots"] = [] if args.no_plots else [
+        stem + suffix for suffix in ("_curves.png", "_recommendation.png")
+        + (("_checks.png",) if has_checks else ())]
     write_json_atomic(results, args.out)
     if not args.no_plots:
-        plot_curves(runs, law, results["plots"][0], results["settings"]["target_tokens"])
+        plot_curves(runs, law, results["plots"][0], results["settings"]["target_tokens"],
+                    args.candidates)
         plot_recommendation(results["forecast"], results["plots"][1])
+        if has_checks:
+            plot_checks(results["errors"], results["plots"][2])
     print(format_report(results))
     print(f"results: {args.out}" + "".join(f"\nplot: {p}" for p in results["plots"]))
     return _jsonable(results)

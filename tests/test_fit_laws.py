@@ -233,6 +233,11 @@ def test_holdout_of_the_largest_delta(fitted):
     assert errors["data_constrained"]["mape"] > 2 * errors["paper_law"]["mape"]
     assert check["onset_observed"] == pytest.approx(7.2e10, rel=0.1)
     assert check["onset_predicted"] == pytest.approx(check["onset_observed"], rel=0.25)
+    # the forecast curves show it: only the paper's law turns up
+    curves = check["curves"]
+    assert 0 < np.argmin(curves["paper_law"]) < len(curves["tokens"]) - 1
+    for name in ("chinchilla", "data_constrained"):
+        assert np.all(np.diff(curves[name]) <= 1e-12)
 
 
 def test_checks_never_see_the_data_they_score(fitted):
@@ -336,6 +341,7 @@ def test_cli_end_to_end(study, tmp_path, capsys):
     assert saved["drop"]["mode"] == "per_delta"
     assert set(saved["errors"]) == {"in_sample", "holdout", "fit_until"}
     assert saved["law"]["gap_at_zero"]["n"] == len(TOKENS)
+    assert [p[-len("_checks.png"):] for p in saved["plots"]][-1] == "_checks.png"
     for plot in saved["plots"]:
         assert os.path.getsize(plot) > 10_000
     assert not [f for f in os.listdir(out.parent) if f.endswith(".tmp")]

@@ -1,0 +1,180 @@
+"""Fused linear + cross-entropy: the loss of a language model without its N x V logits.
+
+The last layer of a GPT maps N hidden states (N = batch * seq tokens, width d) to V vocabulary
+logits. With N = 16384 tokens and V = 50304 the logits are 824M numbers: 1.6 GB in bf16, 3.3 GB once
+upcast to fp32 for a stable softmax, and the same again for their gradient. For a 124M-parameter
+model that is the largest activation in the network, by far. But the loss needs only one number per
+row, and the gradient has a closed form, so the logits can be produced, used and discarded a chunk of
+rows at a time:
+
+    logits = h W^T                                   (one chunk of rows, in the input dtype)
+    lse    = log sum_j exp(logits_j)                 (per row: the log-sum-exp)
+    loss   = lse - logits[target]                    (per row: -log softmax[target])
+    dlogits = (softmax - onehot(target)) / n_valid   (softmax = exp(logits - lse))
+    dh = dlogits W,    dW += dlogits^T h
+
+The log-sum-exp trick: exp overflows for large logits, so lse is computed as m + log sum exp(x - m)
+with m the row maximum. A Triton kernel finds it in one pass over the row with the online update
+that flash attention also uses (when the running maximum grows from m to m', the running sum is
+rescaled by exp(m - m')), then makes a second pass that writes the gradient over the logits in
+place: no extra buffer. Everything inside the kernel is fp32; the target column's gradient,
+softmax - 1, is formed in fp32 too and rounded only when stored (forming softmax in bf16 first and
+then subtracting 1 would lose most of its bits when the model is confident).
+
+Because the loss is the last operation of the forward pass, the gradients are computed right there
+(for a loss of grad_output = 1) and the backward pass only rescales them: the logits are computed
+once, not twice as with activation checkpointing. dW sums over every token of the batch, chunk by
+chunk; it is accumulated in an fp32 buffer, because adding many chunk contributions into a bf16
+accumulator rounds away the small ones (a known bug of fused-loss libraries that accumulated in the
+weight's dtype). The mean divides by the number of non-ignored targets, counted on the device: no
+.item(), so the host never waits for the GPU.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_BLOCK_V = 64 if INTERPRET else 4096  # vocabulary columns per step of the row loop
+_CHUNK_BYTES = 256 * 2**20  # budget for one chunk of logits
+
+
+@triton.jit
+def _cross_entropy_rows(X, G, TGT, LOSS, INV_COUNT, stride_x, stride_g, V, ignore_index,
+                        COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per row of logits X: LOSS[row] = lse - x[target]; G[row] = d(mean loss)/dx.
+
+    G may be X itself (the gradient then overwrites the logits). Rows whose target is ignore_index get
+    a loss and a gradient of zero. INV_COUNT points to 1 / (number of non-ignored rows).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    X += row * stride_x
+    target = tl.load(TGT + row)
+    cols = tl.arange(0, BLOCK_V)
+
+    # Pass 1: online log-sum-exp over the row, BLOCK_V columns at a time.
+    m = float("-inf")
+    s = 0.0
+    for start in range(0, V, BLOCK_V):
+        x = tl.load(X + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m = m_new
+    lse = m + tl.log(s)
+
+    valid = target != ignore_index
+    x_target = tl.load(X + target, mask=valid, other=0.0).to(tl.float32)
+    tl.store(LOSS + row, tl.where(valid, lse - x_target, 0.0))
+
+    # Pass 2: the gradient, softmax - onehot, scaled for the mean (zero for ignored rows).
+    if COMPUTE_GRAD:
+        G += row * stride_g
+        scale = tl.where(valid, tl.load(INV_COUNT), 0.0)
+        for start in range(0, V, BLOCK_V):
+            offs = start + cols
+            x = tl.load(X + offs, mask=offs < V, other=0.0).to(tl.float32)
+            g = (tl.exp(x - lse) - tl.where(offs == target, 1.0, 0.0)) * scale
+            tl.store(G + offs, g.to(G.dtype.element_ty), mask=offs < V)
+
+
+def cross_entropy_rows(logits, targets, loss, grad, inv_count, ignore_index, block_v=None):
+    """Launch the row kernel: per-row losses into `loss` (fp32, N) and, unless grad is None, the
+    gradient of the mean loss into `grad` (may be `logits`, for in place). inv_count: fp32 scalar
+    tensor holding 1 / (number of non-ignored targets)."""
+    N, V = logits.shape
+    assert logits.stride(1) == 1 and (grad is None or grad.stride(1) == 1)
+    _cross_entropy_rows[(N,)](logits, logits if grad is None else grad, targets, loss, inv_count,
+                              logits.stride(0), logits.stride(0) if grad is None else grad.stride(0), V, ignore_index,
+                              COMPUTE_GRAD=grad is not None, BLOCK_V=block_v or _BLOCK_V,
+                              num_warps=1 if INTERPRET else 8)
+
+
+def _inv_count(targets, ignore_index):
+    return 1.0 / (targets != ignore_index).sum().clamp(min=1).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain cross-entropy over given logits
+
+
+class CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        inv_count = _inv_count(targets, ignore_index)
+        loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        cross_entropy_rows(logits, targets, loss, grad, inv_count, ignore_index)
+        ctx.save_for_backward(grad)
+        return loss.sum() * inv_count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """Mean cross-entropy of (N, V) logits against (N,) targets, skipping ignore_index (fp32 result)."""
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    return CrossEntropy.apply(logits, targets, ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused linear + cross-entropy
+
+
+def _chunk_rows(N, V, dtype):
+    """Rows per chunk: a power of two whose logits fit in _CHUNK_BYTES (e.g. 2048 rows of a bf16
+    50304-word vocabulary, 206 MB), since a matmul of that height still runs at full speed."""
+    rows = max(1, _CHUNK_BYTES // (V * torch.finfo(dtype).bits // 8))
+    return min(1 << (rows.bit_length() - 1), triton.next_power_of_2(N))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, block_v):
+        # Under autocast the matmuls run in the autocast dtype, like the nn.Linear they replace; we
+        # cast by hand (and switch autocast off inside) so that the gradients come back in the dtypes
+        # of hidden and weight themselves, dW straight from its fp32 accumulator.
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        N, V = hidden.shape[0], weight.shape[0]
+        chunk = chunk_size or _chunk_rows(N, V, dtype)
+
+        with torch.autocast(device, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            inv_count = _inv_count(targets, ignore_index)
+            loss = torch.empty(N, dtype=torch.float32, device=hidden.device)
+            dh = torch.empty_like(hidden) if need_dh else None
+            dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
+            for start in range(0, N, chunk):
+                rows = slice(start, start + chunk)
+                logits = h[rows] @ w.t()
+                grad = logits if (need_dh or need_dw) else None  # written over the logits
+                cross_entropy_rows(logits, targets[rows], loss[rows], grad, inv_count, ignore_index, block_v)
+                if need_dh:
+                    dh[rows] = grad @ w
+                if need_dw:
+                    dw += grad.t() @ h[rows]  # rounded once per chunk, accumulated in fp32
+        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
+        return loss.sum() * inv_count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        dh, dw = ctx.saved_tensors
+        dh = None if dh is None else dh * grad_output.to(dh.dtype)
+        dw = None if dw is None else dw * grad_output.to(dw.dtype)
+        return dh, dw, None, None, None, None
+
+
+def fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_size=None, block_v=None):
+    """Mean cross-entropy of softmax(hidden @ weight.T) against targets, skipping ignore_index.
+
+    hidden (..., d), weight (V, d), targets (...) of int64; returns an fp32 scalar. chunk_size (rows)
+    and block_v (vocabulary block of the kernel) are for tests; by default they are sized for speed.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    return LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_size, block_v)

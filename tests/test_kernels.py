@@ -1,0 +1,195 @@
+"""The Triton kernels against float64 PyTorch references, on CPU under the Triton interpreter.
+
+The interpreter runs each Triton program as numpy code, so these tests need no GPU; they use fp32
+and fp16 (its tl.dot gives garbage for bf16; bf16 is checked on a GPU by kernels/bench.py). Every
+float buffer the kernels allocate starts as NaN (see `poison`), so an element a kernel forgets to
+write fails the comparison, and the inputs are fresh random numbers each run (the seed is printed).
+"""
+import importlib
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # must precede the definition of the kernels (@triton.jit reads it)
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+
+import kernels
+import kernels.attention as attention
+import kernels.cross_entropy as cross_entropy
+
+# If another test module imported the kernels before the flag was set, they were compiled for a GPU:
+# define them again, now under the interpreter.
+if not isinstance(attention._attn_fwd.fn, InterpretedFunction):
+    attention, cross_entropy = importlib.reload(attention), importlib.reload(cross_entropy)
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-2, rtol=1e-2),
+       torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    s = int.from_bytes(os.urandom(4), "little")
+    print(f"seed {s}")  # shown by pytest when a test fails
+    torch.manual_seed(s)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Make torch.empty / torch.empty_like return NaN-filled float tensors while a test runs."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_filled(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan_filled(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_filled(empty_like(*a, **k)))
+
+
+def check(actual, expected, dtype, name, precision=None):
+    """actual has the given dtype and matches expected to within what `precision` (default: dtype) allows."""
+    assert actual.dtype == dtype, f"{name}: dtype {actual.dtype}, expected {dtype}"
+    torch.testing.assert_close(actual.double(), expected, **TOL[precision or dtype], msg=lambda m: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def qkv(B, H, T, D, dtype, layout):
+    if layout == "bhtd":
+        return [torch.randn(B, H, T, D, dtype=dtype, requires_grad=True) for _ in range(3)]
+    # as a GPT makes them: one (B, T, 3, H, D) projection split into strided (B, H, T, D) views
+    x = torch.randn(B, T, 3, H, D, dtype=dtype, requires_grad=True)
+    return [x[:, :, i].transpose(1, 2) for i in range(3)]
+
+
+def check_attention(B, H, T, D, dtype, layout="bhtd", scale=None):
+    q, k, v = qkv(B, H, T, D, dtype, layout)
+    o = attention.flash_attention(q, k, v, scale)
+    do = torch.randn_like(o)
+    dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
+
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o64 = kernels.attention_reference(q64, k64, v64, scale)
+    dq64, dk64, dv64 = torch.autograd.grad(o64, (q64, k64, v64), do.double())
+    for name, a, e in (("o", o, o64), ("dq", dq, dq64), ("dk", dk, dk64), ("dv", dv, dv64)):
+        check(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("B,H,T,D,dtype", [
+    (1, 2, 1, 32, torch.float32),
+    (2, 2, 17, 64, torch.float32),
+    (1, 2, 40, 128, torch.float32),
+    (1, 2, 64, 32, torch.float16),
+    (2, 1, 33, 64, torch.float16),
+    (1, 1, 48, 128, torch.float16),
+])
+def test_attention(B, H, T, D, dtype):
+    check_attention(B, H, T, D, dtype)
+
+
+def test_attention_strided_inputs_and_scale():
+    check_attention(2, 3, 29, 32, torch.float32, layout="bt3hd", scale=0.3)
+
+
+@pytest.mark.parametrize("fwd,dkdv,dq,T", [((32, 16), (16, 32), (32, 16), 70), ((64, 32), (16, 64), (64, 16), 100)])
+def test_attention_unequal_tiles(monkeypatch, fwd, dkdv, dq, T):
+    """The GPU configs use BLOCK_M != BLOCK_N, which the interpreter's single 16 x 16 config doesn't."""
+    for kernel, (bm, bn) in ((attention._attn_fwd, fwd), (attention._attn_bwd_dkdv, dkdv), (attention._attn_bwd_dq, dq)):
+        monkeypatch.setattr(kernel, "configs", [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn})])
+    check_attention(1, 2, T, 32, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy
+
+
+def targets_for(N, V, ignore_index, ignored):
+    t = torch.randint(0, V, (N,))
+    t[torch.rand(N) < ignored] = ignore_index
+    return t
+
+
+@pytest.mark.parametrize("N,d,V,chunk,dtype,ignore_index,ignored", [
+    (37, 16, 131, 16, torch.float32, -1, 0.2),     # 3 chunks, the last partial; V not a power of two
+    (37, 16, 131, 16, torch.float16, -100, 0.2),
+    (40, 32, 64, 8, torch.bfloat16, -1, 0.3),      # V a multiple of the kernel's block
+    (20, 16, 97, None, torch.float32, -1, 0.0),    # default chunking, nothing ignored
+    (9, 16, 50, 4, torch.float32, -1, 1.0),        # every target ignored: loss and gradients 0
+])
+def test_fused_linear_cross_entropy(N, d, V, chunk, dtype, ignore_index, ignored):
+    h = torch.randn(N, d, dtype=dtype, requires_grad=True)
+    w = (torch.randn(V, d) / d**0.5).to(dtype).requires_grad_()
+    t = targets_for(N, V, ignore_index, ignored)
+    g = torch.rand(()) + 0.5  # a grad_output other than 1
+    loss = cross_entropy.fused_linear_cross_entropy(h, w, t, ignore_index, chunk_size=chunk, block_v=32)
+    dh, dw = torch.autograd.grad(loss * g, (h, w))
+
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    loss64 = F.cross_entropy(h64 @ w64.t(), t, ignore_index=ignore_index, reduction="sum") / (t != ignore_index).sum().clamp(min=1)
+    dh64, dw64 = torch.autograd.grad(loss64 * g.double(), (h64, w64))
+    check(loss, loss64, torch.float32, "loss", precision=dtype)  # fp32, from logits of the input dtype
+    check(dh, dh64, dtype, "dh")
+    check(dw, dw64, dtype, "dW")
+
+
+def test_fused_linear_cross_entropy_autocast_and_frozen_weight():
+    """Under bf16 autocast the matmuls run in bf16 but the gradients come back in fp32, dW included;
+    a weight that needs no gradient gets none (and no dW buffer is built)."""
+    N, d, V = 24, 16, 70
+    h = torch.randn(N, d, requires_grad=True)
+    w = torch.randn(V, d, requires_grad=True) / d**0.5
+    t = targets_for(N, V, -1, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = cross_entropy.fused_linear_cross_entropy(h, w, t, chunk_size=8, block_v=32)
+    dh, dw = torch.autograd.grad(loss, (h, w))
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    loss64 = F.cross_entropy(h64 @ w64.t(), t, ignore_index=-1)
+    dh64, dw64 = torch.autograd.grad(loss64, (h64, w64))
+    check(loss, loss64, torch.float32, "loss", precision=torch.bfloat16)
+    check(dh, dh64, torch.float32, "dh", precision=torch.bfloat16)
+    check(dw, dw64, torch.float32, "dW", precision=torch.bfloat16)
+
+    frozen = w.detach()
+    loss = cross_entropy.fused_linear_cross_entropy(h, frozen, t, chunk_size=8, block_v=32)
+    (dh,) = torch.autograd.grad(loss, (h,))
+    check(dh, torch.autograd.grad(F.cross_entropy(h64 @ frozen.double().t(), t, ignore_index=-1), (h64,))[0],
+          torch.float32, "dh with frozen weight")
+
+
+def test_fused_linear_cross_entropy_no_grad():
+    h, w, t = torch.randn(19, 16), torch.randn(33, 16), targets_for(19, 33, -1, 0.2)
+    with torch.no_grad():
+        loss = cross_entropy.fused_linear_cross_entropy(h, w, t, chunk_size=8, block_v=16)
+    check(loss, F.cross_entropy(h.double() @ w.double().t(), t, ignore_index=-1), torch.float32, "loss")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cross_entropy_over_logits(dtype):
+    x = torch.randn(29, 131, dtype=dtype, requires_grad=True)
+    t = targets_for(29, 131, -1, 0.2)
+    loss = cross_entropy.cross_entropy(x, t)
+    (dx,) = torch.autograd.grad(loss, (x,))
+    x64 = x.detach().double().requires_grad_()
+    loss64 = F.cross_entropy(x64, t, ignore_index=-1)
+    check(loss, loss64, torch.float32, "loss", precision=dtype)
+    check(dx, torch.autograd.grad(loss64, (x64,))[0], dtype, "dlogits")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def test_dispatch_follows_spt_kernels(monkeypatch):
+    monkeypatch.setattr(attention, "flash_attention", lambda *args: "triton")
+    monkeypatch.setattr(cross_entropy, "fused_linear_cross_entropy", lambda *args: "triton")
+    q = torch.randn(1, 1, 4, 16)
+    h, w, t = torch.randn(4, 16), torch.randn(8, 16), torch.zeros(4, dtype=torch.long)
+    monkeypatch.setenv("SPT_KERNELS", "triton")
+    assert kernels.causal_attention(q, q, q) == "triton" and kernels.linear_cross_entropy(h, w, t) == "triton"
+    for choice in ("torch", "auto"):  # auto: the reference off CUDA
+        monkeypatch.setenv("SPT_KERNELS", choice)
+        assert torch.is_tensor(kernels.causal_attention(q, q, q)) and torch.is_tensor(kernels.linear_cross_entropy(h, w, t))

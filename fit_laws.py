@@ -60,12 +60,17 @@ Every reported coefficient refers to that unit (see "t_scale" in the output).
 Finetuning drop and the recommendation
 --------------------------------------
 Finetuning a checkpoint lowers its domain test loss by Delta(T) = L_test(pretrained) - best L_test(after
-finetuning), with its own power law a * T^b + c. It is fitted either "shared" (one curve for all deltas)
-or "per_delta" (one per delta; an unfinetuned delta is interpolated linearly between its neighbours);
-"auto" picks the one with the lower leave-one-out error and says why. For a given b the curve is linear
-in (a, c), so b is found by a scan plus a bounded refinement: no starting points to get wrong. When the
-checkpoints span fewer than three token counts no curve in T can be fitted; the drop measured at each
-delta is then used as a constant ("constant" mode, with a warning).
+finetuning), with its own power law a * T^b + c, fitted in one of three ways:
+  shared     one curve for all deltas (3 parameters);
+  offset     a shared decay a * T^b with a level c per delta (2 + one per delta): SPT checkpoints
+             typically gain less from finetuning, and this captures that from few checkpoints;
+  per_delta  a curve per delta (3 per delta).
+"auto" takes the one with the lowest leave-one-out error and says why; modes whose left-out fits
+would be undetermined are not cross-validated (3 checkpoints per delta cannot validate per_delta).
+An unfinetuned delta gets its drop interpolated linearly between its neighbours. For a given b the
+curve is linear in a and the c's, so b is found by a scan plus a bounded refinement: no starting
+points to get wrong. When the checkpoints span fewer than three token counts no curve in T can be
+fitted; the drop measured at each delta is then used as a constant ("constant", with a warning).
 The forecast after finetuning is L_test(T, d) - Delta(T, d); the recommended delta is the candidate
 with the lowest one at the target budget, with its repeats E = T * d / |D_dom|. Bootstrap laws give an
 interval for every candidate and how often each candidate wins (the drop fit is held fixed there).
@@ -828,20 +833,28 @@ def fit_until_check(runs, max_tokens, starts=8, seed=0):
 # The finetuning drop
 # ------------------------------------------------------------------------------------------------
 
+DROP_MODES = ("shared", "offset", "per_delta")
+
+
 @dataclass
 class Drop:
-    """Delta(T) = a (T/t_scale)^b + c per group ('shared': one group), or a constant per delta."""
+    """The finetuning drop Delta(T) = a (T/t_scale)^b + c. params maps "all" (mode shared) or each
+    finetuned delta (modes offset, per_delta, constant) to its {"a", "b", "c"}."""
     mode: str
-    params: dict           # delta (or "all") -> {"a", "b", "c"}
+    params: dict
     t_scale: float
     cv_rmse: dict
     reason: str
 
 
-def _fit_power_offset(x, y):
-    """y = a x^b + c. For fixed b it is linear in (a, c): scan b, then refine it in its cell."""
+def _fit_power_offset(x, y, labels):
+    """y = a x^b + c_label. For fixed b this is linear in a and the c's: scan b, refine it in its
+    grid cell, solve the rest. Returns {label: {"a", "b", "c"}}."""
+    levels = np.unique(labels)
+    onehot = (labels[:, None] == levels[None, :]).astype(float)
+
     def solve(b):
-        design = np.column_stack([x ** b, np.ones_like(x)])
+        design = np.column_stack([x ** b, onehot])
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
         return float(np.sum((design @ coef - y) ** 2)), coef
 
@@ -851,39 +864,58 @@ def _fit_power_offset(x, y):
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     b = optimize.minimize_scalar(lambda v: solve(v)[0], bounds=(lo, hi), method="bounded").x
     b = b if solve(b)[0] <= errs[i] else grid[i]
-    a, c = solve(b)[1]
-    return {"a": float(a), "b": float(b), "c": float(c)}
+    coef = solve(b)[1]
+    return {float(level): {"a": float(coef[0]), "b": float(b), "c": float(c)}
+            for level, c in zip(levels, coef[1:])}
 
 
-def _power_offset(p, x):
-    return p["a"] * x ** p["b"] + p["c"]
+def _drop_fittable(mode, x, deltas):
+    """Whether a mode's parameters are determined: a power law with an offset needs 3 distinct
+    token counts; in offset mode the shape (a, b) comes from differences within each delta."""
+    distinct = [len(np.unique(x[deltas == d])) for d in np.unique(deltas)]
+    if mode == "shared":
+        return len(np.unique(x)) >= 3
+    if mode == "per_delta":
+        return min(distinct) >= 3
+    return sum(n - 1 for n in distinct) >= 2
 
 
-def _loo_rmse(groups):
-    """Leave-one-out error of y = a x^b + c fitted within each group."""
+def _fit_drop_mode(mode, x, deltas, drops):
+    if mode == "shared":
+        return {"all": _fit_power_offset(x, drops, np.zeros(len(x)))[0.0]}
+    if mode == "offset":
+        return _fit_power_offset(x, drops, deltas)
+    return {float(d): _fit_power_offset(x[deltas == d], drops[deltas == d],
+                                        np.zeros(int(np.sum(deltas == d))))[0.0]
+            for d in np.unique(deltas)}
+
+
+def _loo_rmse(mode, x, deltas, drops, t_scale):
+    """Leave-one-out error of a mode, or None when some left-out fit would be undetermined."""
     errs = []
-    for x, y in groups:
-        for i in range(len(x)):
-            keep = np.arange(len(x)) != i
-            errs.append(_power_offset(_fit_power_offset(x[keep], y[keep]), x[i]) - y[i])
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        if not _drop_fittable(mode, x[keep], deltas[keep]):
+            return None
+        drop = Drop(mode, _fit_drop_mode(mode, x[keep], deltas[keep], drops[keep]), t_scale, {}, "")
+        errs.append(predict_drop(drop, x[i] * t_scale, deltas[i]) - drops[i])
     return float(np.sqrt(np.mean(np.square(errs))))
 
 
-def _choose_drop_mode(groups, mode):
-    """Among the fittable modes, prefer one with a cross-validation error, then the lowest error,
-    then fewer parameters. Returns (mode, cv errors, reason)."""
-    fittable = {m: all(len(np.unique(x)) >= 3 for x, _ in g) for m, g in groups.items()}
-    cv = {m: (_loo_rmse(g) if fittable[m] and all(len(np.unique(x)) >= 4 for x, _ in g) else None)
-          for m, g in groups.items()}
+def _choose_drop_mode(x, deltas, drops, t_scale, mode):
+    """The fittable mode with the lowest leave-one-out error (fewer parameters break ties and
+    decide when nothing can be cross-validated). Returns (mode, cv errors, reason)."""
+    fittable = {m: _drop_fittable(m, x, deltas) for m in DROP_MODES}
+    cv = {m: _loo_rmse(m, x, deltas, drops, t_scale) if fittable[m] else None for m in DROP_MODES}
     if mode != "auto":
         if not fittable[mode]:
-            raise FitLawsError(f"drop mode {mode}: every group needs finetuned checkpoints at >= 3 "
-                               "distinct pretraining token counts")
+            raise FitLawsError(f"drop mode {mode}: too few distinct pretraining token counts among "
+                               "the finetuned checkpoints")
         return mode, cv, "chosen by the user"
-    options = [m for m in ("shared", "per_delta") if fittable[m]]
+    options = [m for m in DROP_MODES if fittable[m]]
     if not options:
         return "constant", cv, "checkpoints span < 3 token counts: no curve in T can be fitted"
-    best = min(options, key=lambda m: (cv[m] is None, cv[m] or 0.0, m != "shared"))
+    best = min(options, key=lambda m: (cv[m] is None, cv[m] or 0.0))
     if cv[best] is None:
         return best, cv, "too few checkpoints to cross-validate; took the simplest fittable mode"
     scores = "; ".join(f"{m} {cv[m]:.4f}" for m in options if cv[m] is not None)
@@ -891,9 +923,10 @@ def _choose_drop_mode(groups, mode):
 
 
 def fit_finetune_drop(ft_results, mode="auto"):
-    """Fit Delta(T) = a T^b + c to finetuned checkpoints, shared or per delta (see docstring)."""
-    if mode not in ("auto", "shared", "per_delta"):
-        raise FitLawsError(f"drop mode must be auto, shared or per_delta, not {mode!r}")
+    """Fit Delta(T) = a T^b + c to finetuned checkpoints: one curve for all deltas ("shared"), one
+    level c per delta with a shared decay ("offset"), or a curve per delta ("per_delta")."""
+    if mode not in ("auto",) + DROP_MODES:
+        raise FitLawsError(f"drop mode must be auto or one of {DROP_MODES}, not {mode!r}")
     if not ft_results:
         raise FitLawsError("no usable finetune results")
     tokens = np.array([f["tokens"] for f in ft_results])
@@ -901,28 +934,28 @@ def fit_finetune_drop(ft_results, mode="auto"):
     drops = np.array([f["drop"] for f in ft_results])
     t_scale = _token_scale(tokens.max())
     x = tokens / t_scale
-    groups = {"shared": [(x, drops)],
-              "per_delta": [(x[deltas == d], drops[deltas == d]) for d in np.unique(deltas)]}
-    chosen, cv, reason = _choose_drop_mode(groups, mode)
+    chosen, cv, reason = _choose_drop_mode(x, deltas, drops, t_scale, mode)
     if chosen == "constant":
         _warn("finetune drop: " + reason + "; using the measured drop per delta at every budget")
         params = {float(d): {"a": 0.0, "b": 0.0, "c": float(np.mean(drops[deltas == d]))}
                   for d in np.unique(deltas)}
-    elif chosen == "shared":
-        params = {"all": _fit_power_offset(x, drops)}
     else:
-        params = {float(d): _fit_power_offset(gx, gy)
-                  for d, (gx, gy) in zip(np.unique(deltas), groups["per_delta"])}
+        params = _fit_drop_mode(chosen, x, deltas, drops)
     return Drop(chosen, params, t_scale, cv, reason)
 
 
 def predict_drop(drop, tokens, delta):
-    """Predicted finetuning drop; per-delta modes interpolate linearly between fitted deltas."""
+    """Predicted finetuning drop; modes with per-delta parameters interpolate the drop linearly
+    between the finetuned deltas (and hold it constant beyond them)."""
     x = np.asarray(tokens, dtype=float) / drop.t_scale
     if drop.mode == "shared":
         return _power_offset(drop.params["all"], x)
     deltas = sorted(drop.params)
     return np.interp(delta, deltas, [_power_offset(drop.params[d], x) for d in deltas])
+
+
+def _power_offset(p, x):
+    return p["a"] * x ** p["b"] + p["c"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1201,7 +1234,7 @@ def _parser():
     p.add_argument("--bootstrap", type=int, default=50, help="bootstrap refits (0 = none)")
     p.add_argument("--bootstrap_unit", choices=("auto", "runs", "points"), default="auto")
     p.add_argument("--starts", type=int, default=8, help="starting points of the joint fit")
-    p.add_argument("--drop_mode", choices=("auto", "shared", "per_delta"), default="auto")
+    p.add_argument("--drop_mode", choices=("auto",) + DROP_MODES, default="auto")
     p.add_argument("--min_tokens", type=parse_tokens, default=0.0,
                    help="ignore eval points below this many tokens (warmup transients)")
     p.add_argument("--seed", type=int, default=0)

@@ -197,6 +197,34 @@ def test_drop_law_per_delta_chosen_and_recovered(fitted):
             true_drop(6e10, delta), abs=0.01 if delta == 0.035 else 0.003)
 
 
+def test_drop_law_offset_mode_from_three_checkpoints_per_delta():
+    """Three finetuned checkpoints per delta (the cpu-mini study) cannot cross-validate a curve per
+    delta; a shared decay with a level per delta is chosen and recovers the truth."""
+    rng = np.random.default_rng(2)
+
+    def truth(t, d):
+        return 0.1 * (t / 1e6) ** -0.3 + 0.05 - 0.3 * d
+
+    points = [{"path": "x", "delta": d, "tokens": t, "drop": truth(t, d) + rng.normal(0, 2e-4)}
+              for d in (0.0, 0.01, 0.02, 0.05, 0.1, 0.2) for t in (1e6, 2e6, 4e6)]
+    drop = fit_laws.fit_finetune_drop(points)
+    assert drop.mode == "offset"
+    assert drop.cv_rmse["per_delta"] is None and drop.cv_rmse["offset"] < drop.cv_rmse["shared"]
+    assert "leave-one-out" in drop.reason
+    for d in (0.0, 0.03, 0.2):
+        assert fit_laws.predict_drop(drop, 4e7, d) == pytest.approx(truth(4e7, d), abs=2e-3)
+
+
+def test_drop_cross_validation_leaves_the_point_out():
+    """An outlier is predicted from the other points only, so its whole size shows in the error."""
+    x = np.geomspace(1e8, 1e10, 7)
+    y = 0.1 * (x / 1e10) ** -0.3 + 0.02
+    y[3] += 0.05
+    points = [{"path": "x", "delta": 0.0, "tokens": t, "drop": v} for t, v in zip(x, y)]
+    drop = fit_laws.fit_finetune_drop(points, mode="shared")
+    assert drop.cv_rmse["shared"] > 0.05 / math.sqrt(len(x))
+
+
 def test_drop_law_shared_recovers_parameters():
     rng = np.random.default_rng(5)
     points = [{"path": "x", "delta": d, "tokens": t,
@@ -216,7 +244,7 @@ def test_drop_law_falls_back_to_constant_with_one_token_count():
         drop = fit_laws.fit_finetune_drop(points)
     assert drop.mode == "constant"
     assert fit_laws.predict_drop(drop, 5e9, 0.05) == pytest.approx(0.15)
-    with pytest.raises(FitLawsError, match="3 distinct"):
+    with pytest.raises(FitLawsError, match="too few distinct pretraining token counts"):
         fit_laws.fit_finetune_drop(points, mode="shared")
 
 

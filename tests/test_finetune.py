@@ -2,6 +2,8 @@
 replay is realised, and bad input fails in one line without writing anything."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ import data
 import finetune
 import train
 from evaluate import mean_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +185,23 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(ckpt, tiny_data, tmp_path
         finetune.main(["--out_dir", out])
     with pytest.raises(train.TrainError, match="unknown finetune settings"):
         finetune.finetune(ckpt, out, learning_rate=1.0)
+
+
+def test_torchrun_two_ranks_match_one_process(ckpt, tmp_path):
+    """The same global batch: 1 process x 2 micro-steps vs 2 gloo ranks x 1 micro-step."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    args = ft_args(ckpt, "OUT", "--grad_accum", "2", "--max_epochs", "0.2", "--lr", "1e-3,3e-3")
+    finetune.main([a if a != "OUT" else one for a in args])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+           os.path.join(ROOT, "finetune.py")] + [a if a != "OUT" else two for a in args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = read_json(os.path.join(one, "finetune.json")), read_json(os.path.join(two, "finetune.json"))
+    assert len(b["configs"]) == 2 and all(c["finished"] for c in b["configs"])
+    for ca, cb in zip(a["configs"], b["configs"]):
+        assert [p["step"] for p in ca["curve"]] == [p["step"] for p in cb["curve"]]
+        for pa, pb in zip(ca["curve"], cb["curve"]):
+            for key in finetune.LOSS_KEYS:
+                assert pb[key] == pytest.approx(pa[key], rel=1e-4), (ca["lr"], pa["step"], key)
+    assert len(read_log(two)) == len(read_log(one))  # rank 0 alone writes

@@ -18,6 +18,8 @@ def _use_triton(device: torch.device) -> bool:
         raise ValueError(f"SPT_KERNELS={choice!r}: use auto, triton or torch")
     if choice == "auto":
         return device.type == "cuda"
+    if choice == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("SPT_KERNELS=triton off CUDA needs TRITON_INTERPRET=1, set before kernels/ loads")
     return choice == "triton"
 
 

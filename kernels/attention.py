@@ -61,17 +61,22 @@ def _prune(configs, named_args, **kwargs):
 
     A program keeps its own tile (max(BLOCK_M, BLOCK_N) rows of head_dim) and its fp32 accumulator in
     registers: past 2048 elements per warp (128 rows of head_dim 128 on 4 warps) they spill to memory.
-    And 128 x 128 tiles at head_dim 128 would need nearly all of a Hopper's shared memory. (Both
-    limits read off the compiler's register and shared-memory reports for sm_80 and sm_90.) fp32
-    inputs are a correctness path (true-fp32 dots run on plain FMA units, with twice the bytes per
-    tile): they get the small config at the end of each list.
+    Past BLOCK_M * BLOCK_N * head_dim = 128 * 128 * 64 the pipelined tiles fill nearly all of a
+    Hopper's shared memory and overflow an A100's. (Both limits are read off the compiler's register
+    and shared-memory reports for sm_80 and sm_90.) fp32 inputs are a correctness path (true-fp32
+    dots run on plain FMA units, with twice the bytes per tile): they get the small config at the end
+    of each list.
     """
     q = named_args["Q"]
     if q.dtype == torch.float32:
         return configs[-1:]
     D = q.shape[-1]
-    bm, bn = (lambda c: c.kwargs["BLOCK_M"]), (lambda c: c.kwargs["BLOCK_N"])
-    return [c for c in configs if max(bm(c), bn(c)) * D <= 2048 * c.num_warps and bm(c) * bn(c) * D <= 128 * 128 * 64]
+
+    def fits(c):
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return max(bm, bn) * D <= 2048 * c.num_warps and bm * bn * D <= 128 * 128 * 64
+
+    return [c for c in configs if fits(c)]
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages), valid on Ampere and Hopper: after pruning, at most 128 KB
@@ -82,7 +87,7 @@ _FWD = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4,
 _DKDV = _configs([(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (16, 32, 4, 2)])
 # dQ: BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0).
 _DQ = _configs([(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (32, 16, 4, 2)])
-_PREPROCESS_BLOCK = 16 if INTERPRET else 128
+_PREPROCESS_BLOCK = 16 if INTERPRET else 64
 
 # Autotuning is keyed on the sequence length and head dimension (the autotuner adds the dtypes).
 # Every kernel writes all of its outputs and accumulates only in registers, so running it several
@@ -106,12 +111,12 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, lo,
         else:
             k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :])
             v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :])
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # base-2 logits
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASK:  # causal; it also hides keys >= T from every real query row
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # base-2 units: scores times scale * log2(e)
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated relative to the old maximum
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(s * qk_scale - m_new[:, None])  # the scaling folds into one fused multiply-add
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
@@ -194,10 +199,10 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, offs_n, 
             do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :])
             lse = tl.load(LSE + offs_m)
             delta = tl.load(DELTA + offs_m)
-        sT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
         if MASK:  # causal, and query rows past the end must not leak into the sums over rows
             sT = tl.where((offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] < T), sT, float("-inf"))
-        pT = tl.exp2(sT - lse[None, :])  # P recomputed from the saved log-sum-exp
+        pT = tl.exp2(sT * qk_scale - lse[None, :])  # P recomputed from the saved log-sum-exp
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dsT = pT * (dpT - delta[None, :])
@@ -260,10 +265,10 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_m, offs_d,
         else:
             k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :])
             v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :])
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASK:
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
-        p = tl.exp2(s - lse[:, None])
+        p = tl.exp2(s * qk_scale - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)

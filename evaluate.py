@@ -246,7 +246,8 @@ def continuation_task(data_dir: str, n_items: int = 200, prefix_tokens: int = 64
 
 
 @torch.no_grad()
-def choice_logprobs(model, items: list[dict], batch_size: int = 32, autocast=contextlib.nullcontext) -> list[list[float]]:
+def choice_logprobs(model, items: list[dict], batch_size: int = 32,
+                    autocast=contextlib.nullcontext) -> list[list[float]]:
     """Summed log-probability of each choice's tokens given the context, per item.
 
     Every (context, choice) pair is one row, right-padded within its batch (a causal model never

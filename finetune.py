@@ -42,7 +42,8 @@ finetune. Absolute values (`--lr 1e-5,4e-5,1e-4`) give the paper's grid as is.
 Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
 - finetune.json, rewritten atomically at every eval: the pretrained losses, per configuration its
   curve, its best point and whether it finished, and the best over the grid. A rerun with the same
-  out_dir skips finished configurations and reruns any that was interrupted.
+  out_dir and settings skips finished configurations (they stay in the results, even if the new
+  grid leaves them out) and reruns any that was interrupted; other settings are refused.
 - log.jsonl: train.py's log lines, plus ft_lr and ft_warmup naming the configuration.
 - ckpt_best.pt with --save_best: the weights at the best point over the grid, loadable by
   evaluate.py (and by this script or train.py --init_from, like any checkpoint).
@@ -119,11 +120,17 @@ class EarlyStopping:
 # ---------------------------------------------------------------------------------------------
 # Settings: the grid, the batch, the eval interval
 
+def grid_values(value) -> list[str]:
+    """Grid values as strings: "1e-3,3e-3" from the command line, a list or one number from Python."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
 def parse_grid(cfg: FinetuneConfig, pretrain_lr: float) -> list[tuple[float, int]]:
     """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR."""
     try:
-        lrs = [float(s[:-1]) * pretrain_lr if s.endswith("x") else float(s) for s in map(str.strip, cfg.lr.split(",")) if s]
-        warmups = [int(float(s)) for s in cfg.warmup.split(",") if s.strip()]
+        lrs = [float(s[:-1]) * pretrain_lr if s.endswith("x") else float(s) for s in grid_values(cfg.lr)]
+        warmups = [int(float(s)) for s in grid_values(cfg.warmup)]
     except ValueError:
         raise train.TrainError(f"--lr {cfg.lr!r} / --warmup {cfg.warmup!r}: give comma-separated numbers "
                                f"like --lr 3e-4,1e-3 (or 0.1x,1x of the pretraining LR) --warmup 10,20")
@@ -211,7 +218,8 @@ def previous_results(path: str, settings: dict) -> dict:
         return {}
     with open(path) as f:
         old = json.load(f)
-    diff = sorted(k for k in set(settings) | set(old.get("settings", {})) if settings.get(k) != old.get("settings", {}).get(k))
+    before = old.get("settings", {})
+    diff = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
     if diff:
         raise train.TrainError(f"{path} was written with other settings ({', '.join(diff)}): "
                                f"use the same ones to resume, or another --out_dir")
@@ -289,7 +297,8 @@ def run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress, best_
         curve.append(point_of(record))
         stop = stopper.update(curve[-1]["domain_test_loss"])
         best = curve[stopper.best_index]
-        if cfg.save_best and rt.master and stopper.best_index == len(curve) - 1 and best["domain_test_loss"] < best_so_far:
+        new_best = stopper.best_index == len(curve) - 1 and best["domain_test_loss"] < best_so_far
+        if cfg.save_best and rt.master and new_best:
             snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
         entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None,
                  "best": best, "curve": curve}

@@ -125,16 +125,17 @@ def test_benchmark_rows_convert_to_mcqa():
              {"stem": "Key of this tune?", "options": {"A": "D", "B": "G", "C": "A", "D": "E"}, "answer": "B",
               "abc_score": "K:G\nGAB|"}]
     rows = evaluate.musictheorybench_rows(music)
-    assert rows[0] == {"question": "Which interval is C-G?", "choices": ["fifth", "fourth", "third", "sixth"], "answer": 0}
+    assert rows[0] == {"question": "Which interval is C-G?", "choices": ["fifth", "fourth", "third", "sixth"],
+                       "answer": 0}
     assert rows[1]["question"] == "Key of this tune?\nK:G\nGAB|" and rows[1]["answer"] == 1
     with pytest.raises(data.DataError, match="row 0"):
         evaluate.musictheorybench_rows([{**music[0], "answer": "E"}])
-    assert evaluate.math_mcqa_rows([{"problem": "1+1?", "choices": ["1", "2", "3", "4"], "answer": 1,
-                                     "answer_text": "2"}]) == [{"question": "1+1?", "choices": ["1", "2", "3", "4"], "answer": 1}]
-    chem = [{"examples": [{"input": "pH of pure water at 25 C?", "target_scores": json.dumps({"7": 1, "1": 0, "14": 0})}]},
+    math_rows = [{"problem": "1+1?", "choices": ["1", "2", "3", "4"], "answer": 1, "answer_text": "2"}]
+    assert evaluate.math_mcqa_rows(math_rows) == [{"question": "1+1?", "choices": ["1", "2", "3", "4"], "answer": 1}]
+    chem = [{"examples": [{"input": "pH of water?", "target_scores": json.dumps({"7": 1, "1": 0, "14": 0})}]},
             {"examples": [{"input": "open question", "target": "42"}]},  # open-ended: skipped
             {"examples": [{"input": "two right", "target_scores": {"a": 1, "b": 1, "c": 0}}]}]  # skipped
-    assert evaluate.chembench_rows(chem) == [{"question": "pH of pure water at 25 C?", "choices": ["7", "1", "14"], "answer": 0}]
+    assert evaluate.chembench_rows(chem) == [{"question": "pH of water?", "choices": ["7", "1", "14"], "answer": 0}]
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -146,7 +147,8 @@ def test_benchmark_rows_convert_to_mcqa():
 
 def test_bits_per_byte():
     assert evaluate.bits_per_byte(math.log(2), {"tokens": 100, "bytes": 100}) == pytest.approx(1.0)
-    assert evaluate.bits_per_byte(math.log(2), {"tokens": 100, "bytes": 400}) == pytest.approx(0.25)  # BPE: 4 bytes a token
+    # BPE: 4 bytes a token, so a token's bit spreads over 4 bytes
+    assert evaluate.bits_per_byte(math.log(2), {"tokens": 100, "bytes": 400}) == pytest.approx(0.25)
     with pytest.raises(data.DataError):
         evaluate.bits_per_byte(1.0, {"tokens": 100, "bytes": 0})
 
@@ -201,7 +203,8 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
 def test_cli_errors_are_one_line_and_write_nothing(tiny_run, tiny_data, tmp_path):
     corpus = os.path.dirname(tiny_data)
     gpt2 = str(tmp_path / "gpt2")
-    data.prepare(gpt2, f"local:{corpus}/general", f"local:{corpus}/domain", tokenizer="gpt2", val_frac=0.1, test_frac=0.1)
+    data.prepare(gpt2, f"local:{corpus}/general", f"local:{corpus}/domain", tokenizer="gpt2", val_frac=0.1,
+                 test_frac=0.1)
     ckpt, out = os.path.join(tiny_run, "ckpt_latest.pt"), str(tmp_path / "results.jsonl")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), ckpt, "--data", gpt2, "--out", out],
                             capture_output=True, text=True, timeout=120)

@@ -367,13 +367,15 @@ def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
 
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: int | None = None,
-                        mcqa: list[dict] | None = None, n_items: int = 200, prefix_tokens: int = 64,
-                        continuation_tokens: int = 32, seed: int = 0, device: str = "auto",
+                        mcqa: list[dict] | None = None, n_items: int = 200, prefix_tokens: int | None = None,
+                        continuation_tokens: int | None = None, seed: int = 0, device: str = "auto",
                         batch_size: int = 32) -> dict:
     """Losses, bits per byte, the continuation task and (given text rows) MCQA accuracy of one checkpoint.
 
     data_dir defaults to the dataset the checkpoint was trained on, eval_windows to the number its
-    run logged with, so the losses here match the ones in its log.jsonl.
+    run logged with, so the losses here match the ones in its log.jsonl. The continuation task
+    shows 64 tokens and offers 32, or less where the model's context is shorter (a quarter of it
+    for the options, the rest for the prefix).
     """
     import train  # see load_model
     rt = train.setup_runtime(device)
@@ -392,8 +394,11 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
         loss = mean_loss(model, tokens, seq_len, windows, batch_size, rt.device, rt.autocast)
         result[name] = loss
         result[name.replace("_loss", "_bpb")] = bits_per_byte(loss, meta["splits"][split])
+    continuation_tokens = continuation_tokens or min(32, seq_len // 4)
+    prefix_tokens = prefix_tokens or min(64, seq_len - continuation_tokens)
     items = continuation_task(data_dir, n_items, prefix_tokens, continuation_tokens, seed)
-    result["continuation"] = score_mcqa(model, items, batch_size, rt.autocast)
+    result["continuation"] = {**score_mcqa(model, items, batch_size, rt.autocast),
+                              "prefix_tokens": prefix_tokens, "continuation_tokens": continuation_tokens}
     if mcqa:
         result["mcqa"] = score_mcqa(model, encode_mcqa(mcqa, data.get_tokenizer(meta["tokenizer"])),
                                     batch_size, rt.autocast)
@@ -427,8 +432,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write one JSON line per checkpoint here")
     p.add_argument("--eval_windows", type=int, default=None, help="default: the checkpoint's run's")
     p.add_argument("--n_items", type=int, default=200, help="continuation task items")
-    p.add_argument("--prefix_tokens", type=int, default=64)
-    p.add_argument("--continuation_tokens", type=int, default=32)
+    p.add_argument("--prefix_tokens", type=int, default=None, help="default: 64, less for short contexts")
+    p.add_argument("--continuation_tokens", type=int, default=None, help="default: 32, less for short contexts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="auto")

@@ -183,8 +183,7 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
     ckpt, out = os.path.join(tiny_run, "ckpt_latest.pt"), str(tmp_path / "results.jsonl")
     mcqa = tmp_path / "q.jsonl"
     mcqa.write_text(json.dumps({"question": "X:1", "choices": ["K:D", "K:G", "K:A"], "answer": 0}) + "\n")
-    evaluate.main([ckpt, ckpt, f"--mcqa={mcqa}", "--out", out, "--n_items", "8", "--prefix_tokens", "16",
-                   "--continuation_tokens", "8"])
+    evaluate.main([ckpt, ckpt, f"--mcqa={mcqa}", "--out", out, "--n_items", "8"])
     table = capsys.readouterr().out
     assert "dom_test" in table and "continuation: chance 0.250" in table and "mcqa: chance 0.333" in table
     with open(out) as f:
@@ -197,7 +196,10 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
         assert results[0][name] == pytest.approx(last[name], rel=1e-5)
         bpb = last[name] / math.log(2) * meta["splits"][split]["tokens"] / meta["splits"][split]["bytes"]
         assert results[0][name.replace("_loss", "_bpb")] == pytest.approx(bpb, rel=1e-5)
-    assert results[0]["continuation"]["n"] == 8 and results[0]["mcqa"]["chance"] == pytest.approx(1 / 3)
+    assert results[0]["mcqa"]["chance"] == pytest.approx(1 / 3)
+    # the continuation task fits the model's 32-token context: 24 shown, 8 offered
+    assert (results[0]["continuation"]["prefix_tokens"], results[0]["continuation"]["continuation_tokens"]) == (24, 8)
+    assert results[0]["continuation"]["n"] == 8 and results[0] == results[1]
 
 
 def test_cli_errors_are_one_line_and_write_nothing(tiny_run, tiny_data, tmp_path):

@@ -391,4 +391,5 @@ def flash_attention(q, k, v, scale=None):
     """Causal attention over (batch, heads, seq, head_dim); scale defaults to 1/sqrt(head_dim)."""
     _check(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    assert scale > 0, "the kernels mask scores with -inf before scaling them: the scale must be positive"
     return FlashAttention.apply(q, k, v, scale)

@@ -39,6 +39,8 @@ def parse_args():
 
 ARGS = parse_args()
 CUDA = torch.cuda.is_available()
+if not CUDA and not ARGS.smoke:
+    sys.exit("no GPU: the realistic sizes would take hours under the interpreter; use --smoke")
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton path on CPU; set before kernels load
 

@@ -71,6 +71,7 @@ An unfinetuned delta gets its drop interpolated linearly between its neighbours.
 curve is linear in a and the c's, so b is found by a scan plus a bounded refinement: no starting
 points to get wrong. When the checkpoints span fewer than three token counts no curve in T can be
 fitted; the drop measured at each delta is then used as a constant ("constant", with a warning).
+A predicted drop is never below zero (the best point of a finetuning run includes its start).
 The forecast after finetuning is L_test(T, d) - Delta(T, d); the recommended delta is the candidate
 with the lowest one at the target budget, with its repeats E = T * d / |D_dom|. Bootstrap laws give an
 interval for every candidate and how often each candidate wins (the drop fit is held fixed there).
@@ -156,13 +157,14 @@ PARAM_NAMES = ("A_train", "b_train_s", "b_train_g", "b_gap_s", "b_gap_g",
                "a1", "a2", "a3", "k0", "k1", "k2", "k3")
 # Box bounds that encode the expected signs. Exponent endpoints inside a range keep the whole line
 # b_x(d) inside it. a2 > 0 makes A_gap(0) = 0; k2 > 0 keeps C_train(0) finite; k1 >= 0 because more
-# domain data cannot raise the irreducible domain train loss. a3 is free within a range where exp(a3*d)
-# stays representable for d <= 1.
+# domain data cannot raise the irreducible domain train loss. k2 <= 1: beyond it log(d + k2) is nearly
+# linear for d in [0, 1], which is the k3 term's job, and the fit would drift along that valley. a3 is
+# free within a range where exp(a3 * d) stays representable for d <= 1.
 BOUNDS = {
     "A_train": (0.0, np.inf), "b_train_s": (-3.0, 0.0), "b_train_g": (-3.0, 0.0),
     "b_gap_s": (0.0, 1.0), "b_gap_g": (0.0, 1.0),
     "a1": (0.0, np.inf), "a2": (0.01, 5.0), "a3": (-100.0, 100.0),
-    "k0": (-np.inf, np.inf), "k1": (0.0, np.inf), "k2": (1e-6, 10.0), "k3": (-np.inf, np.inf),
+    "k0": (-np.inf, np.inf), "k1": (0.0, np.inf), "k2": (1e-6, 1.0), "k3": (-np.inf, np.inf),
 }
 LOWER = np.array([BOUNDS[n][0] for n in PARAM_NAMES])
 UPPER = np.array([BOUNDS[n][1] for n in PARAM_NAMES])
@@ -172,6 +174,7 @@ ONSET_HORIZON = 1000.0           # report an onset only up to this many times th
 HUBER_DELTA = 1e-3               # Chinchilla's Huber threshold on log loss
 CI_LEVEL = 0.95
 ZERO_GAP_TOLERANCE = 0.02        # nats: a larger mean test-train gap at delta = 0 gets a warning
+A_TRAIN_SPREAD = 3.0             # stage-1 A_train differing by more across deltas gets a flag
 DEFAULT_CANDIDATES = "0,0.001,0.01,0.02,0.05,0.1"
 
 
@@ -584,13 +587,19 @@ def _sign_flags(p, deltas):
 
 
 def _stage1_flags(stage1):
+    """What the free per-delta fits say about the law's assumptions."""
     flags = []
     for row in stage1["per_delta"]:
         if row["delta"] > 0 and row["A_gap"] < 0:
             flags.append(f"stage 1: delta={row['delta']:g} has a negative gap coefficient "
                          "(its test loss falls below its train loss)")
         if row["A_train"] < 0:
-            flags.append(f"stage 1: delta={row['delta']:g} has a rising train loss")
+            flags.append(f"stage 1: delta={row['delta']:g} has a rising domain train loss, which "
+                         "the law cannot describe (exclude the run, or raise --min_tokens)")
+    a_train = [row["A_train"] for row in stage1["per_delta"] if row["A_train"] > 0]
+    if a_train and max(a_train) > A_TRAIN_SPREAD * min(a_train):
+        flags.append(f"stage 1: A_train varies {max(a_train) / min(a_train):.0f}x across deltas; "
+                     "the law shares one A_train, so expect a poor fit")
     return flags
 
 
@@ -799,6 +808,17 @@ def _check_curves(law, baselines, runs, delta):
     return curves
 
 
+def _refit(runs, starts, seed, check):
+    """Fit the law for a check; its warnings were already given by the main fit, and its errors
+    name the check."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitLawsWarning)
+            return fit_pretraining_law(runs, starts=starts, seed=seed)
+    except FitLawsError as exc:
+        raise FitLawsError(f"{check}: {exc}") from None
+
+
 def holdout_check(runs, delta, starts=8, seed=0):
     """Refit without the runs at `delta`; report the error predicting them."""
     held = [r for r in runs if math.isclose(r.delta, delta, rel_tol=1e-9, abs_tol=1e-12)]
@@ -806,7 +826,7 @@ def holdout_check(runs, delta, starts=8, seed=0):
         raise FitLawsError(f"--holdout_frac {delta:g}: no run has that domain_frac "
                            f"(have {sorted({r.delta for r in runs})})")
     kept = [r for r in runs if all(r is not h for h in held)]
-    law = fit_pretraining_law(kept, starts=starts, seed=seed)
+    law = _refit(kept, starts, seed, f"--holdout_frac {delta:g}")
     baselines = fit_baselines(kept, law.t_scale)
     return {"delta": held[0].delta, "n_fit_points": _n_points(kept),
             "errors": _law_errors(law, baselines, held),
@@ -822,7 +842,7 @@ def fit_until_check(runs, max_tokens, starts=8, seed=0):
     late = [r for r in (r.subset(r.tokens > max_tokens) for r in runs) if len(r.tokens)]
     if not late:
         raise FitLawsError(f"--fit_until {max_tokens:.3g}: no eval points beyond it to check")
-    law = fit_pretraining_law(early, starts=starts, seed=seed)
+    law = _refit(early, starts, seed, f"--fit_until {max_tokens:.3g}")
     baselines = fit_baselines(early, law.t_scale)
     return {"fit_until": max_tokens, "n_fit_points": _n_points(early),
             "errors": _law_errors(law, baselines, late),
@@ -845,6 +865,7 @@ class Drop:
     t_scale: float
     cv_rmse: dict
     reason: str
+    max_tokens: float = math.inf     # the last finetuned checkpoint: beyond it the law extrapolates
 
 
 def _fit_power_offset(x, y, labels):
@@ -941,17 +962,20 @@ def fit_finetune_drop(ft_results, mode="auto"):
                   for d in np.unique(deltas)}
     else:
         params = _fit_drop_mode(chosen, x, deltas, drops)
-    return Drop(chosen, params, t_scale, cv, reason)
+    return Drop(chosen, params, t_scale, cv, reason, float(tokens.max()))
 
 
 def predict_drop(drop, tokens, delta):
     """Predicted finetuning drop; modes with per-delta parameters interpolate the drop linearly
-    between the finetuned deltas (and hold it constant beyond them)."""
+    between the finetuned deltas (and hold it constant beyond them). Never below zero: the best
+    point of a finetuning run includes its starting checkpoint, so finetuning cannot raise the loss
+    (an extrapolated curve could say otherwise)."""
     x = np.asarray(tokens, dtype=float) / drop.t_scale
     if drop.mode == "shared":
-        return _power_offset(drop.params["all"], x)
+        return np.maximum(_power_offset(drop.params["all"], x), 0.0)
     deltas = sorted(drop.params)
-    return np.interp(delta, deltas, [_power_offset(drop.params[d], x) for d in deltas])
+    return np.maximum(np.interp(delta, deltas, [_power_offset(drop.params[d], x) for d in deltas]),
+                      0.0)
 
 
 def _power_offset(p, x):
@@ -986,6 +1010,7 @@ def recommend(law, drop, target_tokens, candidates, domain_tokens):
             row["win_frac"] = float(np.mean(winners == i))
     best = min(rows, key=lambda r: r["post_ft_loss"])
     return {"target_tokens": float(target_tokens), "uses_finetune_drop": drop is not None,
+            "drop_extrapolation": target_tokens / drop.max_tokens if drop else None,
             "candidates": rows, "recommended": best}
 
 
@@ -1048,7 +1073,8 @@ def format_report(results):
         ci = law["ci"].get(name)
         ci_text = f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "(no bootstrap)"
         lines.append(f"  {name:<10}{value:11.4g}   {ci_text}")
-    lines.append("  flags: " + ("; ".join(law["flags"]) if law["flags"] else "none"))
+    lines += ["  flags:"] + [f"    - {flag}" for flag in law["flags"]] if law["flags"] else \
+        ["  flags: none"]
     lines.append("Stage 1, each delta with free A_train, A_gap, C_train (next to the fitted "
                  "A_gap(delta), C_train(delta)):")
     lines.append(f"  {'delta':>7}{'A_train':>10}{'A_gap':>10}{'A_gap(d)':>10}{'C_train':>10}"
@@ -1056,7 +1082,11 @@ def format_report(results):
     for row in law["stage1"]["per_delta"]:
         lines.append(f"  {row['delta']:7g}{row['A_train']:10.4g}{row['A_gap']:10.4g}"
                      f"{row['A_gap_law']:10.4g}{row['C_train']:10.4g}{row['C_train_law']:11.4g}")
-    lines += _fmt_errors("Fit errors, domain test loss, in sample:", results["errors"]["in_sample"])
+    in_sample = results["errors"]["in_sample"]
+    lines += _fmt_errors("Fit errors, domain test loss, in sample:", in_sample)
+    if in_sample["paper_law"]["rmse"] > min(in_sample[name]["rmse"] for name in BASELINES):
+        lines.append("  note: the paper's law fits these runs worse than the saturating baselines; "
+                     "check the flags and plots before trusting its forecasts")
     if "holdout" in results["errors"]:
         h = results["errors"]["holdout"]
         lines += _fmt_errors(f"Held-out delta {h['delta']:g} (fit without it, on "
@@ -1070,7 +1100,8 @@ def format_report(results):
                              f"{f['n_fit_points']} points up to it):", f["errors"])
     drop = results["drop"]
     if drop:
-        lines.append(f"Finetuning drop Delta(T) = a T^b + c, mode {drop['mode']}: {drop['reason']}")
+        lines.append(f"Finetuning drop Delta(T) = a T^b + c (T in units of {drop['t_scale']:.0e}), "
+                     f"mode {drop['mode']}: {drop['reason']}")
         for key, p in drop["params"].items():
             lines.append(f"  {key:<8} a={p['a']:.4g} b={p['b']:.4g} c={p['c']:.4g}")
     else:
@@ -1088,6 +1119,9 @@ def format_report(results):
         lines.append(f"  {r['delta']:7g}{r['pretrain_test_loss']:10.4f}{r['drop']:8.4f}"
                      f"{r['post_ft_loss']:9.4f}  {ci_text:<17}{r['repeats']:9.3g}"
                      f"{_fmt_tokens(r['onset_tokens']):>15}{wins:>6}{mark}")
+    if (rec["drop_extrapolation"] or 0) > 1:
+        lines.append(f"  note: the drop law is extrapolated {rec['drop_extrapolation']:.3g}x beyond the "
+                     "last finetuned checkpoint")
     best = rec["recommended"]
     which = "post-finetuning" if rec["uses_finetune_drop"] else "pretraining"
     lines.append(f"Recommended domain_frac: {best['delta']:g} ({which} domain test loss "
@@ -1268,7 +1302,8 @@ def _analyse(args):
         "baselines": {name: baselines[name] for name in BASELINES},
         "errors": errors,
         "drop": drop and {"mode": drop.mode, "params": drop.params, "t_scale": drop.t_scale,
-                          "cv_rmse": drop.cv_rmse, "reason": drop.reason},
+                          "cv_rmse": drop.cv_rmse, "reason": drop.reason,
+                          "max_tokens": drop.max_tokens},
         "forecast": recommend(law, drop, target, args.candidates, domain_tokens),
     }
     results["settings"]["target_tokens"] = target
@@ -1285,8 +1320,9 @@ def main(argv=None):
         except FitLawsError as exc:
             raise SystemExit(f"fit_laws: {exc}") from None
         finally:
-            messages = [str(w.message) if issubclass(w.category, FitLawsWarning)
-                        else f"{w.category.__name__}: {w.message}" for w in caught]
+            messages = list(dict.fromkeys(  # once each, in order
+                str(w.message) if issubclass(w.category, FitLawsWarning)
+                else f"{w.category.__name__}: {w.message}" for w in caught))
             for message in messages:
                 print(f"fit_laws: warning: {message}", file=sys.stderr)
     results["warnings"] = messages

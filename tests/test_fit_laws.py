@@ -225,6 +225,16 @@ def test_drop_cross_validation_leaves_the_point_out():
     assert drop.cv_rmse["shared"] > 0.05 / math.sqrt(len(x))
 
 
+def test_drop_forecast_is_never_negative():
+    """A drop shrinking linearly in T extrapolates below zero; finetuning cannot raise the loss."""
+    points = [{"path": "x", "delta": 0.1, "tokens": t, "drop": 0.3 - 1e-6 * t}
+              for t in (1e5, 2e5, 3e5, 4e5)]
+    drop = fit_laws.fit_finetune_drop(points, mode="shared")
+    assert fit_laws.predict_drop(drop, 2.5e5, 0.1) == pytest.approx(0.05, abs=1e-3)
+    assert fit_laws.predict_drop(drop, 1e6, 0.1) == 0.0
+    assert drop.max_tokens == 4e5
+
+
 def test_drop_law_shared_recovers_parameters():
     rng = np.random.default_rng(5)
     points = [{"path": "x", "delta": d, "tokens": t,

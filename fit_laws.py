@@ -774,8 +774,8 @@ def _law_errors(law, baselines, runs):
     """Error of the paper's law and each baseline on the domain test loss of `runs`, with the
     number of parameters each fitted (the baselines have 3 per delta)."""
     y = np.concatenate([r.test for r in runs])
-    out = {"paper_law": _errors(np.concatenate([law.predict(r.tokens, r.delta)["test"]
-                                                 for r in runs]), y, len(PARAM_NAMES))}
+    pred = np.concatenate([law.predict(r.tokens, r.delta)["test"] for r in runs])
+    out = {"paper_law": _errors(pred, y, len(PARAM_NAMES))}
     for name in BASELINES:
         pred = np.concatenate([predict_baseline(baselines, name, r.tokens, r.delta) for r in runs])
         out[name] = _errors(pred, y, 3 * len(baselines[name]))

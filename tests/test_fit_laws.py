@@ -165,6 +165,21 @@ def test_fit_is_clean_and_has_intervals(fitted):
     assert gaps[0] == pytest.approx(0, abs=0.01) and gaps[-1] > gaps[2] > gaps[1]
 
 
+def test_bootstrap_resamples_whole_runs_when_deltas_have_seeds(fitted):
+    runs, _, _ = fitted
+    rng = np.random.default_rng(9)
+    seeds = runs + [fit_laws.Run(r.path + "_seed1", r.delta, r.dataset_id, r.model,
+                                 r.domain_tokens, r.tokens,
+                                 r.train + rng.normal(0, NOISE, len(r.tokens)),
+                                 r.test + rng.normal(0, NOISE, len(r.tokens))) for r in runs]
+    law = fit_laws.fit_pretraining_law(seeds, starts=1, bootstrap=3)
+    assert law.bootstrap_unit == "runs" and law.boot.shape == (3, 12)
+    data = fit_laws._stack(seeds, law.t_scale)
+    for _ in range(5):   # a replicate draws runs within each delta: every delta stays present
+        idx = fit_laws._bootstrap_indices(seeds, "runs", rng)
+        assert len(idx) == len(data["d"]) and set(data["d"][idx]) == set(DELTAS)
+
+
 def test_recommendation_matches_truth(fitted):
     _, law, drop = fitted
     rec = fit_laws.recommend(law, drop, TARGET, CANDIDATES, DOMAIN_TOKENS)
@@ -256,6 +271,19 @@ def test_drop_law_falls_back_to_constant_with_one_token_count():
     assert fit_laws.predict_drop(drop, 5e9, 0.05) == pytest.approx(0.15)
     with pytest.raises(FitLawsError, match="too few distinct pretraining token counts"):
         fit_laws.fit_finetune_drop(points, mode="shared")
+
+
+def test_flags_when_the_data_break_the_law(fitted, capsys):
+    """A delta = 0 run whose domain loss rises (the model drifts away from the domain) and a domain
+    test split that is harder than its train split are reported, not silently fitted."""
+    runs, _, _ = fitted
+    rising = [fit_laws.Run(r.path, r.delta, r.dataset_id, r.model, r.domain_tokens, r.tokens,
+                           r.train + 5 * r.tokens / 1e11, r.test + 5 * r.tokens / 1e11 + 0.05)
+              if r.delta == 0 else r for r in runs]
+    with pytest.warns(FitLawsWarning, match="mean domain test-train gap of \\+0.05"):
+        law = fit_laws.fit_pretraining_law(rising, starts=2)
+    assert any("delta=0 has a rising domain train loss" in f for f in law.flags)
+    assert law.gap_at_zero["mean"] == pytest.approx(0.05, abs=0.002)
 
 
 # ---- extrapolation checks ------------------------------------------------------------------------

@@ -50,7 +50,9 @@ Every reported coefficient refers to that unit (see "t_scale" in the output).
     resamples whole runs within each delta (needs several seeds per delta); "points" resamples the eval
     points of each run. Points on one loss curve are correlated, so "points" intervals are optimistic.
   Flags: a parameter that ends on a bound means the data pushed past the expected sign (e.g. a gap that
-    does not grow); such fits are listed under "flags" -- read their forecasts with suspicion.
+    does not grow); stage 1 adds what the free fits show (a rising train loss, a negative gap, A_train
+    differing a lot across deltas although the law shares it). All are listed under "flags", and the
+    report notes when the law fits worse than the baselines: read such forecasts with suspicion.
   delta = 0: domain train and test are both unseen, so their gap is ~0 plus noise and the law pins it to
     zero. A clear offset there means the two splits differ in distribution; we warn and report it.
   Enough data: C_train has 4 parameters and A_gap 3, so the fit needs runs at >= 4 distinct deltas,
@@ -111,13 +113,13 @@ Usage
 -----
   python fit_laws.py out/run_d0 out/run_d0.01 ... --finetune out/ft_* --target_tokens 20B \\
       --candidates 0,0.001,0.01,0.02,0.05,0.1 [--holdout_frac 0.1] [--fit_until 5e9] \\
-      [--bootstrap 50] [--seed 0] [--out fit_results.json]
-List the run folders first (--finetune takes every path after it). Token counts accept suffixes
-K, M, B, T (20B = 2e10). Writes the results JSON (atomically) and, next to
-it, <stem>_curves.png (data and fitted train / gap / test curves per delta), <stem>_recommendation.png
-(post-finetuning loss against delta at the target budget) and, with a check, <stem>_checks.png (the
-scored data against each law's forecast). Reading the printed report: the parameter
-table (with bootstrap intervals and flags); stage 1's free per-delta coefficients next to the values
+      [--bootstrap 50] [--bootstrap_unit auto] [--starts 8] [--drop_mode auto] [--min_tokens 0] \\
+      [--seed 0] [--out fit_results.json] [--no_plots]
+List the run folders first (--finetune takes every path after it). Token counts accept suffixes K, M,
+B, T (20B = 2e10). Writes the results JSON (atomically) and, next to it, <stem>_curves.png (data and
+fitted train / gap / test curves per delta), <stem>_recommendation.png (post-finetuning loss against
+delta at the target budget) and, with a check, <stem>_checks.png (the scored data against each law's
+forecast). Reading the printed report: the parameter table (with bootstrap intervals and flags); stage 1's free per-delta coefficients next to the values
 of the fitted A_gap(delta) and C_train(delta) (large disagreements mean the functional forms do not
 suit the data); the fit errors of each law, in sample and held out, with its parameter count; the
 drop law and why its mode was chosen; and one row per candidate delta: pretraining test loss, drop,

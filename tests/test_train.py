@@ -123,7 +123,8 @@ def test_flags_accept_both_spellings_and_config_files(tmp_path):
     cfg = train.parse_config(train.TrainConfig, ["--config", str(preset), "--batch_size", "2"], "")
     assert (cfg.lr, cfg.batch_size) == (0.5, 2)
     for name in os.listdir(os.path.join(ROOT, "configs")):
-        train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
+        if name.endswith(".json"):  # every training preset parses
+            train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
 
 
 def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):

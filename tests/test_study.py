@@ -1,0 +1,47 @@
+"""The study driver end to end at a micro size: every stage runs and the report is filled from real runs."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def table_rows(report: str, heading: str) -> list[list[str]]:
+    section = report.split(f"## {heading}")[1].split("\n## ")[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row] for row in rows[2:]]  # skip header and separator
+
+
+def test_micro_study_end_to_end(tiny_data, tmp_path):
+    out, results = str(tmp_path / "out"), str(tmp_path / "results")
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--preset", "micro", "--data_dir", tiny_data,
+           "--out_dir", out, "--results_dir", results]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    preset = json.load(open(os.path.join(ROOT, "configs", "study", "micro.json")))
+    report = open(os.path.join(results, "REPORT.md")).read()
+
+    rows = table_rows(report, "Domain test loss before and after finetuning")
+    assert len(rows) == len(preset["deltas"]) * len(preset["milestones"])
+    for row in rows:  # every number comes from the finetune.json the run wrote
+        delta, tokens = float(row[0]), int(row[1])
+        ft = json.load(open(os.path.join(out, "finetune", f"d{delta:g}_{tokens}", "finetune.json")))
+        assert float(row[2]) == round(ft["pretrained"]["domain_test_loss"], 4)
+        assert float(row[3]) == round(ft["best"]["domain_test_loss"], 4)
+        assert float(row[5]) == round(ft["best"]["general_val_loss"], 4)
+        assert ft["best"]["domain_test_loss"] <= ft["pretrained"]["domain_test_loss"]
+
+    gains = table_rows(report, "Relative gain and compute multiplier")
+    assert [float(r[0]) for r in gains] == [d for d in preset["deltas"] if d > 0]
+    assert all(re.fullmatch(r"[+-]\d+\.\d\d%", cell) for r in gains for cell in r[1:-1])
+    assert len(table_rows(report, "Overfitting during pretraining")) == len(preset["deltas"])
+    assert len(table_rows(report, "Downstream: the continuation task")) == len(preset["deltas"])
+    assert "Recommended domain_frac" in report
+    for png in ("pretraining.png", "fit_results_curves.png", "fit_results_recommendation.png"):
+        assert os.path.getsize(os.path.join(results, png)) > 1000
+
+    # restartable: a second call finds every stage done and only rewrites the report
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "train.py" not in proc.stdout and "finetune.py" not in proc.stdout

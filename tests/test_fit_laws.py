@@ -402,6 +402,7 @@ def test_cli_end_to_end(study, tmp_path, capsys):
     assert "Held-out delta 0.1" in printed and "data_constrained" in printed
     saved = json.loads(out.read_text())
     assert saved == results
+    assert fit_laws.format_report(saved) in printed      # study.py reprints it from the JSON
     assert saved["forecast"]["recommended"]["delta"] == 0.02
     assert saved["settings"]["target_tokens"] == 5e10
     assert saved["drop"]["mode"] == "per_delta"

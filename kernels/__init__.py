@@ -9,7 +9,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 
 def _use_triton(device: torch.device) -> bool:
@@ -31,28 +30,57 @@ def attention_reference(q, k, v, scale=None):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
 
-def _chunk_loss_sum(hidden, weight, targets, ignore_index):
-    logits = hidden @ weight.t()
-    return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The fused algorithm in plain PyTorch: per chunk of tokens, logits -> loss and, right away, the
+    gradient d loss / d logits = (softmax - onehot) / count, which turns into dh (chunk rows) and dW
+    (accumulated in fp32); the chunk's logits are then dropped. Backward only scales the stored
+    gradients by grad_output. One chunk of logits is alive at a time and no matmul is recomputed."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size):
+        valid = targets != ignore_index
+        count = valid.sum().clamp(min=1)
+        safe_targets = targets.masked_fill(~valid, 0)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when checking in fp64
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        dh = torch.empty_like(hidden)
+        dw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            h, t, keep = hidden[rows], safe_targets[rows], valid[rows]
+            logits = (h @ weight.t()).to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * keep).sum()
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(len(t), device=t.device), t] -= 1
+            grad *= (keep / count).to(acc)[:, None]
+            dh[rows] = grad.to(weight.dtype) @ weight
+            dw.addmm_(grad.t(), h.to(acc))
+        ctx.save_for_backward(dh, dw)
+        ctx.weight_dtype = weight.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        dh, dw = ctx.saved_tensors
+        return dh * grad_output.to(dh.dtype), (dw * grad_output).to(ctx.weight_dtype), None, None, None
 
 
-def linear_cross_entropy_reference(hidden, weight, targets, ignore_index=-1, chunk_size=4096):
+def linear_cross_entropy_reference(hidden, weight, targets, ignore_index=-1, chunk_size=1024):
     """Mean cross-entropy of softmax(hidden @ weight.T) against targets, skipping ignore_index.
 
     The N x V logits of a GPT-2 vocabulary are the largest activation of a small model, so the
-    reference never holds them all: it walks token chunks and recomputes each chunk's logits in the
-    backward pass (activation checkpointing) instead of keeping them.
+    reference never holds them all: it walks chunks of chunk_size tokens (see _LinearCrossEntropy).
+    Without gradients it just sums the chunks' losses.
     """
-    total = hidden.new_zeros((), dtype=torch.float32)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_size)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for start in range(0, hidden.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        if hidden.requires_grad or weight.requires_grad:
-            total = total + checkpoint(_chunk_loss_sum, hidden[sl], weight, targets[sl], ignore_index,
-                                       use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(hidden[sl], weight, targets[sl], ignore_index)
-    count = (targets != ignore_index).sum().clamp(min=1)
-    return total / count
+        logits = hidden[start:start + chunk_size] @ weight.t()
+        total += F.cross_entropy(logits.to(total.dtype), targets[start:start + chunk_size],
+                                 ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import linear_cross_entropy_reference
 from model import GPT, PRESETS, GPTConfig, config_from_preset
 
 
@@ -31,6 +32,24 @@ def test_fused_loss_equals_cross_entropy_of_logits():
     h = model.hidden(idx)
     expected = F.cross_entropy((h @ model.wte.weight.t()).flatten(0, 1), targets.flatten(), ignore_index=-1)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_reference_linear_cross_entropy_gradients(chunk):
+    """The chunked reference (gradients computed in the forward pass) against autograd in float64."""
+    torch.manual_seed(0)
+    h = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 50, (30,))
+    t[::4] = -1
+    g = torch.tensor(1.7, dtype=torch.float64)
+    loss = linear_cross_entropy_reference(h, w, t, -1, chunk_size=chunk)
+    dh, dw = torch.autograd.grad(loss * g, (h, w))
+    expected = F.cross_entropy(h @ w.t(), t, ignore_index=-1)
+    edh, edw = torch.autograd.grad(expected * g, (h, w))
+    assert torch.allclose(loss, expected) and torch.allclose(dh, edh) and torch.allclose(dw, edw)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy_reference(h, w, t, -1, chunk_size=chunk), expected)
 
 
 def test_tied_then_untied_keeps_function_and_separates_weights():

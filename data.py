@@ -962,6 +962,10 @@ class Mixture:
 
 # ---------------------------------------------------------------------------------------------
 
+def token_count(text: str) -> int:
+    return int(float(text))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
@@ -972,8 +976,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder (overrides --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=int, default=None, help="subsample domain train to N tokens")
-    p.add_argument("--general_tokens", type=int, default=None, help="cap general train at N tokens")
+    p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6 ok)")
+    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.list:

@@ -282,8 +282,10 @@ def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval
                             E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
         if done % cfg.eval_interval == 0 or done == total_steps or done in extra_eval_steps:
             record = eval_record(done)
+            mfu = {"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", dom_test=f"{record['domain_test_loss']:.3f}",
-                            E=f"{record['domain_epochs']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                            E=f"{record['domain_epochs']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}", **mfu,
+                            refresh=False)
             if on_eval(done, record):
                 break
     bar.close()

@@ -45,3 +45,16 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     # restartable: a second call finds every stage done and only rewrites the report
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "train.py" not in proc.stdout and "finetune.py" not in proc.stdout
+
+
+def test_every_study_preset_parses():
+    """The presets nobody runs in CI (GPU, paper scale) still name valid flags."""
+    import finetune
+    import train
+    for name in os.listdir(os.path.join(ROOT, "configs", "study")):
+        preset = json.load(open(os.path.join(ROOT, "configs", "study", name)))
+        assert {"data", "train", "deltas", "milestones", "finetune", "fit", "evaluate"} <= set(preset), name
+        cfg = train.parse_config(train.TrainConfig, [f"--{k}={v}" for k, v in preset["train"].items()], "")
+        assert max(preset["milestones"]) == cfg.max_tokens, name
+        train.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
+        assert len({d for d in preset["deltas"] if d > 0}) >= 3, name  # the 12-parameter law needs them

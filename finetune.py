@@ -127,9 +127,11 @@ def grid_values(value) -> list[str]:
 
 
 def parse_grid(cfg: FinetuneConfig, pretrain_lr: float) -> list[tuple[float, int]]:
-    """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR."""
+    """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR (rounded to 12
+    digits, so that 0.1 x 3e-3 is recorded as 3e-4, not 0.00030000000000000003)."""
     try:
-        lrs = [float(s[:-1]) * pretrain_lr if s.endswith("x") else float(s) for s in grid_values(cfg.lr)]
+        lrs = [float(f"{float(s[:-1]) * pretrain_lr:.12g}") if s.endswith("x") else float(s)
+               for s in grid_values(cfg.lr)]
         warmups = [int(float(s)) for s in grid_values(cfg.warmup)]
     except ValueError:
         raise train.TrainError(f"--lr {cfg.lr!r} / --warmup {cfg.warmup!r}: give comma-separated numbers "

@@ -87,6 +87,14 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
         result["best"]["domain_test_loss"], rel=1e-5)
 
 
+def test_grid_values_absolute_relative_and_from_python():
+    cfg = finetune.FinetuneConfig()  # the default: 0.1x, 0.3x, 1x the pretraining LR, 3 warmups
+    assert finetune.parse_grid(cfg, 3e-3) == [(lr, w) for lr in (3e-4, 9e-4, 3e-3) for w in (10, 20, 40)]
+    cfg = finetune.FinetuneConfig(lr="1e-5, 4e-5,1e-4", warmup="50,100,200")  # the paper's grid, as is
+    assert len(finetune.parse_grid(cfg, 4e-4)) == 9 and finetune.parse_grid(cfg, 4e-4)[0] == (1e-5, 50)
+    assert finetune.parse_grid(finetune.FinetuneConfig(lr=[1e-3, "2x"], warmup=5), 1e-3) == [(1e-3, 5), (2e-3, 5)]
+
+
 def test_early_stopping_stops_at_the_true_minimum():
     def stop_index(stopper, curve):
         return next(i for i, v in enumerate(curve) if stopper.update(v))

@@ -28,7 +28,6 @@ sys.path.insert(0, ROOT)
 
 # Relative-error thresholds per dtype (PyTorch's own kernels land well inside them).
 MAX_ERR = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-PEAK_TFLOPS = (("H100", 989), ("H200", 989), ("A100", 312))  # dense bf16, for MFU
 
 
 def parse_args():
@@ -267,21 +266,18 @@ def train_run(mode, cfg, batches, steps, warm):
 
 
 def bench_training():
-    try:
-        from model import PRESETS, GPTConfig
-    except Exception as e:  # model.py is written alongside; the kernel benchmarks do not need it
-        print(f"model.py not importable ({type(e).__name__}: {e}): skipping the end-to-end training step")
-        return
+    from model import PRESETS, GPTConfig
+    from train import peak_flops
     cfg = GPTConfig(**{**PRESETS[S["preset"]], "vocab_size": S["vocab"]})
     batches = synthetic_batches(S["steps"], S["batch"], cfg.seq_len, cfg.vocab_size, DEVICE)
     on = train_run("triton", cfg, batches, S["steps"], S["warm"])
     off = train_run("torch", cfg, batches, S["steps"], S["warm"])
-    peak = next((p for key, p in PEAK_TFLOPS if CUDA and key in torch.cuda.get_device_name()), None)
+    peak = peak_flops(DEVICE)  # dense bf16 FLOP/s; None off the GPUs it knows
     shape = f"{S['preset']} B{S['batch']} T{cfg.seq_len}"
     row("train step", shape, "tokens/s", on[0], off[0], "SPT_KERNELS=torch", higher_is_better=True, goal=None)
     if peak:
-        row("train step", shape, "MFU %", 100 * on[0] * on[3] / peak / 1e12, 100 * off[0] * off[3] / peak / 1e12,
-            f"of {peak} TFLOP/s", higher_is_better=True, goal=None)
+        row("train step", shape, "MFU %", 100 * on[0] * on[3] / peak, 100 * off[0] * off[3] / peak,
+            f"of {peak / 1e12:.0f} TFLOP/s", higher_is_better=True, goal=None)
     gb = lambda b: None if b is None else b / 2**30
     row("train step", shape, "peak GB", gb(on[1]), gb(off[1]), "SPT_KERNELS=torch", higher_is_better=False, goal=None)
     row("train step", shape, f"loss @ {S['steps']}", on[2], off[2], "SPT_KERNELS=torch", higher_is_better=False, goal=None)

@@ -336,6 +336,10 @@ def parse_milestones(spec: str) -> list[int]:
         raise TrainError(f"--ckpt_tokens {spec!r}: give comma-separated token counts like 250e3,1e6")
 
 
+# What defines the data stream and the schedule: a resumed run must keep them.
+RESUME_FIXED = ("domain_frac", "batch_size", "seq_len", "seed", "max_tokens", "schedule", "lr", "warmup_steps")
+
+
 def pretrain(cfg: TrainConfig):
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
@@ -358,6 +362,12 @@ def pretrain(cfg: TrainConfig):
     ckpt, start_step, mixture_step0, tokens_offset, general_start = None, 0, 0, 0, 0
     if cfg.resume:
         ckpt = load_checkpoint(latest)
+        before = ckpt["config"]
+        changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
+        if changed:
+            was = ", ".join(f"{k}={before.get(k)}" for k in changed)
+            raise TrainError(f"--resume with other {', '.join(changed)} than the run in {out_dir} ({was}): an "
+                             f"exact resume needs the same data and schedule; --init_from starts a new run from it")
         load_weights(model, ckpt, latest)
         start_step, mixture_step0, tokens_offset = ckpt["step"], ckpt["mixture_step0"], ckpt["tokens_offset"]
         general_start = ckpt["mixture"]["general_start"]

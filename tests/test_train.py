@@ -85,6 +85,8 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path):
                              "--init_from", os.path.join(out, "ckpt_latest.pt")))
     with pytest.raises(train.TrainError, match="--resume"):
         train.main(tiny_args(tiny_data, str(tmp_path / "none"), "--resume"))
+    with pytest.raises(train.TrainError, match="other domain_frac"):
+        train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume", "--domain_frac", "0.5"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(train.TrainError, match="corrupt"):

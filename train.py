@@ -465,9 +465,10 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
     for f in dataclasses.fields(config_cls):
         kind = field_type(f)
         if kind is bool:
-            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default)
+            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default, help="%(default)r")
         else:
-            p.add_argument(f"--{f.name}", type=(lambda s: int(float(s))) if kind is int else kind, default=f.default)
+            p.add_argument(f"--{f.name}", type=(lambda s: int(float(s))) if kind is int else kind, default=f.default,
+                           help="%(default)r")
     return p
 
 
@@ -487,7 +488,14 @@ def parse_config(config_cls, argv, description: str):
     return config_cls(**{k: v for k, v in vars(args).items() if k != "config"})
 
 
+GPU_DEFAULTS = os.path.join(ROOT, "configs", "gpu-124m.json")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if torch.cuda.is_available() and not any(a.split("=")[0] == "--config" for a in argv):
+        print(f"CUDA found and no --config: using {os.path.relpath(GPU_DEFAULTS)} (the 124M preset)")
+        argv = ["--config", GPU_DEFAULTS] + argv
     cfg = parse_config(TrainConfig, argv, __doc__)
     if cfg.model not in PRESETS:
         raise TrainError(f"unknown model preset {cfg.model!r}: choose one of {', '.join(PRESETS)}")

@@ -383,7 +383,8 @@ def pretrain(cfg: TrainConfig):
     mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed,
                            general_start=general_start, vocab_size=meta["vocab_size"])
     tokens_per_step = cfg.batch_size * seq_len
-    total_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+    # Steps count from the start of the first run (an --init_from run continues its parent's count).
+    total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
         raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step}: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)

@@ -256,15 +256,6 @@ def save_results(path: str, results: dict):
     data.atomic_write(path, lambda f: json.dump(results, f, indent=1), mode="w")
 
 
-def drop_log_lines(path: str, lr: float, warmup: int):
-    """Remove an interrupted configuration's log lines before it runs again."""
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip()
-                    and (json.loads(line).get("ft_lr"), json.loads(line).get("ft_warmup")) != (lr, warmup)]
-        data.atomic_write(path, lambda f: f.writelines(kept), mode="w")
-
-
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
@@ -355,7 +346,8 @@ def run(cfg: FinetuneConfig) -> dict:
         if (lr, warmup) in done:
             continue
         if rt.master:
-            drop_log_lines(log_path, lr, warmup)
+            # an interrupted attempt at this configuration leaves lines behind: drop them
+            train.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
         best = best_over([c for c in results.values() if c["finished"]])
         entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
                                      best["domain_test_loss"] if best else math.inf)

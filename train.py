@@ -311,11 +311,12 @@ def append_jsonl(path: str, record: dict):
         os.fsync(f.fileno())
 
 
-def truncate_log(path: str, last_step: int):
-    """On resume, drop log lines written after the checkpoint we continue from."""
+def filter_log(path: str, keep):
+    """Rewrite a log.jsonl atomically with only the records for which keep(record) is true: what a
+    resumed run (or a rerun finetuning configuration) does with lines its earlier attempt wrote."""
     if os.path.exists(path):
         with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+            kept = [line for line in f if line.strip() and keep(json.loads(line))]
         data.atomic_write(path, lambda f: f.writelines(kept), mode="w")
 
 
@@ -408,7 +409,7 @@ def pretrain(cfg: TrainConfig):
                     "world_size": rt.world_size}
         data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1), mode="w")
         if cfg.resume:
-            truncate_log(log_path, start_step)
+            filter_log(log_path, lambda r: r["step"] <= start_step)  # lines after the checkpoint go
         print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 

@@ -84,8 +84,9 @@ def pretrain(preset: dict, out: str, data_dir: str):
                "ckpt_tokens": ",".join(f"{m:g}" for m in preset["milestones"])}
     for delta in preset["deltas"]:
         folder = run_dir(out, delta)
-        log = os.path.join(folder, "log.jsonl")
-        if os.path.exists(log) and read_jsonl(log) and read_jsonl(log)[-1]["tokens"] >= options["max_tokens"]:
+        log_path = os.path.join(folder, "log.jsonl")
+        log = read_jsonl(log_path) if os.path.exists(log_path) else []
+        if log and log[-1]["tokens"] >= options["max_tokens"]:
             continue  # finished
         resume = ["--resume"] if os.path.exists(os.path.join(folder, "ckpt_latest.pt")) else []
         run(python_launcher() + ["train.py", *flags(options), f"--domain_frac={delta}", f"--out_dir={folder}", *resume])

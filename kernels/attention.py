@@ -48,51 +48,53 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _configs(gpu_configs):
-    """triton.Configs from (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples; 16 x 16 when interpreting."""
-    if INTERPRET:
-        gpu_configs = [(16, 16, 4, 1)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in gpu_configs]
-
-
-def _prune(configs, named_args, **kwargs):
-    """Drop configs that cannot be fast for this input, so that autotuning compiles fewer kernels.
-
-    A program keeps its own tile (max(BLOCK_M, BLOCK_N) rows of head_dim) and its fp32 accumulator in
-    registers: past 2048 elements per warp (128 rows of head_dim 128 on 4 warps) they spill to memory.
-    Past BLOCK_M * BLOCK_N * head_dim = 128 * 128 * 64 the pipelined tiles fill nearly all of a
-    Hopper's shared memory and overflow an A100's. (Both limits are read off the compiler's register
-    and shared-memory reports for sm_80 and sm_90.) fp32 inputs are a correctness path (true-fp32
-    dots run on plain FMA units, with twice the bytes per tile): they get the small config at the end
-    of each list.
-    """
-    q = named_args["Q"]
-    if q.dtype == torch.float32:
-        return configs[-1:]
-    D = q.shape[-1]
-
-    def fits(c):
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        return max(bm, bn) * D <= 2048 * c.num_warps and bm * bn * D <= 128 * 128 * 64
-
-    return [c for c in configs if fits(c)]
-
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages), valid on Ampere and Hopper: after pruning, at most 128 KB
-# of shared memory (A100: 164 KB, H100: 227 KB). Each list ends with a small config that fits anywhere.
-# Forward: BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0).
-_FWD = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2)])
-# dK/dV: BLOCK_N keys per program, streaming BLOCK_M queries at a time (BLOCK_N % BLOCK_M == 0).
-_DKDV = _configs([(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (16, 32, 4, 2)])
-# dQ: BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0).
-_DQ = _configs([(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (32, 16, 4, 2)])
+# Tile configs (BLOCK_M, BLOCK_N, num_warps, num_stages) per head_dim, read off the compiler's own
+# reports: `python kernels/compile_report.py` compiles each for sm_80 and sm_90 (no GPU needed) and
+# prints its registers, spills and shared memory. A program keeps its tiles and fp32 accumulators in
+# registers, and past 255 per thread they spill to off-chip memory. With Triton 3.6 and 3.9 the 16-bit
+# configs below spill at most 32 bytes per thread on sm_90 unless marked, and at most 264 on sm_80. The
+# backward kernels hold four tiles (dK/dV: K, V and two accumulators), so for head_dim 128 only narrow
+# tiles stay in registers; their lists also offer a wider tile that spills a little, and autotuning
+# measures which wins. All use at most 80 KB of shared memory (A100: 163 KB, H100: 227 KB). fp32
+# inputs are a correctness path (true-fp32 dots run on plain FMA units, twice the bytes per tile):
+# they get one small config, as does the interpreter (which runs every program in Python).
+_FWD = {  # BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0)
+    64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
+    128: [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 3)],  # the last: 8 bytes
+    "fp32": [(64, 32, 8, 2)],
+}
+_DKDV = {  # BLOCK_N keys per program, streaming BLOCK_M queries at a time (BLOCK_N % BLOCK_M == 0)
+    64: [(32, 128, 8, 3), (16, 128, 8, 3), (32, 64, 8, 3), (64, 64, 8, 3)],
+    128: [(32, 32, 8, 3), (16, 32, 8, 3), (16, 64, 8, 3), (32, 64, 8, 3)],  # the last: 56-184 bytes
+    "fp32": [(16, 32, 8, 2)],
+}
+_DQ = {  # BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0)
+    64: [(128, 64, 8, 3), (128, 32, 8, 3), (128, 16, 8, 3), (64, 64, 4, 3)],
+    128: [(64, 32, 8, 3), (64, 16, 8, 3), (32, 32, 8, 3), (128, 32, 8, 3)],  # the last: 56-88 bytes
+    "fp32": [(32, 16, 4, 2)],
+}
+_INTERPRETER_CONFIG = (16, 16, 4, 1)
 _PREPROCESS_BLOCK = 16 if INTERPRET else 64
 
-# Autotuning is keyed on the sequence length and head dimension (the autotuner adds the dtypes).
-# Every kernel writes all of its outputs and accumulates only in registers, so running it several
-# times while benchmarking configs cannot corrupt the result.
-_tune = dict(key=["T", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})
+
+def _autotune(table):
+    """triton.autotune over every config of `table`, pruned at launch to this input's list.
+
+    Autotuning is keyed on the sequence length and head dimension (the autotuner adds the dtypes).
+    Every kernel writes all of its outputs and accumulates only in registers, so running it several
+    times while benchmarking configs cannot corrupt the result.
+    """
+    tuples = [_INTERPRETER_CONFIG] if INTERPRET else list(dict.fromkeys(t for ts in table.values() for t in ts))
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tuples]
+
+    def prune(configs, named_args, **kwargs):
+        q = named_args["Q"]
+        if INTERPRET:
+            return configs
+        wanted = table["fp32" if q.dtype == torch.float32 else 64 if q.shape[-1] <= 64 else 128]
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+
+    return triton.autotune(configs=configs, key=["T", "HEAD_DIM"], prune_configs_by={"early_config_prune": prune})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, lo,
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_FWD, **_tune)
+@_autotune(_FWD)
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE,
               stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -210,7 +212,7 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, offs_n, 
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV, **_tune)
+@_autotune(_DKDV)
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -275,7 +277,7 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_m, offs_d,
     return dq
 
 
-@triton.autotune(configs=_DQ, **_tune)
+@_autotune(_DQ)
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,

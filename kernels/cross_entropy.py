@@ -37,6 +37,7 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _BLOCK_V = 64 if INTERPRET else 4096  # vocabulary columns per step of the row loop
+NUM_WARPS = 1 if INTERPRET else 8  # one program per row: 8 warps stream it (1 in the interpreter: faster)
 _CHUNK_BYTES = 256 * 2**20  # budget for one chunk of logits
 
 
@@ -87,7 +88,7 @@ def cross_entropy_rows(logits, targets, loss, grad, inv_count, ignore_index, blo
     _cross_entropy_rows[(N,)](logits, logits if grad is None else grad, targets, loss, inv_count,
                               logits.stride(0), logits.stride(0) if grad is None else grad.stride(0), V, ignore_index,
                               COMPUTE_GRAD=grad is not None, BLOCK_V=block_v or _BLOCK_V,
-                              num_warps=1 if INTERPRET else 8)
+                              num_warps=NUM_WARPS)
 
 
 def _inv_count(targets, ignore_index):

@@ -6,6 +6,7 @@ float buffer the kernels allocate starts as NaN (see `poison`), so an element a 
 write fails the comparison, and the inputs are fresh random numbers each run (the seed is printed).
 """
 import os
+import subprocess
 import sys
 
 # Triton reads TRITON_INTERPRET when it defines a @triton.jit function, and it defines its own standard
@@ -97,7 +98,8 @@ def test_attention_strided_inputs_and_scale():
     check_attention(2, 3, 29, 32, torch.float32, layout="bt3hd", scale=0.3)
 
 
-@pytest.mark.parametrize("fwd,dkdv,dq,T", [((32, 16), (16, 32), (32, 16), 70), ((64, 32), (16, 64), (64, 16), 100)])
+@pytest.mark.parametrize("fwd,dkdv,dq,T", [((32, 16), (16, 32), (32, 16), 70), ((64, 32), (16, 64), (64, 16), 100),
+                                            ((128, 16), (16, 128), (128, 16), 150)])
 def test_attention_unequal_tiles(monkeypatch, fwd, dkdv, dq, T):
     """The GPU configs use BLOCK_M != BLOCK_N, which the interpreter's single 16 x 16 config doesn't."""
     for kernel, (bm, bn) in ((attention._attn_fwd, fwd), (attention._attn_bwd_dkdv, dkdv), (attention._attn_bwd_dq, dq)):
@@ -195,3 +197,17 @@ def test_dispatch_follows_spt_kernels(monkeypatch):
     for choice in ("torch", "auto"):  # auto: the reference off CUDA
         monkeypatch.setenv("SPT_KERNELS", choice)
         assert torch.is_tensor(kernels.causal_attention(q, q, q)) and torch.is_tensor(kernels.linear_cross_entropy(h, w, t))
+
+
+def test_every_gpu_config_compiles_for_ampere_and_hopper():
+    """The configs autotuning tries on a GPU, compiled by the real compiler (which needs no GPU): each
+    must compile for sm_80 and sm_90 and fit in the shared memory of an A100 and an H100."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join("kernels", "compile_report.py"), "--arch", "80,90", "--dtype", "bf16",
+           "--head_dim", "128"]
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("sm_")]
+    per_arch = len(attention._FWD[128]) + len(attention._DKDV[128]) + len(attention._DQ[128])
+    assert len(rows) == 2 * per_arch and all(row.endswith(" ok") for row in rows), result.stdout

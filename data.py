@@ -8,6 +8,7 @@ fraction delta (`domain_frac`) of the tokens, repeating it as often as needed. T
    Splits are made per *document* (a held-out tune or molecule never leaks into training), with a
    fixed seed. The domain test split is drawn before the domain train split is subsampled to a token
    budget, so runs with 3M, 30M or 300M domain tokens are all measured on the same test documents.
+   Documents stream through a scratch file on disk, so a corpus may be far larger than memory.
 
        python data.py                     # default: general English mix + ABC music, gpt2 tokens
        python data.py --list              # the named sources
@@ -23,6 +24,7 @@ followed by the tokens as uint16 (when the vocabulary fits) or uint32, an end-of
 every document. Files are memory-mapped, never read whole.
 """
 import argparse
+import array
 import bz2
 import csv
 import functools
@@ -110,20 +112,52 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
 
 
-def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
-    dtype = token_dtype(vocab_size)
-    tokens = np.asarray(tokens)
-    if tokens.size and int(tokens.max()) >= vocab_size:
-        raise DataError(f"token id {int(tokens.max())} >= vocab size {vocab_size} while writing {path}")
-    header = np.zeros(HEADER_BYTES // 8, dtype=np.int64)
-    header[1:5] = (VERSION, tokens.size, np.dtype(dtype).itemsize, vocab_size)
-    header_bytes = bytearray(header.tobytes())
-    header_bytes[:8] = MAGIC
+class TokenWriter:
+    """Append token arrays to a token file without holding them all: the header (with the count)
+    is written last, into a temporary file that replaces `path` only when complete."""
 
-    def write(f):
-        f.write(bytes(header_bytes))
-        f.write(tokens.astype(dtype, copy=False).tobytes())
-    atomic_write(path, write)
+    def __init__(self, path: str, vocab_size: int):
+        self.path, self.vocab_size, self.dtype = path, vocab_size, token_dtype(vocab_size)
+        self.tmp = f"{path}.tmp{os.getpid()}"
+        self.file = open(self.tmp, "wb")
+        self.file.write(bytes(HEADER_BYTES))  # a placeholder until the count is known
+        self.count, self.sha256 = 0, hashlib.sha256()
+
+    def append(self, tokens: np.ndarray):
+        tokens = np.asarray(tokens)
+        if tokens.size and int(tokens.max()) >= self.vocab_size:
+            raise DataError(f"token id {int(tokens.max())} >= vocab size {self.vocab_size} while writing {self.path}")
+        raw = tokens.astype(self.dtype, copy=False).tobytes()
+        self.file.write(raw)
+        self.sha256.update(raw)  # of the token bytes only, as meta.json records it
+        self.count += tokens.size
+
+    def close(self):
+        header = np.zeros(HEADER_BYTES // 8, dtype=np.int64)
+        header[1:5] = (VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size)
+        header_bytes = bytearray(header.tobytes())
+        header_bytes[:8] = MAGIC
+        self.file.seek(0)
+        self.file.write(bytes(header_bytes))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:  # leave whatever was at `path` untouched
+            self.file.close()
+            os.remove(self.tmp)
+
+
+def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
+    with TokenWriter(path, vocab_size) as writer:
+        writer.append(tokens)
 
 
 def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
@@ -772,40 +806,81 @@ def resolve_source(spec: str) -> Source:
 
 
 # ---------------------------------------------------------------------------------------------
-# prepare: documents -> tokens -> document-level splits -> token files + meta.json
+# prepare: documents -> document-level splits -> tokens -> token files + meta.json
+#
+# Built for corpora larger than memory. The documents stream once into a scratch file next to the
+# output, each with an 8-byte hash; deduplication and the seeded split then work on the hashes alone
+# (16 bytes of memory per document), and each split is tokenized in its shuffled order straight from
+# the scratch file into its token file, stopping at the token budget.
 
-def tokenize(docs: list[str], enc: tiktoken.Encoding, desc: str, batch_docs: int = 512) -> list[np.ndarray]:
-    """Batched, multi-threaded tiktoken (its Rust core releases the GIL); one array per document,
-    each starting with the end-of-text token so documents stay separable in the flat stream."""
-    eot, out = enc.eot_token, []
-    dtype = token_dtype(enc.n_vocab)
-    for start in tqdm(range(0, len(docs), batch_docs), desc=f"tokenize {desc}", unit="batch", leave=False):
-        for ids in enc.encode_ordinary_batch(docs[start:start + batch_docs], num_threads=os.cpu_count() or 1):
-            out.append(np.array([eot] + ids, dtype=dtype))
-    return out
+class DocumentSpool:
+    """Documents written once to a scratch file, then read back by index."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.file = open(path, "wb")
+        self.offsets, self.hashes = array.array("q", [0]), array.array("Q")
+
+    def add(self, doc: str):
+        raw = doc.encode("utf-8")
+        self.file.write(raw)
+        self.offsets.append(self.offsets[-1] + len(raw))
+        self.hashes.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little"))
+
+    def __len__(self):
+        return len(self.hashes)
+
+    def finish(self):
+        self.file.close()
+        self.file = open(self.path, "rb")
+
+    def nbytes(self, i: int) -> int:
+        return self.offsets[i + 1] - self.offsets[i]
+
+    def __getitem__(self, i: int) -> str:
+        return os.pread(self.file.fileno(), self.nbytes(i), self.offsets[i]).decode("utf-8")
+
+    def unique(self) -> np.ndarray:
+        """Indices of the first copy of every distinct document, in reading order. (Two different
+        documents share a 64-bit hash with odds of about n^2 / 2^65: for a billion, 3%; one is lost.)"""
+        _, first = np.unique(np.frombuffer(self.hashes, dtype=np.uint64), return_index=True)
+        return np.sort(first)
 
 
-def split_documents(docs: list[str], holdout_frac: float, seed: int, salt: str):
-    """Deduplicate exact copies (they would straddle splits), then a seeded document-level split."""
-    unique = list(dict.fromkeys(d for d in docs if d.strip()))
+def split_documents(unique: np.ndarray, holdout_frac: float, seed: int, salt: str):
+    """A seeded document-level split of the distinct documents: (rest, held out), both shuffled."""
     rng = np.random.default_rng([seed, int.from_bytes(salt.encode()[:8], "little")])
-    order = rng.permutation(len(unique))
+    order = unique[rng.permutation(len(unique))]
     n_holdout = max(1, round(holdout_frac * len(unique))) if holdout_frac > 0 else 0
-    held = [unique[i] for i in order[:n_holdout]]
-    rest = [unique[i] for i in order[n_holdout:]]
-    return rest, held
+    return order[n_holdout:], order[:n_holdout]
 
 
-def take_budget(token_docs: list[np.ndarray], budget: int | None) -> list[np.ndarray]:
-    """Keep documents (in their already shuffled order) until the token budget is reached."""
-    if budget is None:
-        return token_docs
-    total = 0
-    for i, doc in enumerate(token_docs):
-        total += len(doc)
-        if total >= budget:
-            return token_docs[:i + 1]
-    return token_docs
+def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tiktoken.Encoding,
+                budget: int | None, desc: str, batch_docs: int = 512) -> dict:
+    """Tokenize documents in the given order into a token file, each starting with the end-of-text
+    token so documents stay separable in the flat stream; stop after the document that reaches the
+    token budget. Batched, multi-threaded tiktoken (its Rust core releases the GIL)."""
+    tokens = documents = nbytes = 0
+    with TokenWriter(path, enc.n_vocab) as writer, tqdm(total=len(indices), desc=f"tokenize {desc}",
+                                                         unit="doc", leave=False) as bar:
+        for start in range(0, len(indices), batch_docs):
+            batch = indices[start:start + batch_docs]
+            ids = enc.encode_ordinary_batch([spool[i] for i in batch], num_threads=os.cpu_count() or 1)
+            lengths = np.array([len(x) + 1 for x in ids])
+            if budget is not None and tokens + lengths.sum() >= budget:  # keep the document that reaches it
+                keep = int(np.searchsorted(np.cumsum(lengths), budget - tokens)) + 1
+                batch, ids, lengths = batch[:keep], ids[:keep], lengths[:keep]
+            flat = []
+            for x in ids:
+                flat.append(enc.eot_token)
+                flat.extend(x)
+            writer.append(np.array(flat, dtype=writer.dtype))
+            tokens, documents = tokens + int(lengths.sum()), documents + len(batch)
+            nbytes += sum(spool.nbytes(i) for i in batch)
+            bar.update(len(batch))
+            if budget is not None and tokens >= budget:
+                break
+    return {"tokens": tokens, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
 
 
 def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
@@ -825,24 +900,36 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
         source = resolve_source(spec)
         # An online source streams about enough for the budget plus the held-out share; others ignore it.
         stream_budget = budget and math.ceil(budget / (1 - holdout_frac))
-        docs = list(tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False))
-        train_docs, held_docs = split_documents(docs, holdout_frac, seed, group)
-        if not train_docs or not held_docs:
-            raise DataError(f"{group} source {spec!r} has {len(set(docs))} distinct documents: too few to "
-                            f"split off a held-out set of {holdout_frac:.0%}; use more data or --test_frac")
-        for name, split_docs, split_budget in ((f"{group}_train", train_docs, budget), (holdout_name, held_docs, None)):
-            token_docs = take_budget(tokenize(split_docs, enc, name), split_budget)
-            kept = split_docs[:len(token_docs)]
-            tokens = np.concatenate(token_docs)
-            path = os.path.join(out_dir, f"{name}.bin")
-            write_tokens(path, tokens, enc.n_vocab)
-            meta["splits"][name] = {
-                "tokens": int(tokens.size), "documents": len(token_docs),
-                "bytes": sum(len(d.encode("utf-8")) for d in kept),
-                "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
+        spool = DocumentSpool(os.path.join(out_dir, f".{group}-documents.tmp{os.getpid()}"))
+        try:
+            for doc in tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False):
+                if doc.strip():
+                    spool.add(doc)
+            spool.finish()
+            train, held = split_documents(spool.unique(), holdout_frac, seed, group)
+            if not len(train) or not len(held):
+                raise DataError(f"{group} source {spec!r} has {len(train) + len(held)} distinct documents: too "
+                                f"few to split off a held-out set of {holdout_frac:.0%}; use more data or --test_frac")
+            for name, indices, split_budget in ((f"{group}_train", train, budget), (holdout_name, held, None)):
+                path = os.path.join(out_dir, f"{name}.bin.partial")
+                meta["splits"][name] = write_split(path, spool, indices, enc, split_budget, name)
+        except BaseException:
+            for name in meta["splits"]:
+                os.remove(os.path.join(out_dir, f"{name}.bin.partial"))
+            raise
+        finally:
+            spool.file.close()
+            os.remove(spool.path)
+    # Swap the new splits in only now that all are complete. Without meta.json the folder reads as
+    # "not prepared", so a crash during the swap cannot leave old metadata describing new files.
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    for name in meta["splits"]:
+        os.replace(os.path.join(out_dir, f"{name}.bin.partial"), os.path.join(out_dir, f"{name}.bin"))
     meta["dataset_id"] = hashlib.sha256(json.dumps(
         [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
-    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
+    atomic_write(meta_path, lambda f: json.dump(meta, f, indent=1), mode="w")
     summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     print(f"prepared {out_dir} in {time.time() - t0:.0f}s: {summary} tokens")
     return meta

@@ -1,6 +1,7 @@
 """Token files, tokenizers, document splits and the mixture: the contracts the rest relies on."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -98,6 +99,46 @@ def test_too_small_domain_for_split_is_an_error(tmp_path):
     (folder / "a.txt").write_text("only one document")
     with pytest.raises(data.DataError, match="too few"):
         data.prepare(str(tmp_path / "ds"), f"local:{folder}", f"local:{folder}", tokenizer="byte")
+
+
+def test_prepare_writes_exactly_the_in_memory_definition(tmp_path):
+    """prepare streams documents through a scratch file; its output must equal the plain definition:
+    drop blank documents, keep the first copy of each, shuffle with the seed, hold out the first
+    share, and keep training documents until the one that reaches the token budget."""
+    docs = [f"doc {i % 70} " + "x" * (5 + i % 70 * 7 % 53) for i in range(100)]  # 30 exact copies
+    docs[5] = docs[17] = "   \n"  # blank: dropped
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = str(tmp_path / "ds")
+    data.prepare(out, f"local:{path}", None, tokenizer="byte", val_frac=0.2, general_tokens=1500, seed=3)
+
+    unique = list(dict.fromkeys(d for d in docs if d.strip()))
+    order = np.random.default_rng([3, int.from_bytes(b"general", "little")]).permutation(len(unique))
+    n_val = round(0.2 * len(unique))
+    val, train = [unique[i] for i in order[:n_val]], [unique[i] for i in order[n_val:]]
+    lengths = np.cumsum([len(d.encode()) + 1 for d in train])
+    train = train[:int(np.searchsorted(lengths, 1500)) + 1]
+    assert len(train) < len(unique) - n_val  # the budget binds
+    eot = data.get_tokenizer("byte").eot_token
+    for split, expected in (("general_train", train), ("general_val", val)):
+        byte_tokens = [np.frombuffer(d.encode(), np.uint8).astype(np.uint16).tobytes() for d in expected]
+        assert documents_of(os.path.join(out, f"{split}.bin"), eot) == byte_tokens
+        assert data.load_meta(out)["splits"][split]["documents"] == len(expected)
+    assert data.load_meta(out)["splits"]["general_train"]["tokens"] == lengths[len(train) - 1] >= 1500
+
+
+def test_failed_prepare_leaves_the_dataset_as_it_was(tiny_data, tmp_path):
+    folder = str(tmp_path / "ds")
+    shutil.copytree(tiny_data, folder)
+    before = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)}
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text("a domain with a single document")
+    meta = data.load_meta(folder)
+    with pytest.raises(data.DataError, match="too few"):  # fails after the general splits are written
+        data.prepare(folder, meta["sources"]["general"], f"local:{one}", tokenizer="byte")
+    after = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)}
+    assert after == before  # same files, same bytes, no scratch or partial files left behind
 
 
 def test_local_jsonl_bad_line_names_the_line(tmp_path):

@@ -60,12 +60,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # they get one small config, as does the interpreter (which runs every program in Python).
 _FWD = {  # BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0)
     64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
-    128: [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 3)],  # the last: 8 bytes
+    128: [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 3)],  # the last: 8-64 bytes
     "fp32": [(64, 32, 8, 2)],
 }
 _DKDV = {  # BLOCK_N keys per program, streaming BLOCK_M queries at a time (BLOCK_N % BLOCK_M == 0)
     64: [(32, 128, 8, 3), (16, 128, 8, 3), (32, 64, 8, 3), (64, 64, 8, 3)],
-    128: [(32, 32, 8, 3), (16, 32, 8, 3), (16, 64, 8, 3), (32, 64, 8, 3)],  # the last: 56-184 bytes
+    128: [(32, 32, 8, 3), (16, 32, 8, 3), (16, 64, 8, 3), (32, 64, 8, 3)],  # the last: 40-184 bytes
     "fp32": [(16, 32, 8, 2)],
 }
 _DQ = {  # BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0)
@@ -98,6 +98,32 @@ def _autotune(table):
 
 
 # ---------------------------------------------------------------------------------------------
+# Loads. Full tiles (all rows < T) load without a mask: no compares, no predicated loads.
+
+
+@triton.jit
+def _load_rows(base, rows, stride, cols, T, MASK: tl.constexpr):
+    """The tile base[rows, cols] of a (T, head_dim) matrix with row stride `stride`; with MASK, rows at
+    or past T read as zeros."""
+    ptrs = base + rows[:, None] * stride + cols[None, :]
+    if MASK:
+        tile = tl.load(ptrs, mask=rows[:, None] < T, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _load_row_stats(base, rows, T, MASK: tl.constexpr):
+    """base[rows] of a per-row fp32 vector of length T (log-sum-exp or delta); zeros past T with MASK."""
+    if MASK:
+        x = tl.load(base + rows, mask=rows < T, other=0.0)
+    else:
+        x = tl.load(base + rows)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
 # Forward
 
 
@@ -107,12 +133,8 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, lo,
     """Fold key/value tiles [lo, hi) into the running (acc, l, m) of one query tile."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if MASK:
-            k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-            v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-        else:
-            k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :])
+        k = _load_rows(K, offs_n, stride_kt, offs_d, T, MASK)
+        v = _load_rows(V, offs_n, stride_vt, offs_d, T, MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASK:  # causal; it also hides keys >= T from every real query row
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
@@ -145,7 +167,7 @@ def _attn_fwd(Q, K, V, O, LSE,
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :], mask=offs_m[:, None] < T, other=0.0)
+    q = _load_rows(Q, offs_m, stride_qt, offs_d, T, True)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -174,10 +196,8 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_dob, s
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask = offs_m[:, None] < T
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
-                 mask=mask, other=0.0)
+    o = _load_rows(O + b * stride_ob + h * stride_oh, offs_m, stride_ot, offs_d, T, True)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dot, offs_d, T, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
 
@@ -191,16 +211,10 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, offs_n, 
     """
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        if MASK:
-            q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :], mask=offs_m[:, None] < T, other=0.0)
-            do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=offs_m[:, None] < T, other=0.0)
-            lse = tl.load(LSE + offs_m, mask=offs_m < T, other=0.0)
-            delta = tl.load(DELTA + offs_m, mask=offs_m < T, other=0.0)
-        else:
-            q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :])
-            do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :])
-            lse = tl.load(LSE + offs_m)
-            delta = tl.load(DELTA + offs_m)
+        q = _load_rows(Q, offs_m, stride_qt, offs_d, T, MASK)
+        do = _load_rows(DO, offs_m, stride_dot, offs_d, T, MASK)
+        lse = _load_row_stats(LSE, offs_m, T, MASK)
+        delta = _load_row_stats(DELTA, offs_m, T, MASK)
         sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
         if MASK:  # causal, and query rows past the end must not leak into the sums over rows
             sT = tl.where((offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] < T), sT, float("-inf"))
@@ -231,8 +245,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA,
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_n = offs_n[:, None] < T
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :], mask=mask_n, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :], mask=mask_n, other=0.0)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kt, offs_d, T, True)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vt, offs_d, T, True)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
@@ -261,12 +275,8 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_m, offs_d,
     """Accumulate into dQ of one query tile the contributions of key tiles [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if MASK:
-            k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-            v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-        else:
-            k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :])
+        k = _load_rows(K, offs_n, stride_kt, offs_d, T, MASK)
+        v = _load_rows(V, offs_n, stride_vt, offs_d, T, MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASK:
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
@@ -296,11 +306,10 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_m = offs_m[:, None] < T
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :], mask=mask_m, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
-                 mask=mask_m, other=0.0)
-    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + offs_m, mask=offs_m < T, other=0.0)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qt, offs_d, T, True)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dot, offs_d, T, True)
+    lse = _load_row_stats(LSE, offs_m, T, True)
+    delta = _load_row_stats(DELTA, offs_m, T, True)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_m, offs_d,
                    0, start_m, T, qk_scale, False, BLOCK_N, PRECISION)

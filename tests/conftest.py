@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import subprocess
 import sys
 
 import pytest
@@ -39,3 +40,17 @@ def tiny_data(tmp_path_factory):
     out = str(root / "ds")
     data.prepare(out, f"local:{gen}", f"local:{dom}", tokenizer="byte", val_frac=0.1, test_frac=0.1, seed=0)
     return out
+
+
+def one_process_and_two_ranks(main, script, args, tmp_path, port):
+    """Run a script's `main(args)` in this process and the script under torchrun with 2 gloo ranks;
+    "OUT" in args stands for the output folder. Returns the two output folders."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    main([a if a != "OUT" else one for a in args])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a 2-core machine: one thread each
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           os.path.join(root, script)] + [a if a != "OUT" else two for a in args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return one, two

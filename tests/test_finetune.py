@@ -2,8 +2,6 @@
 replay is realised, and bad input fails in one line without writing anything."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,9 +9,8 @@ import torch
 import data
 import finetune
 import train
+from conftest import one_process_and_two_ranks
 from evaluate import mean_loss
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +194,8 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(ckpt, tiny_data, tmp_path
 
 def test_torchrun_two_ranks_match_one_process(ckpt, tmp_path):
     """The same global batch: 1 process x 2 micro-steps vs 2 gloo ranks x 1 micro-step."""
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
     args = ft_args(ckpt, "OUT", "--grad_accum", "2", "--max_epochs", "0.2", "--lr", "1e-3,3e-3")
-    finetune.main([a if a != "OUT" else one for a in args])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
-           os.path.join(ROOT, "finetune.py")] + [a if a != "OUT" else two for a in args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = one_process_and_two_ranks(finetune.main, "finetune.py", args, tmp_path, port=29527)
     a, b = read_json(os.path.join(one, "finetune.json")), read_json(os.path.join(two, "finetune.json"))
     assert len(b["configs"]) == 2 and all(c["finished"] for c in b["configs"])
     for ca, cb in zip(a["configs"], b["configs"]):

@@ -2,13 +2,12 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import train
+from conftest import one_process_and_two_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {"step", "tokens", "domain_frac", "domain_epochs", "lr", "train_loss", "general_val_loss",
@@ -131,14 +130,8 @@ def test_flags_accept_both_spellings_and_config_files(tmp_path):
 
 def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):
     """Same global batch: 1 process x 2 micro-steps vs 2 gloo ranks x 1 micro-step."""
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
     args = tiny_args(tiny_data, "OUT", "--grad_accum", "2", "--max_tokens", "4096")
-    train.main([a if a != "OUT" else one for a in args])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           os.path.join(ROOT, "train.py")] + [a if a != "OUT" else two for a in args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = one_process_and_two_ranks(train.main, "train.py", args, tmp_path, port=29517)
     a, b = read_log(one), read_log(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):

@@ -811,7 +811,7 @@ def resolve_source(spec: str) -> Source:
 #
 # Built for corpora larger than memory. The documents stream once into a scratch file next to the
 # output, each with an 8-byte hash; deduplication and the seeded split then work on the hashes alone
-# (16 bytes of memory per document), and each split is tokenized in its shuffled order straight from
+# (16 bytes of memory per document, about 40 while splitting), and each split is tokenized in its shuffled order straight from
 # the scratch file into its token file, stopping at the token budget.
 
 class DocumentSpool:
@@ -827,9 +827,6 @@ class DocumentSpool:
         self.file.write(raw)
         self.offsets.append(self.offsets[-1] + len(raw))
         self.hashes.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little"))
-
-    def __len__(self):
-        return len(self.hashes)
 
     def finish(self):
         self.file.close()

@@ -376,26 +376,54 @@ def attention_backward(q, k, v, o, lse, do, scale, dq, dk, dv, delta):
                          H, T, scale, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q))
 
 
-class FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scale):
-        q, k, v = (_unit_last_stride(t) for t in (q, k, v))
-        B, H, T, D = q.shape
-        o = _empty_bthd(q)
-        lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-        attention_forward(q, k, v, scale, o, lse)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.scale = scale
-        return o
+# The autograd wrapper is a pair of custom operators rather than a torch.autograd.Function: to
+# torch.compile an operator is opaque (it calls it, it does not trace into Triton's launcher), so a
+# compiled model keeps the kernels and their autotuning, with no graph break. The fake versions tell
+# the compiler the outputs' shapes and strides without running anything.
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        do = _unit_last_stride(do)
-        dq, dk, dv = _empty_bthd(q), _empty_bthd(k), _empty_bthd(v)
-        delta = torch.empty_like(lse)
-        attention_backward(q, k, v, o, lse, do, ctx.scale, dq, dk, dv, delta)
-        return dq, dk, dv, None
+
+@torch.library.custom_op("spt::flash_attention_forward", mutates_args=())
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    B, H, T, D = q.shape
+    o, lse = _empty_bthd(q), torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    attention_forward(q, k, v, scale, o, lse)
+    return o, lse
+
+
+@_forward_op.register_fake
+def _(q, k, v, scale):
+    return _empty_bthd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("spt::flash_attention_backward", mutates_args=())
+def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                 do: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, do = (_unit_last_stride(t) for t in (q, k, v, do))
+    dq, dk, dv = _empty_bthd(q), _empty_bthd(k), _empty_bthd(v)
+    attention_backward(q, k, v, o, lse, do, scale, dq, dk, dv, torch.empty_like(lse))
+    return dq, dk, dv
+
+
+@_backward_op.register_fake
+def _(q, k, v, o, lse, do, scale):
+    return _empty_bthd(q), _empty_bthd(k), _empty_bthd(v)
+
+
+def _save_for_backward(ctx, inputs, output):
+    q, k, v, scale = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    return (*_backward_op(q, k, v, o, lse, do, ctx.scale), None)
+
+
+_forward_op.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 def flash_attention(q, k, v, scale=None):
@@ -403,4 +431,4 @@ def flash_attention(q, k, v, scale=None):
     _check(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     assert scale > 0, "the kernels mask scores with -inf before scaling them: the scale must be positive"
-    return FlashAttention.apply(q, k, v, scale)
+    return _forward_op(q, k, v, scale)[0]

@@ -96,7 +96,8 @@ def _inv_count(targets, ignore_index):
 
 
 # ---------------------------------------------------------------------------------------------
-# Plain cross-entropy over given logits
+# Plain cross-entropy over given logits: a torch.autograd.Function, the simplest wrapper, for eager
+# use (the model itself calls the fused loss below, a custom operator that torch.compile keeps whole).
 
 
 class CrossEntropy(torch.autograd.Function):
@@ -132,42 +133,54 @@ def _chunk_rows(N, V, dtype):
     return min(1 << (rows.bit_length() - 1), triton.next_power_of_2(N))
 
 
-class LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, block_v):
-        # Under autocast the matmuls run in the autocast dtype, like the nn.Linear they replace; we
-        # cast by hand (and switch autocast off inside) so that the gradients come back in the dtypes
-        # of hidden and weight themselves, dW straight from its fp32 accumulator.
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        N, V = hidden.shape[0], weight.shape[0]
-        chunk = chunk_size or _chunk_rows(N, V, dtype)
+# A custom operator, not an autograd.Function: torch.compile calls it as it is instead of tracing
+# into Triton's launcher (see the same note in attention.py).
+@torch.library.custom_op("spt::linear_cross_entropy", mutates_args=())
+def _linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                             chunk: int, block_v: int, dtype: torch.dtype, need_dh: bool,
+                             need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, d loss/d hidden, d loss/d weight), the gradients empty unless asked for. The matmuls
+    run in `dtype` (under autocast, the autocast dtype, like the nn.Linear they replace); dW comes back
+    in weight's dtype, rounded once from its fp32 accumulator."""
+    N = hidden.shape[0]
+    with torch.autocast(hidden.device.type, enabled=False):
+        h, w = hidden.to(dtype), weight.to(dtype)
+        inv_count = _inv_count(targets, ignore_index)
+        loss = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        dh = torch.empty_like(hidden) if need_dh else hidden.new_empty(0)
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
+        for start in range(0, N, chunk):
+            rows = slice(start, start + chunk)
+            logits = h[rows] @ w.t()
+            grad = logits if (need_dh or need_dw) else None  # written over the logits
+            cross_entropy_rows(logits, targets[rows], loss[rows], grad, inv_count, ignore_index, block_v)
+            if need_dh:
+                dh[rows] = grad @ w
+            if need_dw:
+                dw += grad.t() @ h[rows]  # rounded once per chunk, accumulated in fp32
+    return loss.sum() * inv_count, dh, weight.new_empty(0) if dw is None else dw.to(weight.dtype)
 
-        with torch.autocast(device, enabled=False):
-            h, w = hidden.to(dtype), weight.to(dtype)
-            inv_count = _inv_count(targets, ignore_index)
-            loss = torch.empty(N, dtype=torch.float32, device=hidden.device)
-            dh = torch.empty_like(hidden) if need_dh else None
-            dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
-            for start in range(0, N, chunk):
-                rows = slice(start, start + chunk)
-                logits = h[rows] @ w.t()
-                grad = logits if (need_dh or need_dw) else None  # written over the logits
-                cross_entropy_rows(logits, targets[rows], loss[rows], grad, inv_count, ignore_index, block_v)
-                if need_dh:
-                    dh[rows] = grad @ w
-                if need_dw:
-                    dw += grad.t() @ h[rows]  # rounded once per chunk, accumulated in fp32
-        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
-        return loss.sum() * inv_count
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        dh, dw = ctx.saved_tensors
-        dh = None if dh is None else dh * grad_output.to(dh.dtype)
-        dw = None if dw is None else dw * grad_output.to(dw.dtype)
-        return dh, dw, None, None, None, None
+@_linear_cross_entropy_op.register_fake
+def _(hidden, weight, targets, ignore_index, chunk, block_v, dtype, need_dh, need_dw):
+    return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty(hidden.shape if need_dh else 0),
+            weight.new_empty(weight.shape if need_dw else 0))
+
+
+def _save_gradients(ctx, inputs, output):
+    _, dh, dw = output
+    ctx.mark_non_differentiable(dh, dw)
+    ctx.save_for_backward(dh, dw)
+    ctx.need_dh, ctx.need_dw = inputs[-2:]
+
+
+def _scale_gradients(ctx, grad_loss, _grad_dh, _grad_dw):
+    dh, dw = ctx.saved_tensors
+    return (dh * grad_loss.to(dh.dtype) if ctx.need_dh else None, dw * grad_loss.to(dw.dtype) if ctx.need_dw else None,
+            None, None, None, None, None, None, None)
+
+
+_linear_cross_entropy_op.register_autograd(_scale_gradients, setup_context=_save_gradients)
 
 
 def fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_size=None, block_v=None):
@@ -178,4 +191,12 @@ def fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_s
     """
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
-    return LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_size, block_v)
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    grad = torch.is_grad_enabled()
+    chunk = chunk_size or _chunk_rows(hidden.shape[0], weight.shape[0], dtype)
+    # Because the loss is the last step of the forward pass, the operator computes the gradients
+    # right away; backward only scales them by the incoming gradient (1 for loss.backward()).
+    loss, _, _ = _linear_cross_entropy_op(hidden, weight, targets, ignore_index, chunk, block_v or _BLOCK_V, dtype,
+                                          grad and hidden.requires_grad, grad and weight.requires_grad)
+    return loss

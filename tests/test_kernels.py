@@ -184,6 +184,31 @@ def test_cross_entropy_over_logits(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def test_compiled_model_keeps_the_kernels_in_one_graph():
+    """The kernels are custom operators, opaque to torch.compile: a fullgraph compile (no graph
+    break allowed) of attention followed by the fused loss gives eager's loss and gradients."""
+    B, H, T, D, V = 2, 2, 24, 32, 97
+    q, k, v = (torch.randn(B, H, T, D, requires_grad=True) for _ in range(3))
+    hidden, weight = torch.randn(B * T, H * D, requires_grad=True), torch.randn(V, H * D, requires_grad=True)
+    targets = targets_for(B * T, V, -1, 0.2)
+
+    def loss_fn(q, k, v, hidden, weight):
+        o = attention.flash_attention(q, k, v)
+        return cross_entropy.fused_linear_cross_entropy(hidden + o.transpose(1, 2).reshape(B * T, H * D), weight, targets)
+
+    eager = loss_fn(q, k, v, hidden, weight)
+    compiled = torch.compile(loss_fn, fullgraph=True)(q, k, v, hidden, weight)
+    inputs = (q, k, v, hidden, weight)
+    for name, a, b in zip("q k v hidden weight".split(), torch.autograd.grad(compiled, inputs),
+                          torch.autograd.grad(eager, inputs)):
+        torch.testing.assert_close(a, b, msg=name)
+    torch.testing.assert_close(compiled, eager)
+
+
+# ---------------------------------------------------------------------------------------------
 # Dispatch
 
 

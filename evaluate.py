@@ -4,6 +4,7 @@
     python evaluate.py out/*/ft_*/ckpt_best.pt --data data/default --out results.jsonl
     python evaluate.py CKPT --mcqa questions.jsonl                         # your own 4-choice QA
     python evaluate.py CKPT --benchmark musictheorybench                   # online, needs `datasets`
+    python evaluate.py CKPT --sample 300 --prompt "X:1"                    # and what it writes
 
 What is measured, and why:
 
@@ -26,6 +27,9 @@ What is measured, and why:
    alongside, since on a tiny model "35%" means little without it.
 4. The paper's comparisons between runs: the relative gain R_gain of SPT over NPT after
    finetuning, and the compute multiplier (how many fewer pretraining tokens SPT needs).
+5. A sample (--sample N): N tokens the model writes after a prompt (by default after an end-of-text
+   token, i.e. a new document), seeded. Numbers first, but reading what a model writes is the
+   quickest sanity check there is: tunes that scan, prose that does not.
 
 Results of the command line are printed as a table and, with --out, written as one JSON object per
 checkpoint.
@@ -369,13 +373,14 @@ def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
 def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: int | None = None,
                         mcqa: list[dict] | None = None, n_items: int = 200, prefix_tokens: int | None = None,
                         continuation_tokens: int | None = None, seed: int = 0, device: str = "auto",
-                        batch_size: int = 32) -> dict:
+                        batch_size: int = 32, sample: dict | None = None) -> dict:
     """Losses, bits per byte, the continuation task and (given text rows) MCQA accuracy of one checkpoint.
 
     data_dir defaults to the dataset the checkpoint was trained on, eval_windows to the number its
     run logged with, so the losses here match the ones in its log.jsonl. The continuation task
     shows 64 tokens and offers 32, or less where the model's context is shorter (a quarter of it
-    for the options, the rest for the prefix).
+    for the options, the rest for the prefix). `sample`: sample_text's prompt, n_tokens, temperature
+    and top_k, to add what the model writes.
     """
     import train  # see load_model
     rt = train.setup_runtime(device)
@@ -402,7 +407,22 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
     if mcqa:
         result["mcqa"] = score_mcqa(model, encode_mcqa(mcqa, data.get_tokenizer(meta["tokenizer"])),
                                     batch_size, rt.autocast)
+    if sample:
+        result["sample"] = sample_text(model, data.get_tokenizer(meta["tokenizer"]), **sample, seed=seed,
+                                       device=rt.device, autocast=rt.autocast)
     return result
+
+
+def sample_text(model, enc, prompt: str, n_tokens: int, temperature: float, top_k: int | None, seed: int,
+                device, autocast=contextlib.nullcontext) -> str:
+    """The prompt and n_tokens the model samples after it (the same text for the same seed)."""
+    ids = [enc.eot_token] + enc.encode_ordinary(prompt)  # a prompt starts a new document
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with autocast():
+        out = model.eval().generate(torch.tensor([ids], device=device), n_tokens, temperature, top_k)
+    torch.random.set_rng_state(generator_state)
+    return enc.decode(out[0, 1:].tolist())
 
 
 def format_table(results: list[dict]) -> str:
@@ -434,6 +454,10 @@ def main(argv=None):
     p.add_argument("--n_items", type=int, default=200, help="continuation task items")
     p.add_argument("--prefix_tokens", type=int, default=None, help="default: 64, less for short contexts")
     p.add_argument("--continuation_tokens", type=int, default=None, help="default: 32, less for short contexts")
+    p.add_argument("--sample", type=int, default=0, metavar="N", help="also print N tokens the model writes")
+    p.add_argument("--prompt", default="", help="what the sample continues (default: a new document)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="auto")
@@ -441,10 +465,15 @@ def main(argv=None):
     rows = read_mcqa_jsonl(args.mcqa) if args.mcqa else []
     if args.benchmark:
         rows += load_benchmark(args.benchmark)
+    sample = args.sample and dict(prompt=args.prompt, n_tokens=args.sample, temperature=args.temperature,
+                                  top_k=args.top_k or None)
     results = [evaluate_checkpoint(path, args.data, args.eval_windows, rows, args.n_items, args.prefix_tokens,
-                                   args.continuation_tokens, args.seed, args.device, args.batch_size)
+                                   args.continuation_tokens, args.seed, args.device, args.batch_size, sample)
                for path in args.checkpoints]
     print(format_table(results))
+    for r in results:
+        if "sample" in r:
+            print(f"\n--- {r['checkpoint']} writes:\n{r['sample']}")
     if args.out:  # only once every checkpoint is done: a failure leaves no half-written file
         data.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
     return results

@@ -202,6 +202,18 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
     assert results[0]["continuation"]["n"] == 8 and results[0] == results[1]
 
 
+def test_sample_continues_the_prompt_and_follows_the_seed(tiny_run, capsys):
+    ckpt = os.path.join(tiny_run, "ckpt_latest.pt")
+    model, _ = evaluate.load_model(ckpt)
+    enc = data.get_tokenizer("byte")
+    texts = [evaluate.sample_text(model, enc, "X:1\n", 40, 1.0, None, seed, "cpu") for seed in (0, 0, 1)]
+    assert all(t.startswith("X:1\n") and len(t.encode()) >= 44 for t in texts)  # byte tokens: 40 more
+    assert texts[0] == texts[1] != texts[2]
+    results = evaluate.main([ckpt, "--sample", "40", "--prompt", "X:1\n", "--n_items", "4", "--temperature", "1",
+                             "--top_k", "0"])
+    assert results[0]["sample"] == texts[0] and f"writes:\n{texts[0]}" in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_line_and_write_nothing(tiny_run, tiny_data, tmp_path):
     corpus = os.path.dirname(tiny_data)
     gpt2 = str(tmp_path / "gpt2")

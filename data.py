@@ -1055,7 +1055,13 @@ class Mixture:
 # ---------------------------------------------------------------------------------------------
 
 def token_count(text: str) -> int:
-    return int(float(text))
+    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
+    text = str(text).strip()
+    scale = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}.get(text[-1:].upper(), 1)
+    value = float(text[:-1] if scale > 1 else text) * scale
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"not a token count: {text!r}")
+    return round(value)
 
 
 def main(argv=None):
@@ -1068,7 +1074,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder (overrides --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6 ok)")
+    p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6, 3M)")
     p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -332,9 +332,9 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
 
 def parse_milestones(spec: str) -> list[int]:
     try:
-        return sorted(int(float(s)) for s in spec.split(",") if s.strip())
+        return sorted(data.token_count(s) for s in spec.split(",") if s.strip())
     except ValueError:
-        raise TrainError(f"--ckpt_tokens {spec!r}: give comma-separated token counts like 250e3,1e6")
+        raise TrainError(f"--ckpt_tokens {spec!r}: give comma-separated token counts like 250K,1M or 250e3,1e6")
 
 
 # What defines the data stream and the schedule: a resumed run must keep them.
@@ -460,14 +460,16 @@ def field_type(field):
 
 
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
-    """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6; bools accept
-    `--flag`, `--flag true` or `--flag=false`."""
+    """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6, token counts 1M;
+    bools accept `--flag`, `--flag true` or `--flag=false`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
     for f in dataclasses.fields(config_cls):
         kind = field_type(f)
         if kind is bool:
             p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default, help="%(default)r")
+        elif f.name.endswith("_tokens") and kind is not str:  # --max_tokens 2e6 or 2M
+            p.add_argument(f"--{f.name}", type=data.token_count, default=f.default, help="%(default)r")
         else:
             p.add_argument(f"--{f.name}", type=(lambda s: int(float(s))) if kind is int else kind, default=f.default,
                            help="%(default)r")

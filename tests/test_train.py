@@ -119,6 +119,11 @@ def test_flags_accept_both_spellings_and_config_files(tmp_path):
     cfg = train.parse_config(train.TrainConfig, ["--lr=0.01", "--batch_size", "64", "--compile",
                                                  "--max_tokens=2e6"], "")
     assert (cfg.lr, cfg.batch_size, cfg.compile, cfg.max_tokens) == (0.01, 64, True, 2e6)
+    cfg = train.parse_config(train.TrainConfig, ["--max_tokens", "1.5M", "--ckpt_tokens=250K,1e6"], "")
+    assert cfg.max_tokens == 1_500_000 and train.parse_milestones(cfg.ckpt_tokens) == [250_000, 1_000_000]
+    for bad in (["--max_tokens", "lots"], ["--max_tokens=-2M"]):
+        with pytest.raises(SystemExit):
+            train.parse_config(train.TrainConfig, bad, "")
     preset = tmp_path / "p.json"
     preset.write_text(json.dumps({"lr": 0.5, "batch_size": 4}))
     cfg = train.parse_config(train.TrainConfig, ["--config", str(preset), "--batch_size", "2"], "")

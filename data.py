@@ -894,6 +894,10 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     t0 = time.time()
     enc = get_tokenizer(tokenizer)
     os.makedirs(out_dir, exist_ok=True)
+    # What a prepare killed before its cleanup left behind (one prepare per folder at a time).
+    for stale in glob.glob(os.path.join(out_dir, ".*-documents.tmp*")) + glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")) \
+            + glob.glob(os.path.join(out_dir, "*.bin.partial")):
+        os.remove(stale)
     meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
             "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
             "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},

@@ -141,6 +141,19 @@ def test_failed_prepare_leaves_the_dataset_as_it_was(tiny_data, tmp_path):
     assert after == before  # same files, same bytes, no scratch or partial files left behind
 
 
+def test_prepare_removes_what_a_killed_prepare_left(tiny_data, tmp_path):
+    folder = str(tmp_path / "ds")
+    shutil.copytree(tiny_data, folder)
+    stale = [".general-documents.tmp123", "general_train.bin.partial", "domain_test.bin.tmp456"]
+    for name in stale:
+        open(os.path.join(folder, name), "wb").write(b"junk")
+    meta = data.load_meta(folder)
+    data.prepare(folder, meta["sources"]["general"], meta["sources"]["domain"], tokenizer="byte", val_frac=0.1,
+                 test_frac=0.1)
+    assert sorted(os.listdir(folder)) == sorted([f"{s}.bin" for s in data.SPLITS] + ["meta.json"])
+    assert data.load_meta(folder)["dataset_id"] == meta["dataset_id"]
+
+
 def test_local_jsonl_bad_line_names_the_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "fine"}\nnot json\n')

@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 
-import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("compile_report.py compiles for the GPU, which the interpreter does not: unset TRITON_INTERPRET")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kernels import attention, cross_entropy  # noqa: E402

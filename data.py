@@ -811,8 +811,8 @@ def resolve_source(spec: str) -> Source:
 #
 # Built for corpora larger than memory. The documents stream once into a scratch file next to the
 # output, each with an 8-byte hash; deduplication and the seeded split then work on the hashes alone
-# (16 bytes of memory per document, about 40 while splitting), and each split is tokenized in its shuffled order straight from
-# the scratch file into its token file, stopping at the token budget.
+# (16 bytes of memory per document, about 40 while splitting), and each split is tokenized in its
+# shuffled order straight from the scratch file into its token file, stopping at the token budget.
 
 class DocumentSpool:
     """Documents written once to a scratch file, then read back by index."""
@@ -860,7 +860,7 @@ def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tikto
     token budget. Each thread encodes a slice of the batch (tiktoken's Rust core releases the GIL;
     its own encode_ordinary_batch hands out one document at a time, which costs more than encoding
     short ones)."""
-    tokens = documents = nbytes = 0
+    documents = nbytes = 0
     n_threads = os.cpu_count() or 1
     encode_slice = lambda texts: [enc.encode_ordinary(t) for t in texts]  # noqa: E731
     with TokenWriter(path, enc.n_vocab) as writer, ThreadPoolExecutor(n_threads) as pool, \
@@ -872,20 +872,20 @@ def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tikto
             ids = [x for part in pool.map(encode_slice, [texts[i:i + step] for i in range(0, len(texts), step)])
                    for x in part]
             lengths = np.array([len(x) + 1 for x in ids])
-            if budget is not None and tokens + lengths.sum() >= budget:  # keep the document that reaches it
-                keep = int(np.searchsorted(np.cumsum(lengths), budget - tokens)) + 1
+            if budget is not None and writer.count + lengths.sum() >= budget:  # keep the document that reaches it
+                keep = int(np.searchsorted(np.cumsum(lengths), budget - writer.count)) + 1
                 batch, ids, lengths = batch[:keep], ids[:keep], lengths[:keep]
             flat = []
             for x in ids:
                 flat.append(enc.eot_token)
                 flat.extend(x)
             writer.append(np.array(flat, dtype=writer.dtype))
-            tokens, documents = tokens + int(lengths.sum()), documents + len(batch)
+            documents += len(batch)
             nbytes += sum(spool.nbytes(i) for i in batch)
             bar.update(len(batch))
-            if budget is not None and tokens >= budget:
+            if budget is not None and writer.count >= budget:
                 break
-    return {"tokens": tokens, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
+    return {"tokens": writer.count, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
 
 
 def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",

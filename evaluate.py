@@ -417,11 +417,9 @@ def sample_text(model, enc, prompt: str, n_tokens: int, temperature: float, top_
                 device, autocast=contextlib.nullcontext) -> str:
     """The prompt and n_tokens the model samples after it (the same text for the same seed)."""
     ids = [enc.eot_token] + enc.encode_ordinary(prompt)  # a prompt starts a new document
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    with autocast():
+    with torch.random.fork_rng(), autocast():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
         out = model.eval().generate(torch.tensor([ids], device=device), n_tokens, temperature, top_k)
-    torch.random.set_rng_state(generator_state)
     return enc.decode(out[0, 1:].tolist())
 
 

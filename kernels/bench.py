@@ -11,7 +11,9 @@
    F.cross_entropy((hidden @ W.T).float(), targets), time and peak memory; a training step of the
    124M preset with the kernels on and off (SPT_KERNELS=triton / torch): tokens/s, MFU, peak memory
    and the loss after 50 steps.
-Exits with status 1 if a correctness check fails; the table's last column says whether each goal
+Every check and benchmark runs even if an earlier one fails (an error is reported and counted), and
+each number is printed as soon as it is measured, so one GPU session yields all it can. Exits with
+status 1 if a correctness check or a benchmark fails; the table's last column says whether each goal
 was met.
 """
 import argparse
@@ -19,6 +21,7 @@ import math
 import os
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +106,19 @@ def rel_err(x, ref):
 FAILED = []
 
 
+def guarded(name, fn, *args):
+    """Run one check or benchmark; an exception (a compile error, out of memory) is printed and counted
+    as a failure instead of ending the script."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - report anything, then go on with the next one
+        FAILED.append(name)
+        print(f"FAIL {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+        print("".join(traceback.format_exc().splitlines(keepends=True)[-12:]), flush=True)
+        if CUDA:
+            torch.cuda.empty_cache()
+
+
 def report(name, dtype, errs, torch_errs):
     limit = MAX_ERR[dtype]
     ok = all(e <= limit for e in errs.values())
@@ -163,6 +179,12 @@ def row(bench, shape, metric, ours, base, base_name, higher_is_better, goal=1.0)
         ratio = ours / base if higher_is_better else base / ours
         met = "-" if goal is None or not CUDA else ("yes" if ratio >= goal else "NO")  # CPU: timings mean nothing
     ROWS.append((bench, shape, metric, ours, base, base_name, ratio, met))
+    print(f"     {bench} {shape} {metric}: triton {fmt(ours)}, {base_name} {fmt(base)}"
+          + ("" if ratio is None else f" ({ratio:.2f}x)"), flush=True)
+
+
+def fmt(x):
+    return "n/a" if x is None else (f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}")
 
 
 def time_attention(fn, q, k, v, do):
@@ -289,7 +311,6 @@ def bench_training():
 
 
 def print_table():
-    fmt = lambda x: "n/a" if x is None else (f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}")
     header = ("benchmark", "shape", "metric", "triton", "baseline", "baseline is", "ratio", "goal met")
     lines = [header] + [(b, s, m, fmt(o), fmt(a), n, "n/a" if r is None else f"{r:.2f}x", g)
                         for b, s, m, o, a, n, r, g in ROWS]
@@ -310,15 +331,15 @@ def main():
     print("\n== correctness: relative error against float64")
     for dtype in (LOWP, torch.float32):
         for B, H, T, D in S["attn_check"]:
-            check_attention(B, H, T, D, dtype)
-        check_linear_ce(*S["ce_check"], dtype)
+            guarded(f"attention check B{B} H{H} T{T} D{D} {dtype}", check_attention, B, H, T, D, dtype)
+        guarded(f"linear CE check {dtype}", check_linear_ce, *S["ce_check"], dtype)
 
     print(f"\n== benchmarks after {time.perf_counter() - start:.0f} s (the first call of each shape autotunes)", flush=True)
     for B, H, T, D in S["attn_bench"]:
-        bench_attention(B, H, T, D)
+        guarded(f"attention benchmark T{T} D{D}", bench_attention, B, H, T, D)
     for d in S["ce_bench"]["ds"]:
-        bench_linear_ce(S["ce_bench"]["N"], d, S["ce_bench"]["V"])
-    bench_training()
+        guarded(f"linear CE benchmark d{d}", bench_linear_ce, S["ce_bench"]["N"], d, S["ce_bench"]["V"])
+    guarded("training step benchmark", bench_training)
     print()
     print_table()
     print(f"\n{time.perf_counter() - start:.0f} s; " + (f"FAILED: {', '.join(FAILED)}" if FAILED else "all checks passed"))

@@ -236,3 +236,17 @@ def test_every_gpu_config_compiles_for_ampere_and_hopper():
     rows = [line for line in result.stdout.splitlines() if line.startswith("sm_")]
     per_arch = len(attention._FWD[128]) + len(attention._DKDV[128]) + len(attention._DQ[128])
     assert len(rows) == 2 * per_arch and all(row.endswith(" ok") for row in rows), result.stdout
+
+
+def test_gpu_bench_script_runs_end_to_end_at_smoke_sizes():
+    """kernels/bench.py is the one script a GPU session runs: at tiny sizes on the interpreter it must
+    pass its own correctness checks and print every row of its table."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join("kernels", "bench.py"), "--smoke"], cwd=root,
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "FAIL" not in out and out.rstrip().endswith("all checks passed"), out[-3000:]
+    table = out[out.index("benchmark  "):]
+    for name in ("attention", "fwd TFLOP/s", "bwd TFLOP/s", "linear CE", "peak GB", "train step", "tokens/s", "loss @ 3"):
+        assert name in table, f"{name!r} missing from the table:\n{table}"

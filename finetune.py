@@ -59,7 +59,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -361,8 +360,7 @@ def run(cfg: FinetuneConfig) -> dict:
     if rt.master:
         save_results(json_path, final)
         print_summary(final, json_path)
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    train.teardown_runtime(rt)
     return final
 
 

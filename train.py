@@ -132,6 +132,14 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     return Runtime(rank, world_size, dev, getattr(torch, dtype))
 
 
+def teardown_runtime(rt: Runtime):
+    """Leave the process group together: a rank that tears down while rank 0 is still writing its
+    last checkpoint can abort at exit (seen with gloo in PyTorch 2.11)."""
+    if rt.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer, schedule, checkpoints: shared with finetune.py
 
@@ -436,8 +444,7 @@ def pretrain(cfg: TrainConfig):
                extra_eval_steps=set(milestones.values()))
     if rt.master:
         print(f"done: log {log_path}, checkpoints {out_dir}/ckpt_*.pt")
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    teardown_runtime(rt)
     return out_dir
 
 

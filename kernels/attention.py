@@ -42,6 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import TRITON_OPTIONS
+
 # The interpreter (TRITON_INTERPRET=1, used by the CPU tests) runs every program in Python: one small
 # config keeps it fast. Triton reads the flag when a kernel is decorated, i.e. when this module is
 # imported, so the flag must be set before that.
@@ -50,14 +52,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Tile configs (BLOCK_M, BLOCK_N, num_warps, num_stages) per head_dim, read off the compiler's own
 # reports: `python kernels/compile_report.py` compiles each for sm_80 and sm_90 (no GPU needed) and
-# prints its registers, spills and shared memory. A program keeps its tiles and fp32 accumulators in
-# registers, and past 255 per thread they spill to off-chip memory. With Triton 3.6 and 3.9 the 16-bit
-# configs below spill at most 32 bytes per thread on sm_90 unless marked, and at most 264 on sm_80. The
-# backward kernels hold four tiles (dK/dV: K, V and two accumulators), so for head_dim 128 only narrow
-# tiles stay in registers; their lists also offer a wider tile that spills a little, and autotuning
-# measures which wins. All use at most 80 KB of shared memory (A100: 163 KB, H100: 227 KB). fp32
-# inputs are a correctness path (true-fp32 dots run on plain FMA units, twice the bytes per tile):
-# they get one small config, as does the interpreter (which runs every program in Python).
+# prints its registers, spills, shared memory and tensor-core instruction. A program keeps its tiles
+# and fp32 accumulators in registers, and past 255 per thread they spill to off-chip memory. With
+# Triton 3.6 and 3.9 the 16-bit configs below spill at most 32 bytes per thread on sm_90 unless marked,
+# and at most 264 on sm_80. The backward kernels hold four tiles (dK/dV: K, V and two accumulators), so
+# for head_dim 128 only narrow tiles stay in registers; their lists also offer a wider tile that spills
+# a little, and autotuning measures which wins. On sm_90 the matmuls become Hopper's wgmma, except in
+# the three configs whose own tile has 32 rows (head_dim 128: dK/dV 32x32 and 16x32, dQ 32x32), which
+# get Ampere's mma.sync: the price of not spilling, which autotuning weighs too. All use at most 80 KB
+# of shared memory (A100: 163 KB, H100: 227 KB). fp32 inputs are a correctness path (true-fp32 dots
+# run on plain FMA units, twice the bytes per tile): they get one small config, as does the
+# interpreter (which runs every program in Python).
 _FWD = {  # BLOCK_M queries per program, streaming BLOCK_N keys at a time (BLOCK_M % BLOCK_N == 0)
     64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
     128: [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 3)],  # the last: 8-64 bytes
@@ -359,21 +364,21 @@ def attention_forward(q, k, v, scale, o, lse):
     B, H, T, D = q.shape
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
     _attn_fwd[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-                    H, T, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q))
+                    H, T, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q), **TRITON_OPTIONS)
 
 
 def attention_backward(q, k, v, o, lse, do, scale, dq, dk, dv, delta):
     """Write the gradients of attention_forward into dq, dk, dv; delta is an fp32 (B, H, T) scratch."""
     B, H, T, D = q.shape
     _bwd_preprocess[(triton.cdiv(T, _PREPROCESS_BLOCK), B * H)](o, do, delta, *_strides(o), *_strides(do), H, T,
-                                                               HEAD_DIM=D, BLOCK=_PREPROCESS_BLOCK)
+                                                               HEAD_DIM=D, BLOCK=_PREPROCESS_BLOCK, **TRITON_OPTIONS)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     grid_kv = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)
     _attn_bwd_dkdv[grid_kv](q, k, v, do, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv),
-                            H, T, scale, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q))
+                            H, T, scale, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q), **TRITON_OPTIONS)
     grid_q = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
     _attn_bwd_dq[grid_q](q, k, v, do, dq, lse, delta, *common, *_strides(dq),
-                         H, T, scale, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q))
+                         H, T, scale, scale * LOG2E, HEAD_DIM=D, PRECISION=_precision(q), **TRITON_OPTIONS)
 
 
 # The autograd wrapper is a pair of custom operators rather than a torch.autograd.Function: to

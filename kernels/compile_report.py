@@ -1,5 +1,6 @@
 """Compile every autotune config of the kernels for Ampere and Hopper, without a GPU, and report
-what the compiler gives each: registers per thread, bytes spilled, shared memory.
+what the compiler gives each: registers per thread, bytes spilled, shared memory, and which
+tensor-core instruction its matmuls became.
 
     python kernels/compile_report.py                    # sm_80 and sm_90, bf16 and fp32, head_dim 64 and 128
     python kernels/compile_report.py --arch 90 --dtype bf16 --head_dim 128
@@ -11,6 +12,11 @@ local memory, off chip; such a config is rarely the fastest. A config that needs
 than the chip has would fail at launch, on the GPU, in the middle of autotuning. Code generation
 changes between Triton versions: run this after upgrading Triton. Exits with 1 if a config fails to
 compile or does not fit in shared memory.
+
+The instruction column: `mma` is the warp-level mma.sync of Ampere, which Hopper also runs; `wgmma` is
+Hopper's asynchronous warpgroup MMA (128 threads multiply tiles straight from shared memory), the one
+that reaches Hopper's peak. Triton emits wgmma on sm_90 only where a tile shape allows it (in these
+kernels, 64 or more rows per dot), so on Hopper a narrow tile can cost more than its registers suggest.
 """
 import argparse
 import os
@@ -28,7 +34,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels import attention, cross_entropy  # noqa: E402
+from kernels import TRITON_OPTIONS, attention, cross_entropy  # noqa: E402
 
 # Shared memory one block may use (the opt-in maximum): A100 163 KB, H100/H200 227 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -72,10 +78,12 @@ def compile_config(jit_fn, dtype, constexprs, arch, num_warps, num_stages, sizes
     """One row of the report: compile for sm_<arch> and read registers, spills and shared memory."""
     src = ASTSource(jit_fn, signature(jit_fn, dtype, constexprs, sizes), constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=dict(num_warps=num_warps, num_stages=num_stages, **TRITON_OPTIONS))
     registers, spilled = resource_usage(compiled.asm["cubin"])
     shared = compiled.metadata.shared
-    return dict(registers=registers, spilled=spilled, shared=shared, fits=shared <= SHARED_LIMIT[arch])
+    ptx = compiled.asm["ptx"]
+    mma = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-"
+    return dict(registers=registers, spilled=spilled, shared=shared, mma=mma, fits=shared <= SHARED_LIMIT[arch])
 
 
 def kernel_configs(dtype, head_dim):
@@ -97,7 +105,8 @@ def kernel_configs(dtype, head_dim):
 def report(archs, dtypes, head_dims):
     """Print one line per compiled config; return how many failed to compile or to fit."""
     failures = 0
-    print(f"triton {triton.__version__}: registers per thread (255 at most), bytes spilled per thread, shared memory")
+    print(f"triton {triton.__version__}: registers per thread (255 at most), bytes spilled per thread, shared memory, "
+          "tensor-core instruction")
     for arch in archs:
         for dtype in dtypes:
             for head_dim in head_dims:
@@ -113,7 +122,8 @@ def report(archs, dtypes, head_dims):
                     failures += not r["fits"]
                     verdict = "ok" if r["fits"] else f"too much shared memory (limit {SHARED_LIMIT[arch] // 1024} KB)"
                     spill = f"spills {r['spilled']:>4d} B" if r["spilled"] else "no spill    "
-                    print(f"{where}  {r['registers']:>3d} regs  {spill}  {r['shared'] // 1024:>3d} KB  {verdict}", flush=True)
+                    print(f"{where}  {r['registers']:>3d} regs  {spill}  {r['shared'] // 1024:>3d} KB  {r['mma']:<5s}  "
+                          f"{verdict}", flush=True)
     return failures
 
 

@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import TRITON_OPTIONS
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _BLOCK_V = 64 if INTERPRET else 4096  # vocabulary columns per step of the row loop
 NUM_WARPS = 1 if INTERPRET else 8  # one program per row: 8 warps stream it (1 in the interpreter: faster)
@@ -88,7 +90,7 @@ def cross_entropy_rows(logits, targets, loss, grad, inv_count, ignore_index, blo
     _cross_entropy_rows[(N,)](logits, logits if grad is None else grad, targets, loss, inv_count,
                               logits.stride(0), logits.stride(0) if grad is None else grad.stride(0), V, ignore_index,
                               COMPUTE_GRAD=grad is not None, BLOCK_V=block_v or _BLOCK_V,
-                              num_warps=NUM_WARPS)
+                              num_warps=NUM_WARPS, **TRITON_OPTIONS)
 
 
 def _inv_count(targets, ignore_index):

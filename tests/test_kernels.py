@@ -248,7 +248,8 @@ def test_dispatch_follows_spt_kernels(monkeypatch):
 
 def test_every_gpu_config_compiles_for_ampere_and_hopper():
     """The configs autotuning tries on a GPU, compiled by the real compiler (which needs no GPU): each
-    must compile for sm_80 and sm_90 and fit in the shared memory of an A100 and an H100."""
+    must compile for sm_80 and sm_90 and fit in the shared memory of an A100 and an H100, and on
+    Hopper the forward kernel's matmuls must use its warpgroup MMA."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, os.path.join("kernels", "compile_report.py"), "--arch", "80,90", "--dtype", "bf16",
@@ -258,6 +259,8 @@ def test_every_gpu_config_compiles_for_ampere_and_hopper():
     rows = [line for line in result.stdout.splitlines() if line.startswith("sm_")]
     per_arch = len(attention._FWD[128]) + len(attention._DKDV[128]) + len(attention._DQ[128])
     assert len(rows) == 2 * per_arch and all(row.endswith(" ok") for row in rows), result.stdout
+    hopper_forward = [row for row in rows if row.startswith("sm_90") and " attn fwd " in row]
+    assert hopper_forward and all(" wgmma " in row for row in hopper_forward), result.stdout  # Hopper's MMA
 
 
 def test_gpu_bench_script_runs_end_to_end_at_smoke_sizes():

@@ -370,8 +370,9 @@ def attention_forward(q, k, v, scale, o, lse):
 def attention_backward(q, k, v, o, lse, do, scale, dq, dk, dv, delta):
     """Write the gradients of attention_forward into dq, dk, dv; delta is an fp32 (B, H, T) scratch."""
     B, H, T, D = q.shape
-    _bwd_preprocess[(triton.cdiv(T, _PREPROCESS_BLOCK), B * H)](o, do, delta, *_strides(o), *_strides(do), H, T,
-                                                               HEAD_DIM=D, BLOCK=_PREPROCESS_BLOCK, **TRITON_OPTIONS)
+    grid_pre = (triton.cdiv(T, _PREPROCESS_BLOCK), B * H)
+    _bwd_preprocess[grid_pre](o, do, delta, *_strides(o), *_strides(do), H, T,
+                              HEAD_DIM=D, BLOCK=_PREPROCESS_BLOCK, **TRITON_OPTIONS)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     grid_kv = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)
     _attn_bwd_dkdv[grid_kv](q, k, v, do, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv),

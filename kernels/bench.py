@@ -169,6 +169,7 @@ def check_linear_ce(N, d, V, dtype):
 # 2. The table
 
 ROWS = []
+START = time.perf_counter()
 
 
 def row(bench, shape, metric, ours, base, base_name, higher_is_better, goal=1.0):
@@ -179,7 +180,7 @@ def row(bench, shape, metric, ours, base, base_name, higher_is_better, goal=1.0)
         ratio = ours / base if higher_is_better else base / ours
         met = "-" if goal is None or not CUDA else ("yes" if ratio >= goal else "NO")  # CPU: timings mean nothing
     ROWS.append((bench, shape, metric, ours, base, base_name, ratio, met))
-    print(f"     {bench} {shape} {metric}: triton {fmt(ours)}, {base_name} {fmt(base)}"
+    print(f"{time.perf_counter() - START:4.0f}s {bench} {shape} {metric}: triton {fmt(ours)}, {base_name} {fmt(base)}"
           + ("" if ratio is None else f" ({ratio:.2f}x)"), flush=True)
 
 
@@ -324,7 +325,6 @@ def print_table():
 
 
 def main():
-    start = time.perf_counter()
     name = torch.cuda.get_device_name() if CUDA else "CPU, Triton interpreter"
     print(f"device: {name}; torch {torch.__version__}, triton {triton.__version__}{' (smoke sizes)' if ARGS.smoke else ''}")
     torch.manual_seed(0)
@@ -334,7 +334,7 @@ def main():
             guarded(f"attention check B{B} H{H} T{T} D{D} {dtype}", check_attention, B, H, T, D, dtype)
         guarded(f"linear CE check {dtype}", check_linear_ce, *S["ce_check"], dtype)
 
-    print(f"\n== benchmarks after {time.perf_counter() - start:.0f} s (the first call of each shape autotunes)", flush=True)
+    print(f"\n== benchmarks after {time.perf_counter() - START:.0f} s (the first call of each shape autotunes)", flush=True)
     for B, H, T, D in S["attn_bench"]:
         guarded(f"attention benchmark T{T} D{D}", bench_attention, B, H, T, D)
     for d in S["ce_bench"]["ds"]:
@@ -342,7 +342,7 @@ def main():
     guarded("training step benchmark", bench_training)
     print()
     print_table()
-    print(f"\n{time.perf_counter() - start:.0f} s; " + (f"FAILED: {', '.join(FAILED)}" if FAILED else "all checks passed"))
+    print(f"\n{time.perf_counter() - START:.0f} s; " + (f"FAILED: {', '.join(FAILED)}" if FAILED else "all checks passed"))
     sys.exit(1 if FAILED else 0)
 
 

@@ -238,20 +238,30 @@ def local_documents(pattern: str) -> Iterator[str]:
             with open(path, encoding="utf-8", errors="replace") as f:
                 yield f.read()
         elif path.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 for lineno, line in enumerate(f, 1):
                     if line.strip():
                         try:
-                            yield json.loads(line)["text"]
+                            text = json.loads(line)["text"]
                         except (json.JSONDecodeError, KeyError, TypeError):
                             raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
+                        yield _text(text, f"{path}:{lineno}")
         else:
             try:
                 import pyarrow.parquet as pq  # optional dependency, only for parquet input
             except ImportError:
                 raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")
             for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-                yield from batch.column(0).to_pylist()
+                yield from (_text(text, f"{path} (column 'text')") for text in batch.column(0).to_pylist())
+
+
+def _text(value, where: str) -> str:
+    """A document's text; a missing one (null) is an empty document, which prepare skips."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: 'text' is a {type(value).__name__}, not a string")
+    return value
 
 
 # --- Fetching from the registries. Nothing is installed: a wheel is a zip file and a .deb unpacks
@@ -823,7 +833,7 @@ class DocumentSpool:
         self.offsets, self.hashes = array.array("q", [0]), array.array("Q")
 
     def add(self, doc: str):
-        raw = doc.encode("utf-8")
+        raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
         self.file.write(raw)
         self.offsets.append(self.offsets[-1] + len(raw))
         self.hashes.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little"))
@@ -888,11 +898,27 @@ def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tikto
     return {"tokens": writer.count, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
 
 
+def check_seed(seed: int):
+    if seed < 0:  # numpy's seeded generators take non-negative integers only
+        raise DataError(f"seed {seed}: use a non-negative integer")
+
+
 def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
             val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
             general_tokens: int | None = None, seed: int = 0) -> dict:
     t0 = time.time()
+    for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
+        if not 0 < frac < 1:
+            raise DataError(f"{flag} {frac} is outside (0, 1): it is the share of documents held out for evaluation")
+    for flag, budget in (("--general_tokens", general_tokens), ("--domain_tokens", domain_tokens)):
+        if budget is not None and budget <= 0:
+            raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
+    check_seed(seed)
     enc = get_tokenizer(tokenizer)
+    groups = [("general", general, val_frac, general_tokens, "general_val")]
+    if domain:
+        groups.append(("domain", domain, test_frac, domain_tokens, "domain_test"))
+    sources = [resolve_source(spec) for _, spec, *_ in groups]  # a mistyped name fails before any work
     os.makedirs(out_dir, exist_ok=True)
     # What a prepare killed before its cleanup left behind (one prepare per folder at a time).
     for stale in glob.glob(os.path.join(out_dir, ".*-documents.tmp*")) + glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")) \
@@ -902,33 +928,30 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
             "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
             "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
             "splits": {}}
-    groups = [("general", general, val_frac, general_tokens, "general_val")]
-    if domain:
-        groups.append(("domain", domain, test_frac, domain_tokens, "domain_test"))
-    for group, spec, holdout_frac, budget, holdout_name in groups:
-        source = resolve_source(spec)
-        # An online source streams about enough for the budget plus the held-out share; others ignore it.
-        stream_budget = budget and math.ceil(budget / (1 - holdout_frac))
-        spool = DocumentSpool(os.path.join(out_dir, f".{group}-documents.tmp{os.getpid()}"))
-        try:
-            for doc in tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False):
-                if doc.strip():
-                    spool.add(doc)
-            spool.finish()
-            train, held = split_documents(spool.unique(), holdout_frac, seed, group)
-            if not len(train) or not len(held):
-                raise DataError(f"{group} source {spec!r} has {len(train) + len(held)} distinct documents: too "
-                                f"few to split off a held-out set of {holdout_frac:.0%}; use more data or --test_frac")
-            for name, indices, split_budget in ((f"{group}_train", train, budget), (holdout_name, held, None)):
-                path = os.path.join(out_dir, f"{name}.bin.partial")
-                meta["splits"][name] = write_split(path, spool, indices, enc, split_budget, name)
-        except BaseException:
-            for name in meta["splits"]:
-                os.remove(os.path.join(out_dir, f"{name}.bin.partial"))
-            raise
-        finally:
-            spool.file.close()
-            os.remove(spool.path)
+    try:
+        for (group, spec, holdout_frac, budget, holdout_name), source in zip(groups, sources):
+            # An online source streams about enough for the budget plus the held-out share; others ignore it.
+            stream_budget = budget and math.ceil(budget / (1 - holdout_frac))
+            spool = DocumentSpool(os.path.join(out_dir, f".{group}-documents.tmp{os.getpid()}"))
+            try:
+                for doc in tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False):
+                    if doc.strip():
+                        spool.add(doc)
+                spool.finish()
+                train, held = split_documents(spool.unique(), holdout_frac, seed, group)
+                if not len(train) or not len(held):
+                    raise DataError(f"{group} source {spec!r} has {len(train) + len(held)} distinct documents: "
+                                    f"too few to split off a held-out set of {holdout_frac:.0%}; use more data")
+                for name, indices, split_budget in ((f"{group}_train", train, budget), (holdout_name, held, None)):
+                    path = os.path.join(out_dir, f"{name}.bin.partial")
+                    meta["splits"][name] = write_split(path, spool, indices, enc, split_budget, name)
+            finally:
+                spool.file.close()
+                os.remove(spool.path)
+    except BaseException:  # the splits already written go too: a failed prepare leaves the folder as it was
+        for name in meta["splits"]:
+            os.remove(os.path.join(out_dir, f"{name}.bin.partial"))
+        raise
     # Swap the new splits in only now that all are complete. Without meta.json the folder reads as
     # "not prepared", so a crash during the swap cannot leave old metadata describing new files.
     meta_path = os.path.join(out_dir, "meta.json")
@@ -965,7 +988,10 @@ class Mixture:
 
     A split of N tokens is cut into n = (N - 1) // seq_len windows of seq_len + 1 tokens (inputs and
     targets shifted by one). Each split is read epoch by epoch through a fresh seeded permutation of
-    its windows, so general data is never repeated until exhausted and domain repeats are exact.
+    its windows, so general data is never repeated until exhausted and domain repeats are exact. Within
+    an epoch no window comes twice; a step that straddles two epochs may hold a window from the end of
+    one and the same window from the start of the next (fewer than m^2 / n such pairs per epoch on
+    average, for m windows of that split per step): the price of epochs that are each an exact pass.
 
     Step s draws `batch_size` sequences (the global batch, over all ranks and micro-steps), of which
         n_domain(s) = round((s + 1) * B * delta) - round(s * B * delta)
@@ -981,6 +1007,7 @@ class Mixture:
                  general_start: int = 0, domain_start: int = 0, vocab_size: int | None = None):
         if not 0 <= domain_frac <= 1:
             raise DataError(f"domain_frac={domain_frac} is outside [0, 1]: it is the share of domain tokens")
+        check_seed(seed)
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
         self.general_start, self.domain_start = general_start, domain_start
         meta = load_meta(data_dir)
@@ -1000,7 +1027,7 @@ class Mixture:
                                 f"seq_len or a smaller batch")
             self.splits[kind], self.windows[kind] = tokens, n
         self.domain_tokens = self.windows.get("domain", 0) * seq_len
-        self._perm_cache = {}
+        self._perms = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
 
     def domain_count(self, step: int) -> int:
         """Domain sequences drawn in steps [0, step) of this mixture."""
@@ -1019,13 +1046,10 @@ class Mixture:
         """The k-th window drawn from a split: epoch k // n, through that epoch's own permutation."""
         n = self.windows[kind]
         epoch, i = divmod(k, n)
-        key = (kind, epoch)
-        if key not in self._perm_cache:
-            if len(self._perm_cache) > 4:
-                self._perm_cache.clear()
+        if self._perms.get(kind, (None,))[0] != epoch:
             salt = 1 if kind == "domain" else 0
-            self._perm_cache[key] = np.random.default_rng([self.seed, salt, epoch]).permutation(n)
-        return int(self._perm_cache[key][i])
+            self._perms[kind] = epoch, np.random.default_rng([self.seed, salt, epoch]).permutation(n)
+        return int(self._perms[kind][1][i])
 
     def batch_windows(self, step: int) -> list[tuple[str, int]]:
         """The global batch of `step` as (split kind, window index) pairs, in slot order."""
@@ -1041,7 +1065,8 @@ class Mixture:
 
     def get_batch(self, step: int, part: int = 0, n_parts: int = 1):
         """Part `part` of `n_parts` equal slices of the global batch: part = rank * n_micro + micro, so
-        ranks get disjoint windows and one process with accumulation sees exactly what N ranks see."""
+        ranks get disjoint slices of the batch and one process with accumulation sees exactly what N
+        ranks see."""
         if self.batch_size % n_parts:
             raise DataError(f"batch_size {self.batch_size} is not divisible into {n_parts} micro-batches x ranks")
         size = self.batch_size // n_parts

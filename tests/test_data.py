@@ -154,11 +154,19 @@ def test_prepare_removes_what_a_killed_prepare_left(tiny_data, tmp_path):
     assert data.load_meta(folder)["dataset_id"] == meta["dataset_id"]
 
 
-def test_local_jsonl_bad_line_names_the_line(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text('{"text": "fine"}\nnot json\n')
-    with pytest.raises(data.DataError, match="d.jsonl:2"):
-        list(data.local_documents(str(path)))
+def test_prepare_checks_its_arguments_before_writing_anything(tiny_data, tmp_path):
+    folder = str(tmp_path / "ds")
+    shutil.copytree(tiny_data, folder)
+    before = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)}
+    general = data.load_meta(folder)["sources"]["general"]
+    for kwargs, message in ((dict(val_frac=0), r"--val_frac 0 is outside \(0, 1\)"),
+                            (dict(test_frac=1), r"--test_frac 1 is outside \(0, 1\)"),
+                            (dict(domain_tokens=0), "--domain_tokens 0: a token budget must be positive"),
+                            (dict(seed=-1), "seed -1: use a non-negative integer"),
+                            (dict(domain="abcc"), "unknown source 'abcc'")):  # a typo, found before any work
+        with pytest.raises(data.DataError, match=message):
+            data.prepare(folder, general, **{"domain": general, "tokenizer": "byte", **kwargs})
+        assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.001, 0.05, 0.3, 1.0])
@@ -217,7 +225,7 @@ def test_ranks_and_micro_batches_partition_the_global_batch(tiny_data):
         parts = [mix.get_batch(step, part, 4)[0] for part in range(4)]  # e.g. 2 ranks x 2 micro-steps
         assert torch.equal(torch.cat(parts), full)
         keys = [(k, w) for k, w in mix.batch_windows(step)]
-        assert len(set(keys)) == len(keys)  # no window twice in a step, so ranks never share one
+        assert len(set(keys)) == len(keys)  # no window twice in a step (this one straddles no epoch)
 
 
 def test_mixture_is_deterministic_and_resumable(tiny_data):
@@ -243,6 +251,8 @@ def test_mixture_errors(tiny_data):
         data.Mixture(tiny_data, 1.0, 100000, 32)
     with pytest.raises(data.DataError, match="vocab_size"):
         data.Mixture(tiny_data, 0.1, 8, 32, vocab_size=50257)
+    with pytest.raises(data.DataError, match="non-negative"):
+        data.Mixture(tiny_data, 0.1, 8, 32, seed=-1)
 
 
 def test_meta_records_sources_and_hashes(tiny_data):

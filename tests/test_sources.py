@@ -384,11 +384,26 @@ def test_local_jsonl_bad_line_is_named(tmp_path):
         list(data.local_documents(str(path)))
 
 
+def test_local_text_that_is_missing_undecodable_or_not_text(tmp_path):
+    """Scraped text is messy: a null text is an empty document (prepare drops it), bytes that are not
+    UTF-8 and half an emoji (a lone surrogate escape) become replacement characters, and a text that
+    is not a string is an error naming the line."""
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": null}\n{"text": "caf\xe9"}\n{"text": "half \\ud83d emoji"}\n')
+    assert list(data.local_documents(str(tmp_path / "a.jsonl"))) == ["", "caf\ufffd", "half \ud83d emoji"]
+    out = str(tmp_path / "ds")
+    data.prepare(out, f"local:{tmp_path / 'a.jsonl'}", None, tokenizer="byte", val_frac=0.4)
+    splits = data.load_meta(out)["splits"]
+    assert splits["general_train"]["documents"] + splits["general_val"]["documents"] == 2  # null: dropped
+    (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": 42}\n')
+    with pytest.raises(data.DataError, match=r"b.jsonl:2: 'text' is a int, not a string"):
+        list(data.local_documents(str(tmp_path / "b.jsonl")))
+
+
 def test_local_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
     import pyarrow.parquet as pq
-    pq.write_table(pa.table({"text": ["one", "two"], "id": [1, 2]}), tmp_path / "d.parquet")
-    assert list(data.local_documents(str(tmp_path / "*.parquet"))) == ["one", "two"]
+    pq.write_table(pa.table({"text": ["one", None, "two"], "id": [1, 2, 3]}), tmp_path / "d.parquet")
+    assert list(data.local_documents(str(tmp_path / "*.parquet"))) == ["one", "", "two"]
 
 
 def test_unknown_source_is_a_clear_error():

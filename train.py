@@ -92,6 +92,10 @@ class TrainError(Exception):
     """Bad input or a failed run: the message is one line that says what to do."""
 
 
+class Diverged(TrainError):
+    """The training loss is no longer finite (finetune.py records it and goes on with its grid)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes and devices
 
@@ -176,18 +180,23 @@ def lr_at(step: int, total_steps: int, cfg) -> float:
 
 def save_checkpoint(path: str, state: dict):
     """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    data.atomic_write(path, lambda f: torch.save(state, f))
+
+
+CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position"}
 
 
 def load_checkpoint(path: str) -> dict:
     if not os.path.exists(path):
         raise TrainError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint")
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise TrainError(f"{path} is not a checkpoint of train.py or finetune.py (it lacks "
+                         f"{', '.join(sorted(CHECKPOINT_KEYS - set(ckpt if isinstance(ckpt, dict) else ())))})")
+    return ckpt
 
 
 def load_weights(model, ckpt: dict, path: str):
@@ -195,8 +204,10 @@ def load_weights(model, ckpt: dict, path: str):
     expected, found = model.config_dict(), ckpt["model_config"]
     diff = {k: (found.get(k), v) for k, v in expected.items() if k != "tie_embeddings" and found.get(k) != v}
     if diff:
+        fix = ("a dataset with the tokenizer of the run that wrote it (--data_dir)" if "vocab_size" in diff
+               else "the same --model/overrides as the run that wrote it")
         raise TrainError(f"{path} holds a model with " + ", ".join(f"{k}={a} (not {b})" for k, (a, b) in diff.items())
-                         + ": use the same --model/overrides as the run that wrote it")
+                         + f": use {fix}")
     if not found.get("tie_embeddings", True):
         model.untie()
     model.load_state_dict(ckpt["model"])
@@ -253,7 +264,7 @@ def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval
             dist.all_reduce(train_loss)
         train_loss = train_loss.item() / max(1, meter["count"]) / rt.world_size if meter["count"] else None
         if train_loss is not None and not math.isfinite(train_loss):
-            raise TrainError(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
+            raise Diverged(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
         dt = time.time() - meter["time"]
         tokens_per_s = (done - meter["step"]) * tokens_per_step / dt if dt > 0 else 0.0
         record = {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
@@ -346,12 +357,32 @@ def parse_milestones(spec: str) -> list[int]:
 
 
 # What defines the data stream and the schedule: a resumed run must keep them.
-RESUME_FIXED = ("domain_frac", "batch_size", "seq_len", "seed", "max_tokens", "schedule", "lr", "warmup_steps")
+RESUME_FIXED = ("domain_frac", "batch_size", "seq_len", "seed", "max_tokens", "schedule", "lr", "min_lr",
+                "warmup_steps", "horizon_mult", "decay_frac")
+
+
+def check_positive(cfg, flags):
+    """Flags the loop divides by or counts with (None: not given, a default applies)."""
+    for flag in flags:
+        value = getattr(cfg, flag)
+        if value is not None and value < 1:
+            raise TrainError(f"--{flag} {value}: must be a positive integer")
+
+
+def check_loop_config(cfg, world_size: int):
+    """The loop's geometry, checked before anything is written."""
+    check_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "log_interval", "eval_windows", "eval_batch_size"))
+    if cfg.warmup_steps < 0:
+        raise TrainError(f"--warmup_steps {cfg.warmup_steps}: must be >= 0")
+    if cfg.batch_size % cfg.grad_accum or cfg.grad_accum % world_size:
+        raise TrainError(f"batch_size {cfg.batch_size} must split into grad_accum {cfg.grad_accum} micro-batches, "
+                         f"a multiple of the {world_size} processes: set --batch_size/--grad_accum")
 
 
 def pretrain(cfg: TrainConfig):
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
+    check_loop_config(cfg, rt.world_size)
     if not 0 <= cfg.domain_frac < 1:
         raise TrainError(f"--domain_frac {cfg.domain_frac} is outside [0, 1): it is the share of domain "
                          f"tokens in pretraining (finetune.py trains on domain data alone)")
@@ -377,6 +408,9 @@ def pretrain(cfg: TrainConfig):
             was = ", ".join(f"{k}={before.get(k)}" for k in changed)
             raise TrainError(f"--resume with other {', '.join(changed)} than the run in {out_dir} ({was}): an "
                              f"exact resume needs the same data and schedule; --init_from starts a new run from it")
+        if ckpt.get("dataset_id") != meta["dataset_id"]:
+            raise TrainError(f"--resume on dataset {meta['dataset_id']} ({data_dir}), but the run in {out_dir} "
+                             f"trained on {ckpt.get('dataset_id')}: give its --data_dir")
         load_weights(model, ckpt, latest)
         start_step, mixture_step0, tokens_offset = ckpt["step"], ckpt["mixture_step0"], ckpt["tokens_offset"]
         general_start = ckpt["mixture"]["general_start"]
@@ -395,7 +429,11 @@ def pretrain(cfg: TrainConfig):
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
-        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step}: raise it")
+        if cfg.resume:
+            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {cfg.max_tokens:g}): to train on, "
+                             f"start a new run from its checkpoint with --init_from and a larger --max_tokens")
+        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step} of the run "
+                         f"that wrote --init_from: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
     optimizer = configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
@@ -416,8 +454,8 @@ def pretrain(cfg: TrainConfig):
                     "n_params": raw.num_params(), "domain_train_tokens": meta["splits"]["domain_train"]["tokens"],
                     "world_size": rt.world_size}
         data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1), mode="w")
-        if cfg.resume:
-            filter_log(log_path, lambda r: r["step"] <= start_step)  # lines after the checkpoint go
+        if cfg.resume:  # lines after the checkpoint go (all of them from step 0, which is evaluated again)
+            filter_log(log_path, lambda r: start_step > 0 and r["step"] <= start_step)
         print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 
@@ -430,13 +468,13 @@ def pretrain(cfg: TrainConfig):
                 "dataset_id": meta["dataset_id"], "rng": torch.get_rng_state()}
 
     def on_eval(step, record):
-        if rt.master:
+        if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
+            append_jsonl(log_path, record)
             state = checkpoint_state(step)
             for tokens, milestone_step in milestones.items():
                 if milestone_step == step:
                     save_checkpoint(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), state)
             save_checkpoint(latest, state)
-            append_jsonl(log_path, record)
         return False
 
     train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,

@@ -59,6 +59,32 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
                 assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7), (ra["step"], key)
 
 
+@pytest.mark.parametrize("where, step", [("batch", 3), ("log", 16)])
+def test_a_killed_run_resumes_to_the_uninterrupted_log(tiny_data, tmp_path, monkeypatch, where, step):
+    """Killed (KeyboardInterrupt) before its first eval, where only the step-0 checkpoint exists, or
+    while writing the step-16 log line, which must then not be missing from the resumed log."""
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    train.main(tiny_args(tiny_data, full))
+
+    def kill_at(real, step_of):
+        def wrapper(*args, **kwargs):
+            if step_of(*args) == step:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return wrapper
+    with monkeypatch.context() as m:
+        if where == "batch":
+            m.setattr(train.data.Mixture, "get_batch", kill_at(train.data.Mixture.get_batch, lambda mix, s, *a: s))
+        else:
+            m.setattr(train, "append_jsonl", kill_at(train.append_jsonl, lambda path, record: record["step"]))
+        with pytest.raises(KeyboardInterrupt):
+            train.main(tiny_args(tiny_data, killed))
+    train.main(tiny_args(tiny_data, killed, "--resume"))
+    a, b = read_log(full), read_log(killed)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 8, 16, 24, 32]
+    assert [r["domain_test_loss"] for r in b] == pytest.approx([r["domain_test_loss"] for r in a], rel=1e-6)
+
+
 def test_init_from_continues_tokens_and_general_data(tiny_data, tmp_path):
     npt, scpt = str(tmp_path / "npt"), str(tmp_path / "scpt")
     train.main(tiny_args(tiny_data, npt, "--domain_frac", "0", "--ckpt_tokens", "6144"))
@@ -86,10 +112,31 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path):
         train.main(tiny_args(tiny_data, str(tmp_path / "none"), "--resume"))
     with pytest.raises(train.TrainError, match="other domain_frac"):
         train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume", "--domain_frac", "0.5"))
+    with pytest.raises(train.TrainError, match="other min_lr, horizon_mult"):  # the whole schedule is kept
+        train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume", "--min_lr", "0",
+                             "--horizon_mult", "1"))
+    with pytest.raises(train.TrainError, match="is finished.*--init_from"):
+        train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume"))
+    other = str(tmp_path / "other")
+    shutil.copytree(tiny_data, other)
+    with open(os.path.join(other, "meta.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(other, "meta.json"), "w") as f:
+        json.dump({**meta, "dataset_id": "another"}, f)
+    with pytest.raises(train.TrainError, match="--resume on dataset another"):
+        train.main(tiny_args(other, out, "--max_tokens", "1024", "--resume"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(train.TrainError, match="corrupt"):
         train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
+    torch.save({"weights": torch.zeros(2)}, bad)  # a torch file, but not a checkpoint
+    with pytest.raises(train.TrainError, match="not a checkpoint of train.py.*model_config"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
+    for flags, message in ((["--grad_accum", "3"], "batch_size 8 must split into grad_accum 3"),
+                           (["--eval_interval", "0"], "--eval_interval 0: must be a positive integer")):
+        with pytest.raises(train.TrainError, match=message):
+            train.main(tiny_args(tiny_data, str(tmp_path / "v"), *flags))
+        assert not os.path.exists(tmp_path / "v")  # refused before anything is written
     # a byte-level dataset with a model that expects the gpt2 vocabulary is caught by the mixture
     from data import DataError, Mixture
     with pytest.raises(DataError, match="vocab_size"):

@@ -45,8 +45,10 @@ Absolute values (`--lr 1e-5,4e-5,1e-4`) give the paper's grid as is.
 Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
 - finetune.json, rewritten atomically at every eval: the pretrained losses, per configuration its
   curve, its best point and whether it finished, and the best over the grid. A rerun with the same
-  out_dir and settings skips finished configurations (they stay in the results, even if the new
-  grid leaves them out) and reruns any that was interrupted; other settings are refused.
+  out_dir and settings (the checkpoint's pretraining run included) skips finished configurations
+  (they stay in the results, even if the new grid leaves them out) and reruns any that was
+  interrupted; other settings are refused. A configuration whose loss diverges ends as "diverged",
+  keeping its best point before that, and the grid goes on.
 - log.jsonl: train.py's log lines, plus ft_lr and ft_warmup naming the configuration.
 - ckpt_best.pt with --save_best: the weights at the best point over the grid, loadable by
   evaluate.py (and by this script or train.py --init_from, like any checkpoint).
@@ -159,10 +161,8 @@ def batch_geometry(cfg: FinetuneConfig, pre: train.TrainConfig, world_size: int)
     return batch, accum
 
 
-def pretrain_config(ckpt: dict, path: str) -> train.TrainConfig:
+def pretrain_config(ckpt: dict) -> train.TrainConfig:
     """The TrainConfig of the run that wrote the checkpoint (fields it lacks keep their defaults)."""
-    if not {"config", "model_config", "model", "tokens", "general_position"} <= set(ckpt):
-        raise train.TrainError(f"{path} is not a train.py checkpoint (config, model or tokens missing)")
     known = {f.name for f in dataclasses.fields(train.TrainConfig)}
     return train.TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
 
@@ -183,6 +183,8 @@ class Plan:
 
 def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_size: int) -> Plan:
     """Check every input and derive the run's geometry. Raises before anything is written."""
+    train.check_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size",
+                               "log_interval"))
     if not 0 <= cfg.replay < 1:
         raise train.TrainError(f"--replay {cfg.replay} is outside [0, 1): it is the share of general data")
     if cfg.schedule not in ("constant", "wsd"):
@@ -207,12 +209,14 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     out_dir = cfg.out_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.init)),
                                           "ft_" + os.path.splitext(os.path.basename(cfg.init))[0]
                                           + (f"_replay{cfg.replay:g}" if cfg.replay else ""))
-    settings = {"pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
+    settings = {"pretrain_config": json.loads(json.dumps(ckpt["config"])),  # which run wrote the checkpoint
+                "pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
                 "dataset_id": meta["dataset_id"], "batch_size": batch, "seq_len": seq_len,
                 "eval_interval": eval_interval, "eval_windows": cfg.eval_windows or pre.eval_windows,
                 "max_epochs": cfg.max_epochs, "total_steps": total_steps,
                 **{k: getattr(cfg, k) for k in ("replay", "schedule", "decay_frac", "min_lr_frac", "beta1", "beta2",
-                                                "eps", "weight_decay", "grad_clip", "patience", "seed")}}
+                                                "eps", "weight_decay", "grad_clip", "patience", "seed",
+                                                "save_best")}}
     return Plan(data_dir, out_dir, meta, grid, batch, accum, eval_interval, total_steps, settings)
 
 
@@ -302,10 +306,14 @@ def run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress, best_
         on_progress(entry)
         return stop
 
-    train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, plan.total_steps,
-                     desc=f"finetune lr={lr:.3g} warmup={warmup}")
-    early = len(curve) - 1 - stopper.best_index >= cfg.patience
-    entry.update(finished=True, stopped="early" if early else "epoch_cap")
+    try:
+        train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, plan.total_steps,
+                         desc=f"finetune lr={lr:.3g} warmup={warmup}")
+        early = len(curve) - 1 - stopper.best_index >= cfg.patience
+        entry.update(finished=True, stopped="early" if early else "epoch_cap")
+    except train.Diverged as e:  # too high a learning rate: its best point so far still counts
+        print(f"lr={lr:g} warmup={warmup}: {e}; going on with the grid", file=sys.stderr)
+        entry.update(finished=True, stopped="diverged")
     return entry, snapshot
 
 
@@ -323,7 +331,7 @@ def run(cfg: FinetuneConfig) -> dict:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
     rt = train.setup_runtime(cfg.device, cfg.dtype)
     ckpt = train.load_checkpoint(cfg.init)
-    pre = pretrain_config(ckpt, cfg.init)
+    pre = pretrain_config(ckpt)
     plan = make_plan(cfg, ckpt, pre, rt.world_size)
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)
@@ -350,12 +358,12 @@ def run(cfg: FinetuneConfig) -> dict:
         best = best_over([c for c in results.values() if c["finished"]])
         entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
                                      best["domain_test_loss"] if best else math.inf)
-        on_progress(entry)
-        if snapshot is not None:
+        if snapshot is not None:  # saved before the configuration is recorded as finished
             model_config = {**ckpt["model_config"], "tie_embeddings": False}
             train.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
                                   best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
                                                   cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
+        on_progress(entry)
     final = results_json(cfg, ckpt, plan, list(results.values()))
     if rt.master:
         save_results(json_path, final)

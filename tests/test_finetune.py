@@ -41,7 +41,7 @@ def read_log(out_dir):
 
 def test_untying_keeps_the_function(ckpt, tiny_data):
     state = train.load_checkpoint(ckpt)
-    pre = finetune.pretrain_config(state, ckpt)
+    pre = finetune.pretrain_config(state)
     tied = train.build_model(pre, 257)
     train.load_weights(tied, state, ckpt)
     untied = finetune.untied_model(state, pre, train.setup_runtime("cpu"), ckpt)
@@ -61,7 +61,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert result["pretrain_tokens"] == 8192 and result["domain_frac"] == 0.25 and result["replay"] == 0.0
     assert result["dataset_id"] == data.load_meta(tiny_data)["dataset_id"]
     # step 0 is the checkpoint itself, untied: the same losses as the tied model
-    tied = train.build_model(finetune.pretrain_config(train.load_checkpoint(ckpt), ckpt), 257)
+    tied = train.build_model(finetune.pretrain_config(train.load_checkpoint(ckpt)), 257)
     train.load_weights(tied, train.load_checkpoint(ckpt), ckpt)
     test_loss = mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
@@ -78,7 +78,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     # the kept checkpoint is the best point over the grid, and evaluates to the same loss
     kept = train.load_checkpoint(os.path.join(out, "ckpt_best.pt"))
     assert kept["finetune"]["step"] == result["best"]["step"] and kept["finetune"]["lr"] == result["best"]["lr"]
-    model = train.build_model(finetune.pretrain_config(kept, "best"), 257)
+    model = train.build_model(finetune.pretrain_config(kept), 257)
     train.load_weights(model, kept, "best")
     assert mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
         result["best"]["domain_test_loss"], rel=1e-5)
@@ -143,6 +143,30 @@ def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
     assert runs == [(3e-3, 2), (1e-2, 2)]
     with pytest.raises(train.TrainError, match="other settings.*patience"):
         finetune.main(args + ["--patience", "5"])
+    with pytest.raises(train.TrainError, match=r"other settings \(save_best\)"):  # no best checkpoint was kept
+        finetune.main(args + ["--save_best"])
+
+
+def test_results_of_another_checkpoint_are_never_reused(ckpt, tmp_path):
+    """Same dataset, tokens and step, but another pretraining run: its finetuning is not this one's."""
+    other = str(tmp_path / "other")
+    pre = train.load_checkpoint(ckpt)["config"]
+    train.main(["--data_dir", pre["data_dir"], "--out_dir", other, "--model=cpu-tiny", "--seq_len", "32",
+                "--batch_size", "8", "--max_tokens", "8192", "--eval_interval", "16", "--eval_windows", "8",
+                "--warmup_steps", "4", "--lr", "3e-3", "--domain_frac", "0", "--ckpt_tokens", "8192"])
+    out = str(tmp_path / "ft")
+    finetune.main(ft_args(ckpt, out))
+    with pytest.raises(train.TrainError, match="other settings.*pretrain_config"):
+        finetune.main(ft_args(os.path.join(other, "ckpt_8192.pt"), out))
+
+
+def test_a_diverging_configuration_is_recorded_and_the_grid_goes_on(ckpt, tmp_path):
+    result = finetune.main(ft_args(ckpt, str(tmp_path / "ft"), "--lr", "1e30,3e-3", "--warmup", "0",
+                                   "--grad_clip", "0"))
+    diverged, fine = result["configs"]
+    assert diverged["lr"] == 1e30 and diverged["finished"] and diverged["stopped"] == "diverged"
+    assert fine["lr"] == 3e-3 and fine["finished"] and fine["stopped"] in ("early", "epoch_cap")
+    assert result["best"]["lr"] == 3e-3
 
 
 def test_replay_fraction_is_realised(ckpt, tiny_data, monkeypatch):

@@ -22,6 +22,7 @@ finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `tra
 import argparse
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -456,6 +457,8 @@ def pretrain(cfg: TrainConfig):
         data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1), mode="w")
         if cfg.resume:  # lines after the checkpoint go (all of them from step 0, which is evaluated again)
             filter_log(log_path, lambda r: start_step > 0 and r["step"] <= start_step)
+            for stale in glob.glob(os.path.join(out_dir, "*.pt.tmp[0-9]*")):  # a checkpoint cut off by a kill
+                os.remove(stale)
         print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 

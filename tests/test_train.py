@@ -50,7 +50,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
     shutil.copy(os.path.join(full, "ckpt_4096.pt"), os.path.join(resumed, "ckpt_latest.pt"))
     with open(os.path.join(resumed, "log.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in read_log(full)[:4])  # up to step 24: one line too many
+    open(os.path.join(resumed, "ckpt_latest.pt.tmp4242"), "wb").write(b"half a checkpoint")  # cut off by a kill
     train.main(tiny_args(tiny_data, resumed, "--resume"))
+    assert not os.path.exists(os.path.join(resumed, "ckpt_latest.pt.tmp4242"))
     a, b = read_log(full), read_log(resumed)
     assert [r["step"] for r in b] == [r["step"] for r in a]
     for ra, rb in zip(a, b):

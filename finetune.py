@@ -249,7 +249,7 @@ def best_over(configs) -> dict | None:
 
 def results_json(cfg: FinetuneConfig, ckpt: dict, plan: Plan, configs: list[dict]) -> dict:
     first = configs[0]["curve"][0]  # step 0 of any configuration: the checkpoint itself
-    return {"init": cfg.init, "pretrain_tokens": int(ckpt["tokens"]),
+    return {"init": cfg.init, "pretrain_tokens": int(ckpt["tokens"]), "model_config": ckpt["model_config"],
             "domain_frac": float(ckpt["config"].get("domain_frac", 0.0)), "dataset_id": plan.meta["dataset_id"],
             "replay": cfg.replay, "pretrained": {k: first[k] for k in LOSS_KEYS},
             "best": best_over(configs), "configs": configs, "settings": plan.settings}

@@ -129,7 +129,7 @@ bootstrap fits. A * marks candidates outside the fitted deltas (extrapolated in 
 API (for scripts/study.py)
 --------------------------
   load_runs(dirs, min_tokens=0) -> list[Run]
-  load_finetunes(paths, dataset_id=None) -> list[dict]           (keys: path, delta, tokens, drop)
+  load_finetunes(paths, dataset_id=None, model_config=None) -> list[dict]   (keys: path, delta, tokens, drop)
   fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto") -> Law
       Law.predict(tokens, delta) -> {"train", "gap", "test"};  Law.onset(delta) -> tokens or None;
       Law.param_dict(), Law.ci(), Law.flags, Law.stage1, Law.gap_at_zero
@@ -302,9 +302,10 @@ def load_runs(dirs, min_tokens=0):
     return runs
 
 
-def load_finetunes(paths, dataset_id=None):
+def load_finetunes(paths, dataset_id=None, model_config=None):
     """Read finetune.json files (or folders holding one) into drop points: dicts with path, delta,
-    tokens (the checkpoint's pretraining tokens) and drop (pretrained minus best domain test loss)."""
+    tokens (the checkpoint's pretraining tokens) and drop (pretrained minus best domain test loss).
+    With dataset_id / model_config (the runs'), finetunes of another dataset or model shape are refused."""
     points, replays = [], set()
     for path in paths:
         file = os.path.join(path, "finetune.json") if os.path.isdir(path) else path
@@ -314,7 +315,14 @@ def load_finetunes(paths, dataset_id=None):
         if dataset_id is not None and ft["dataset_id"] != dataset_id:
             raise FitLawsError(f"{file}: dataset_id {ft['dataset_id']!r} differs from the "
                                f"runs' {dataset_id!r}")
+        shape = _shape(ft.get("model_config"))
+        if shape and _shape(model_config) and shape != _shape(model_config):
+            raise FitLawsError(f"{file}: finetuned a model of another shape than the runs' "
+                               f"({shape} vs {_shape(model_config)})")
         replays.add(ft.get("replay") or 0.0)
+        if float(ft["pretrain_tokens"]) <= 0:
+            _warn(f"{file}: excluded (a checkpoint at 0 pretraining tokens: the drop law is a power of T)")
+            continue
         if ft["best"] is None:
             _warn(f"{file}: excluded (no finetuning configuration has a result)")
             continue
@@ -329,6 +337,13 @@ def load_finetunes(paths, dataset_id=None):
         raise FitLawsError(f"finetune results mix general-data replay fractions {sorted(replays)}; "
                            "one drop law describes one finetuning recipe")
     return points
+
+
+def _shape(model_config):
+    """A model's shape, whether or not its embeddings are tied (finetuning unties them)."""
+    if not isinstance(model_config, dict):
+        return None
+    return {k: v for k, v in model_config.items() if k != "tie_embeddings"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -634,9 +649,12 @@ def _bootstrap_indices(runs, unit, rng):
 def _resolve_bootstrap_unit(runs, unit):
     if unit not in ("auto", "runs", "points"):
         raise FitLawsError(f"bootstrap_unit must be auto, runs or points, not {unit!r}")
+    counts = [sum(r.delta == d for r in runs) for d in {r.delta for r in runs}]
+    if unit == "runs" and min(counts) < 2:  # every replicate would be the data itself: zero-width intervals
+        raise FitLawsError("--bootstrap_unit runs resamples runs within each delta and needs two or more "
+                           "of every delta: use points (or auto)")
     if unit != "auto":
         return unit
-    counts = [sum(r.delta == d for r in runs) for d in {r.delta for r in runs}]
     return "runs" if min(counts) >= 2 else "points"
 
 
@@ -868,6 +886,7 @@ class Drop:
     cv_rmse: dict
     reason: str
     max_tokens: float = math.inf     # the last finetuned checkpoint: beyond it the law extrapolates
+    min_tokens: float = 0.0          # the first one: below it, too
 
 
 def _fit_power_offset(x, y, labels):
@@ -894,13 +913,14 @@ def _fit_power_offset(x, y, labels):
 
 def _drop_fittable(mode, x, deltas):
     """Whether a mode's parameters are determined: a power law with an offset needs 3 distinct
-    token counts; in offset mode the shape (a, b) comes from differences within each delta."""
+    token counts (with two, every exponent fits); in offset mode the shape (a, b) comes from
+    differences within each delta."""
     distinct = [len(np.unique(x[deltas == d])) for d in np.unique(deltas)]
-    if mode == "shared":
-        return len(np.unique(x)) >= 3
+    if len(np.unique(x)) < 3:
+        return False
     if mode == "per_delta":
         return min(distinct) >= 3
-    return sum(n - 1 for n in distinct) >= 2
+    return mode == "shared" or sum(n - 1 for n in distinct) >= 2
 
 
 def _fit_drop_mode(mode, x, deltas, drops):
@@ -964,7 +984,7 @@ def fit_finetune_drop(ft_results, mode="auto"):
                   for d in np.unique(deltas)}
     else:
         params = _fit_drop_mode(chosen, x, deltas, drops)
-    return Drop(chosen, params, t_scale, cv, reason, float(tokens.max()))
+    return Drop(chosen, params, t_scale, cv, reason, float(tokens.max()), float(tokens.min()))
 
 
 def predict_drop(drop, tokens, delta):
@@ -1013,6 +1033,7 @@ def recommend(law, drop, target_tokens, candidates, domain_tokens):
     best = min(rows, key=lambda r: r["post_ft_loss"])
     return {"target_tokens": float(target_tokens), "uses_finetune_drop": drop is not None,
             "drop_extrapolation": target_tokens / drop.max_tokens if drop else None,
+            "drop_below_checkpoints": drop.min_tokens / target_tokens if drop else None,
             "candidates": rows, "recommended": best}
 
 
@@ -1124,6 +1145,9 @@ def format_report(results):
     if (rec["drop_extrapolation"] or 0) > 1:
         lines.append(f"  note: the drop law is extrapolated {rec['drop_extrapolation']:.3g}x beyond the "
                      "last finetuned checkpoint")
+    if (rec.get("drop_below_checkpoints") or 0) > 1:
+        lines.append(f"  note: the target is {rec['drop_below_checkpoints']:.3g}x below the first finetuned "
+                     "checkpoint: the drop law is extrapolated back to it")
     best = rec["recommended"]
     which = "post-finetuning" if rec["uses_finetune_drop"] else "pretraining"
     lines.append(f"Recommended domain_frac: {best['delta']:g} ({which} domain test loss "
@@ -1281,7 +1305,7 @@ def _parser():
 
 def _analyse(args):
     runs = load_runs(args.run_dirs, min_tokens=args.min_tokens)
-    finetunes = load_finetunes(args.finetune, dataset_id=runs[0].dataset_id)
+    finetunes = load_finetunes(args.finetune, dataset_id=runs[0].dataset_id, model_config=runs[0].model[0])
     law = fit_pretraining_law(runs, args.starts, args.seed, args.bootstrap, args.bootstrap_unit)
     baselines = fit_baselines(runs, law.t_scale)
     drop = fit_finetune_drop(finetunes, args.drop_mode) if args.finetune else None
@@ -1305,7 +1329,7 @@ def _analyse(args):
         "errors": errors,
         "drop": drop and {"mode": drop.mode, "params": drop.params, "t_scale": drop.t_scale,
                           "cv_rmse": drop.cv_rmse, "reason": drop.reason,
-                          "max_tokens": drop.max_tokens},
+                          "max_tokens": drop.max_tokens, "min_tokens": drop.min_tokens},
         "forecast": recommend(law, drop, target, args.candidates, domain_tokens),
     }
     results["settings"]["target_tokens"] = target

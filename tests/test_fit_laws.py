@@ -167,6 +167,8 @@ def test_fit_is_clean_and_has_intervals(fitted):
 
 def test_bootstrap_resamples_whole_runs_when_deltas_have_seeds(fitted):
     runs, _, _ = fitted
+    with pytest.raises(FitLawsError, match="needs two or more of every delta"):  # one run each: no spread
+        fit_laws.fit_pretraining_law(runs, starts=1, bootstrap=2, bootstrap_unit="runs")
     rng = np.random.default_rng(9)
     seeds = runs + [fit_laws.Run(r.path + "_seed1", r.delta, r.dataset_id, r.model,
                                  r.domain_tokens, r.tokens,
@@ -261,6 +263,20 @@ def test_drop_law_shared_recovers_parameters():
     assert p["b"] == pytest.approx(-0.3, abs=0.03)
     assert fit_laws.predict_drop(drop, 3e9, 0.02) == pytest.approx(0.1 * 3 ** -0.3 + 0.02,
                                                                    abs=1e-3)
+
+
+def test_two_token_counts_never_fit_a_curve():
+    """Checkpoints at the same two token counts for every delta (the micro study) determine only
+    a (x2^b - x1^b): any exponent fits, so no mode with a curve may be chosen."""
+    rng = np.random.default_rng(0)
+    points = [{"path": "x", "delta": d, "tokens": t, "drop": 0.2 / (1 + 30 * d) * (t / 1e4) ** -0.2
+               + rng.normal(0, 1e-3)} for d in (0.0, 0.01, 0.02, 0.05) for t in (4096, 8192)]
+    with pytest.warns(FitLawsWarning, match="3 token counts"):
+        drop = fit_laws.fit_finetune_drop(points)
+    assert drop.mode == "constant"
+    for mode in ("shared", "offset", "per_delta"):
+        with pytest.raises(FitLawsError, match="too few distinct"):
+            fit_laws.fit_finetune_drop(points, mode=mode)
 
 
 def test_drop_law_falls_back_to_constant_with_one_token_count():
@@ -414,6 +430,12 @@ def test_cli_end_to_end(study, tmp_path, capsys):
     assert not [f for f in os.listdir(out.parent) if f.endswith(".tmp")]
 
 
+def test_a_target_below_the_finetuned_checkpoints_is_noted(study, tmp_path, capsys):
+    fit_laws.main(study["runs"] + ["--finetune"] + study["fts"] + [
+        "--target_tokens=2.5e9", "--bootstrap", "0", "--starts=2", "--no_plots", "--out", str(tmp_path / "f.json")])
+    assert "4x below the first finetuned checkpoint" in capsys.readouterr().out
+
+
 def test_cli_is_deterministic_given_seed(study, tmp_path):
     argv = study["runs"] + ["--bootstrap", "2", "--starts", "2", "--no_plots", "--seed", "7"]
     first = fit_laws.main(argv + ["--out", str(tmp_path / "a.json")])
@@ -518,6 +540,19 @@ def test_bad_finetune_results(tmp_path):
         points = fit_laws.load_finetunes([os.path.join(good, "finetune.json"), empty])
     assert [p["delta"] for p in points] == [0.01]     # a json path works as well as its folder
     assert points[0]["drop"] == pytest.approx(true_drop(1e10, 0.01), abs=0.005)
+    bigger = write_finetune(str(tmp_path / "bigger"), 0.01, 1e10, rng)
+    record = json.load(open(os.path.join(bigger, "finetune.json")))
+    record["model_config"] = {**MODEL, "n_layer": 32, "tie_embeddings": True}
+    json.dump(record, open(os.path.join(bigger, "finetune.json"), "w"))
+    with pytest.raises(FitLawsError, match="another shape"):
+        fit_laws.load_finetunes([bigger], model_config={**MODEL, "tie_embeddings": True})
+    record["model_config"] = {**MODEL, "tie_embeddings": False}  # finetuning unties: the same shape
+    json.dump(record, open(os.path.join(bigger, "finetune.json"), "w"))
+    assert len(fit_laws.load_finetunes([bigger], model_config={**MODEL, "tie_embeddings": True})) == 1
+    with np.errstate(divide="ignore"):  # the synthetic world's losses at T = 0 are infinite
+        untrained = write_finetune(str(tmp_path / "untrained"), 0.01, 0, rng)
+    with pytest.warns(FitLawsWarning, match="0 pretraining tokens"):
+        assert fit_laws.load_finetunes([untrained]) == []
 
 
 def test_config_with_a_model_dict_only(tmp_path):

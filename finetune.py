@@ -209,7 +209,8 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     out_dir = cfg.out_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.init)),
                                           "ft_" + os.path.splitext(os.path.basename(cfg.init))[0]
                                           + (f"_replay{cfg.replay:g}" if cfg.replay else ""))
-    settings = {"pretrain_config": json.loads(json.dumps(ckpt["config"])),  # which run wrote the checkpoint
+    run = {k: v for k, v in ckpt["config"].items() if k != "resume"}  # a resumed run is the same run
+    settings = {"pretrain_config": json.loads(json.dumps(run)),  # which run wrote the checkpoint
                 "pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
                 "dataset_id": meta["dataset_id"], "batch_size": batch, "seq_len": seq_len,
                 "eval_interval": eval_interval, "eval_windows": cfg.eval_windows or pre.eval_windows,

@@ -86,8 +86,9 @@ def pretrain(preset: dict, out: str, data_dir: str):
         folder = run_dir(out, delta)
         log_path = os.path.join(folder, "log.jsonl")
         log = read_jsonl(log_path) if os.path.exists(log_path) else []
-        if log and log[-1]["tokens"] >= options["max_tokens"]:
-            continue  # finished
+        milestones = [os.path.join(folder, f"ckpt_{format_tokens(m)}.pt") for m in preset["milestones"]]
+        if log and log[-1]["tokens"] >= options["max_tokens"] and all(map(os.path.exists, milestones)):
+            continue  # finished (train.py logs an eval before it writes that eval's checkpoints)
         resume = ["--resume"] if os.path.exists(os.path.join(folder, "ckpt_latest.pt")) else []
         run(python_launcher() + ["train.py", *flags(options), f"--domain_frac={delta}", f"--out_dir={folder}", *resume])
 
@@ -97,22 +98,24 @@ def finetune(preset: dict, out: str):
         for tokens in preset["milestones"]:
             ckpt = os.path.join(run_dir(out, delta), f"ckpt_{format_tokens(tokens)}.pt")
             folder = ft_dir(out, delta, tokens)
-            result = os.path.join(folder, "finetune.json")
-            if os.path.exists(result) and all(c["finished"] for c in json.load(open(result))["configs"]):
-                continue
+            # finetune.py itself skips the configurations a previous attempt finished (finetune.json
+            # lists only those that started, so it cannot tell here whether the grid is complete)
             run(python_launcher() + ["finetune.py", f"--init={ckpt}", f"--out_dir={folder}", "--save_best",
                                      *flags(preset["finetune"])])
 
 
+def evaluated_checkpoints(preset: dict, out: str) -> dict:
+    """delta -> (pretrained, finetuned) checkpoint of the last milestone."""
+    last = max(preset["milestones"])
+    return {d: (os.path.join(run_dir(out, d), f"ckpt_{format_tokens(last)}.pt"),
+                os.path.join(ft_dir(out, d, last), "ckpt_best.pt")) for d in preset["deltas"]}
+
+
 def evaluate_checkpoints(preset: dict, out: str, data_dir: str) -> str:
-    """Pretrained and finetuned checkpoints of the last milestone, one JSON line each."""
+    """Every checkpoint of evaluated_checkpoints, one JSON line each; rerun when the preset's deltas changed."""
     path = os.path.join(out, "eval.jsonl")
-    if not os.path.exists(path):
-        last = max(preset["milestones"])
-        ckpts = []
-        for delta in preset["deltas"]:
-            ckpts.append(os.path.join(run_dir(out, delta), f"ckpt_{format_tokens(last)}.pt"))
-            ckpts.append(os.path.join(ft_dir(out, delta, last), "ckpt_best.pt"))
+    ckpts = [c for pair in evaluated_checkpoints(preset, out).values() for c in pair]
+    if not os.path.exists(path) or sorted(r["checkpoint"] for r in read_jsonl(path)) != sorted(ckpts):
         run([sys.executable, "evaluate.py", *ckpts, f"--data={data_dir}", f"--out={path}", *flags(preset["evaluate"])])
     return path
 
@@ -153,7 +156,7 @@ def overfitting(log: list[dict], window: int = 5) -> dict:
     return {"min_tokens": points[best + window - 1]["tokens"], "min_loss": float(smooth[best]),
             "final_loss": float(smooth[-1]), "rise": float(smooth[-1] - smooth[best]),
             "recent_change": float(smooth[-1] - smooth[-1 - window]) if len(smooth) > window else float("nan"),
-            "final_gap": float(gap[-window:].mean()), "final_epochs": points[-1]["domain_epochs"]}
+            "final_gap": float(gap[-window:].mean()), "final_epochs": points[-1]["domain_epochs"], "window": window}
 
 
 def plot_pretraining(study: dict, path: str):
@@ -219,14 +222,16 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     lines += table(["delta", *[f"R_gain @ {format_tokens(t)}" for t in milestones], "compute multiplier"], rows) + [""]
     lines += [f"Paper (OLMo-1B, 200B tokens): R_gain {PAPER['r_gain']}; compute multiplier {PAPER['multiplier']}.", ""]
 
-    lines += ["## Overfitting during pretraining", "",
-              "The pretraining domain test loss, as a trailing mean over 5 evals: its minimum, its value at the end, "
-              "how much it changed over the last 5 evals, and the train-test gap at the end (mean of the last 5 evals).", ""]
     over = {d: overfitting(study["logs"][d]) for d in deltas}
+    w = over[deltas[0]]["window"]  # 5, or fewer for a run with fewer than 10 evals
+    lines += ["## Overfitting during pretraining", "",
+              f"The pretraining domain test loss, as a trailing mean over {w} evals: its minimum, its value at the "
+              f"end, how much it changed over the last {w} evals, and the train-test gap at the end (mean of the last "
+              f"{w} evals).", ""]
     rows = [[f"{d:g}", f"{o['final_epochs']:.1f}", format_tokens(o["min_tokens"]), f"{o['min_loss']:.4f}",
              f"{o['final_loss']:.4f}", f"{o['recent_change']:+.4f}", f"{o['final_gap']:+.4f}"] for d, o in over.items()]
-    lines += table(["delta", "E at end", "min at tokens", "min (smoothed)", "end (smoothed)", "change, last 5 evals",
-                    "test - train gap"], rows) + [""]
+    lines += table(["delta", "E at end", "min at tokens", "min (smoothed)", "end (smoothed)",
+                    f"change, last {w} evals", "test - train gap"], rows) + [""]
     plot_pretraining(study, os.path.join(results_dir, "pretraining.png"))
     lines += ["![pretraining curves](pretraining.png)", ""]
 
@@ -235,8 +240,10 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
               f"Pick the true continuation of a held-out domain document among 4 (log-likelihood, raw and "
               f"length-normalised), {evals[0]['continuation']['n']} items, chance "
               f"{evals[0]['continuation']['chance']:.2f}. Checkpoints at {format_tokens(last)} tokens.", ""]
+    by_checkpoint = {r["checkpoint"]: r for r in evals}
     rows = []
-    for d, pre, post in zip(deltas, evals[0::2], evals[1::2]):
+    for d, (pre, post) in evaluated_checkpoints(preset, out).items():
+        pre, post = by_checkpoint[pre], by_checkpoint[post]
         rows.append([f"{d:g}", f"{pre['continuation']['acc']:.3f}", f"{post['continuation']['acc']:.3f}",
                      f"{post['continuation']['acc_norm']:.3f}", f"{pre['domain_test_bpb']:.3f}",
                      f"{post['domain_test_bpb']:.3f}"])
@@ -273,7 +280,8 @@ def claims(deltas, milestones, ft, best, over, last) -> list[str]:
         f"**{'lower' if gen_spt < gen_npt else 'not lower'}** for SPT.",
         f"- Highest delta ({high:g}, {over[high]['final_epochs']:.1f} repeats): its smoothed pretraining domain test "
         f"loss {'rose' if over[high]['rise'] > NOISE else 'did not rise'} above its minimum "
-        f"({over[high]['rise']:+.4f}) and changed by {over[high]['recent_change']:+.4f} over the last 5 evals, with a "
+        f"({over[high]['rise']:+.4f}) and changed by {over[high]['recent_change']:+.4f} over the last "
+        f"{over[high]['window']} evals, with a "
         f"train-test gap of {over[high]['final_gap']:.3f}; deltas still improving at the end (by more than {NOISE}): "
         f"{', '.join(f'{d:g}' for d in improving) or 'none'}; flat or rising: {', '.join(f'{d:g}' for d in flat_or_up) or 'none'}.",
         f"- Against the paper (R_gain {PAPER['r_gain']} at 200B tokens): our best R_gain at {format_tokens(last)} "

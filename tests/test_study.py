@@ -2,8 +2,11 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,9 +45,24 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     for png in ("pretraining.png", "fit_results_curves.png", "fit_results_recommendation.png"):
         assert os.path.getsize(os.path.join(results, png)) > 1000
 
-    # restartable: a second call finds every stage done and only rewrites the report
+    # Restartable. Pretend the run of delta 0.2 was killed after logging its last eval but before writing
+    # that eval's checkpoints: its latest checkpoint is then an earlier one, and the last milestone is missing.
+    run = os.path.join(out, "runs", "d0.2")
+    last = os.path.join(run, "ckpt_8192.pt")
+    weights = torch.load(last, weights_only=False)["model"]
+    shutil.copy(os.path.join(run, "ckpt_4096.pt"), os.path.join(run, "ckpt_latest.pt"))
+    os.remove(last)
+    outputs = [os.path.join(root, f) for root, _, files in os.walk(out) for f in files
+               if f in ("finetune.json", "log.jsonl", "eval.jsonl") and root != run]
+    before = {f: open(f).read() for f in outputs}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "train.py" not in proc.stdout and "finetune.py" not in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = [line for line in proc.stdout.splitlines() if line.startswith("$") and "train.py" in line]
+    assert len(trained) == 1 and f"--out_dir={run}" in trained[0] and "--resume" in trained[0]
+    for name, tensor in torch.load(last, weights_only=False)["model"].items():  # the same checkpoint again
+        torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-6)
+    assert {f: open(f).read() for f in outputs} == before  # finetuning and evaluation: nothing redone
+    assert "evaluate.py" not in proc.stdout
 
 
 def test_every_study_preset_parses():

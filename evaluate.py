@@ -120,11 +120,15 @@ def check_mcqa_row(row, where: str) -> dict:
 
 def read_mcqa_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file of multiple-choice questions; a malformed line is reported by number."""
-    if not os.path.exists(path):
-        raise data.DataError(f"MCQA file {path} does not exist")
+    if not os.path.isfile(path):
+        raise data.DataError(f"MCQA file {path} does not exist or is not a file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:  # utf-8-sig skips the byte-order mark some editors put first
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise data.DataError(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8")
             if not line.strip():
                 continue
             try:
@@ -326,27 +330,35 @@ def compute_multiplier(npt_points, spt_points) -> float | None:
     """How many times fewer pretraining tokens SPT->FT needs to match NPT->FT (the paper's 1.4-1.75x).
 
     Points are (pretrain_tokens, best post-finetuning domain test loss), one per finetuned checkpoint.
-    The target is NPT->FT's loss at its largest budget T_npt. Walking the SPT checkpoints in order of
-    tokens, the first one whose loss is <= the target is found and the crossing T_spt interpolated
+    The target is NPT->FT's loss at its largest budget. For each recipe, walking its checkpoints in
+    order of tokens, the first one whose loss is <= the target is found and the crossing interpolated
     between it and the previous checkpoint, linearly in log tokens (losses are close to power laws,
-    i.e. smooth in log T). The multiplier is T_npt / T_spt.
+    i.e. smooth in log T). The multiplier is T_npt / T_spt. NPT's own crossing can come before its
+    largest budget when its curve is not monotone (noise): NPT against itself is then still 1x.
 
-    Returns None when SPT's checkpoints do not bracket the crossing: SPT never reaches the target
-    (the multiplier would be < T_npt / T_spt_max, an extrapolation), or SPT's smallest checkpoint
-    is already better (the multiplier is at least T_npt / T_spt_min, also unknown). Add checkpoints
-    rather than extrapolate.
+    Returns None when a recipe's checkpoints do not bracket its crossing: SPT never reaches the target
+    (the multiplier would be < T_npt / T_spt_max, an extrapolation), or a smallest checkpoint is
+    already better (the crossing lies somewhere before it, unknown). Add checkpoints rather than
+    extrapolate.
     """
     npt, spt = sorted(npt_points), sorted(spt_points)
     if not npt or not spt or min(t for t, _ in npt + spt) <= 0:
         raise ValueError("give at least one (tokens > 0, loss) point for each of NPT and SPT")
-    t_npt, target = npt[-1]
-    for k, (tokens, loss) in enumerate(spt):
+    target = npt[-1][1]
+    t_npt, t_spt = first_crossing(npt, target), first_crossing(spt, target)
+    return None if t_npt is None or t_spt is None else float(t_npt / t_spt)
+
+
+def first_crossing(points, target) -> float | None:
+    """Tokens at which a sorted (tokens, loss) curve first reaches `target`, interpolated in log tokens;
+    None when it never does or its first point is already below it."""
+    for k, (tokens, loss) in enumerate(points):
         if loss <= target:
             if k == 0:
-                return float(t_npt / tokens) if loss == target else None
-            (t0, l0), (t1, l1) = spt[k - 1], (tokens, loss)
+                return float(tokens) if loss == target else None
+            (t0, l0), (t1, l1) = points[k - 1], (tokens, loss)
             frac = (l0 - target) / (l0 - l1)
-            return float(t_npt / math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0))))
+            return float(math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0))))
     return None
 
 
@@ -441,6 +453,13 @@ def format_table(results: list[dict]) -> str:
                           for t, c in chance.items())
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
@@ -448,16 +467,17 @@ def main(argv=None):
     p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")
     p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="a paper benchmark (online)")
     p.add_argument("--out", default=None, help="write one JSON line per checkpoint here")
-    p.add_argument("--eval_windows", type=int, default=None, help="default: the checkpoint's run's")
-    p.add_argument("--n_items", type=int, default=200, help="continuation task items")
-    p.add_argument("--prefix_tokens", type=int, default=None, help="default: 64, less for short contexts")
-    p.add_argument("--continuation_tokens", type=int, default=None, help="default: 32, less for short contexts")
+    p.add_argument("--eval_windows", type=positive_int, default=None, help="default: the checkpoint's run's")
+    p.add_argument("--n_items", type=positive_int, default=200, help="continuation task items")
+    p.add_argument("--prefix_tokens", type=positive_int, default=None, help="default: 64, less for short contexts")
+    p.add_argument("--continuation_tokens", type=positive_int, default=None,
+                   help="default: 32, less for short contexts")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="also print N tokens the model writes")
     p.add_argument("--prompt", default="", help="what the sample continues (default: a new document)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     rows = read_mcqa_jsonl(args.mcqa) if args.mcqa else []

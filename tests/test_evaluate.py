@@ -113,7 +113,12 @@ def test_mcqa_jsonl_errors_name_the_line(tmp_path):
         path.write_text(json.dumps(good) + "\n\n" + row + "\n")
         with pytest.raises(data.DataError, match=f"q.jsonl:3: .*{message}"):
             evaluate.read_mcqa_jsonl(str(path))
-    path.write_text(json.dumps(good) + "\n")
+    path.write_bytes(json.dumps(good).encode() + b"\n" + json.dumps(good).encode().replace(b"G", b"\xe9") + b"\n")
+    with pytest.raises(data.DataError, match="q.jsonl:2: not UTF-8"):  # Latin-1, say
+        evaluate.read_mcqa_jsonl(str(path))
+    with pytest.raises(data.DataError, match="is not a file"):
+        evaluate.read_mcqa_jsonl(str(tmp_path))
+    path.write_text("\ufeff" + json.dumps(good) + "\n")  # a byte-order mark, as some editors write
     rows = evaluate.read_mcqa_jsonl(str(path))
     items = evaluate.encode_mcqa(rows, data.get_tokenizer("byte"))
     assert items[0]["context"][0] == 256 and bytes(items[0]["choices"][0]) == b" G major"
@@ -166,6 +171,11 @@ def test_relative_gain_and_compute_multiplier():
     assert evaluate.compute_multiplier(npt, [(1e9, 2.9), (4e9, 2.7)]) is None  # never reached: no extrapolation
     assert evaluate.compute_multiplier(npt, [(1e9, 2.5), (4e9, 2.4)]) is None  # reached before the first point
     assert evaluate.compute_multiplier(npt, npt) == pytest.approx(1.0)  # NPT against itself
+    # a noisy NPT curve that reaches its final loss before its largest budget: the crossings are compared
+    bumpy = [(1e9, 2.9), (2e9, 2.5), (4e9, 2.6)]
+    assert evaluate.compute_multiplier(bumpy, bumpy) == pytest.approx(1.0)
+    worse = [(t, loss + 0.05) for t, loss in bumpy]  # worse than NPT at every budget
+    assert evaluate.compute_multiplier(bumpy, worse) < 1
     with pytest.raises(ValueError):
         evaluate.compute_multiplier([], [(1e9, 2.0)])
 
@@ -231,4 +241,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tiny_run, tiny_data, tmp_path
         evaluate.main([ckpt, "--data", general_only, "--out", out])
     with pytest.raises(train.TrainError, match="does not exist"):
         evaluate.main([str(tmp_path / "missing.pt"), "--out", out])
+    for flag in ("--batch_size=0", "--eval_windows=-3", "--n_items=-1", "--prefix_tokens=0"):
+        with pytest.raises(SystemExit):  # argparse: one usage line
+            evaluate.main([ckpt, flag, "--out", out])
     assert not os.path.exists(out)

@@ -130,13 +130,13 @@ API (for scripts/study.py)
 --------------------------
   load_runs(dirs, min_tokens=0) -> list[Run]
   load_finetunes(paths, dataset_id=None, model_config=None) -> list[dict]   (keys: path, delta, tokens, drop)
-  fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto") -> Law
+  fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto", t_scale=None) -> Law
       Law.predict(tokens, delta) -> {"train", "gap", "test"};  Law.onset(delta) -> tokens or None;
       Law.param_dict(), Law.ci(), Law.flags, Law.stage1, Law.gap_at_zero
   fit_baselines(runs, t_scale) -> dict;  predict_baseline(baselines, name, tokens, delta)
   fit_finetune_drop(ft_results, mode="auto") -> Drop;  predict_drop(drop, tokens, delta)
   recommend(law, drop, target_tokens, candidates, domain_tokens) -> dict  (drop may be None)
-  holdout_check(runs, delta, ...), fit_until_check(runs, max_tokens, ...) -> dict of errors
+  holdout_check(runs, delta, ..., t_scale=None), fit_until_check(runs, max_tokens, ..., t_scale=None) -> dict
   main(argv=None) -> results dict (the same content as the JSON)
 Errors are raised as FitLawsError (main turns them into one line); data problems that can be worked
 around are FitLawsWarning.
@@ -667,13 +667,18 @@ def _bootstrap(runs, data, params, n, unit, rng):
     return np.array(boot)
 
 
-def fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto"):
-    """Fit the 12-parameter law (stage 1 then the joint fit); optionally bootstrap it."""
+def fit_pretraining_law(runs, starts=8, seed=0, bootstrap=0, bootstrap_unit="auto", t_scale=None):
+    """Fit the 12-parameter law (stage 1 then the joint fit); optionally bootstrap it.
+
+    t_scale is the token unit (default: the power of ten nearest the largest token count). It is
+    part of the law, not just of its numerics: A_train is shared while the exponent varies with
+    delta, so A_train (T/s)^b(d) describes another family for another s. Refits that check a law
+    (holdout_check, fit_until_check) therefore reuse its unit."""
     check_compatible(runs)
     _check_enough_data(runs)
     rng = np.random.default_rng(seed)
     max_tokens = max(float(r.tokens.max()) for r in runs)
-    t_scale = _token_scale(max_tokens)
+    t_scale = t_scale or _token_scale(max_tokens)
     data = _stack(runs, t_scale)
     stage1 = fit_per_delta(data)
     init = _init_from_stage1(stage1)
@@ -828,43 +833,43 @@ def _check_curves(law, baselines, runs, delta):
     return curves
 
 
-def _refit(runs, starts, seed, check):
+def _refit(runs, starts, seed, check, t_scale):
     """Fit the law for a check; its warnings were already given by the main fit, and its errors
     name the check."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitLawsWarning)
-            return fit_pretraining_law(runs, starts=starts, seed=seed)
+            return fit_pretraining_law(runs, starts=starts, seed=seed, t_scale=t_scale)
     except FitLawsError as exc:
         raise FitLawsError(f"{check}: {exc}") from None
 
 
-def holdout_check(runs, delta, starts=8, seed=0):
+def holdout_check(runs, delta, starts=8, seed=0, t_scale=None):
     """Refit without the runs at `delta`; report the error predicting them."""
     held = [r for r in runs if math.isclose(r.delta, delta, rel_tol=1e-9, abs_tol=1e-12)]
     if not held:
         raise FitLawsError(f"--holdout_frac {delta:g}: no run has that domain_frac "
                            f"(have {sorted({r.delta for r in runs})})")
     kept = [r for r in runs if all(r is not h for h in held)]
-    law = _refit(kept, starts, seed, f"--holdout_frac {delta:g}")
+    law = _refit(kept, starts, seed, f"--holdout_frac {delta:g}", t_scale)
     baselines = fit_baselines(kept, law.t_scale)
-    return {"delta": held[0].delta, "n_fit_points": _n_points(kept),
+    return {"delta": held[0].delta, "n_fit_points": _n_points(kept), "t_scale": law.t_scale,
             "errors": _law_errors(law, baselines, held),
             "onset_predicted": law.onset(held[0].delta),
             "onset_observed": _observed_onset(held, law.rmse),
             "curves": _check_curves(law, baselines, held, held[0].delta)}
 
 
-def fit_until_check(runs, max_tokens, starts=8, seed=0):
+def fit_until_check(runs, max_tokens, starts=8, seed=0, t_scale=None):
     """Refit on points with tokens <= max_tokens; report the error on the points beyond. The curves
     show the largest delta, where turning up matters most."""
     early = [r.subset(r.tokens <= max_tokens) for r in runs]
     late = [r for r in (r.subset(r.tokens > max_tokens) for r in runs) if len(r.tokens)]
     if not late:
         raise FitLawsError(f"--fit_until {max_tokens:.3g}: no eval points beyond it to check")
-    law = _refit(early, starts, seed, f"--fit_until {max_tokens:.3g}")
+    law = _refit(early, starts, seed, f"--fit_until {max_tokens:.3g}", t_scale)
     baselines = fit_baselines(early, law.t_scale)
-    return {"fit_until": max_tokens, "n_fit_points": _n_points(early),
+    return {"fit_until": max_tokens, "n_fit_points": _n_points(early), "t_scale": law.t_scale,
             "errors": _law_errors(law, baselines, late),
             "curves": _check_curves(law, baselines, runs, max(r.delta for r in runs))}
 
@@ -1313,9 +1318,9 @@ def _analyse(args):
     domain_tokens = runs[0].domain_tokens
     errors = {"in_sample": _law_errors(law, baselines, runs)}
     if args.holdout_frac is not None:
-        errors["holdout"] = holdout_check(runs, args.holdout_frac, args.starts, args.seed)
+        errors["holdout"] = holdout_check(runs, args.holdout_frac, args.starts, args.seed, law.t_scale)
     if args.fit_until is not None:
-        errors["fit_until"] = fit_until_check(runs, args.fit_until, args.starts, args.seed)
+        errors["fit_until"] = fit_until_check(runs, args.fit_until, args.starts, args.seed, law.t_scale)
     results = {
         "inputs": {"runs": [{"path": r.path, "domain_frac": r.delta, "n_points": len(r.tokens)}
                             for r in runs],

@@ -423,6 +423,8 @@ def test_cli_end_to_end(study, tmp_path, capsys):
     assert saved["settings"]["target_tokens"] == 5e10
     assert saved["drop"]["mode"] == "per_delta"
     assert set(saved["errors"]) == {"in_sample", "holdout", "fit_until"}
+    # the checks refit in the main law's token unit
+    assert saved["errors"]["fit_until"]["t_scale"] == saved["errors"]["holdout"]["t_scale"] == saved["law"]["t_scale"]
     assert saved["law"]["gap_at_zero"]["n"] == len(TOKENS)
     assert [p[-len("_checks.png"):] for p in saved["plots"]][-1] == "_checks.png"
     for plot in saved["plots"]:
@@ -513,6 +515,14 @@ def test_too_little_data_is_refused(tmp_path):
     short = [write_run(str(tmp_path / f"r{d}"), d, rng, tokens=TOKENS[:2]) for d in DELTAS]
     with pytest.raises(FitLawsError, match="2 usable eval point"):
         fit_laws.fit_pretraining_law(fit_laws.load_runs(short))
+
+
+def test_checks_refit_in_the_unit_they_are_given(fitted):
+    """The token unit is part of the law (A_train is shared, the exponent is not): a check of a law
+    must refit in that law's unit, not in the one its subset of the data would pick."""
+    runs, law, _ = fitted
+    assert fit_laws.fit_until_check(runs, 3e10, starts=1)["t_scale"] == 1e10  # what 3e10 tokens pick
+    assert fit_laws.fit_until_check(runs, 3e10, starts=1, t_scale=law.t_scale)["t_scale"] == law.t_scale == 1e11
 
 
 def test_check_arguments_are_validated(fitted):

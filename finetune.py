@@ -228,7 +228,8 @@ def previous_results(path: str, settings: dict) -> dict:
     with open(path) as f:
         old = json.load(f)
     before = old.get("settings", {})
-    diff = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+    # a setting the file does not record (an older finetune.py's) cannot be compared: it is skipped
+    diff = sorted(k for k in before if settings.get(k) != before[k])
     if diff:
         raise train.TrainError(f"{path} was written with other settings ({', '.join(diff)}): "
                                f"use the same ones to resume, or another --out_dir")

@@ -97,6 +97,13 @@ def _inv_count(targets, ignore_index):
     return 1.0 / (targets != ignore_index).sum().clamp(min=1).float()
 
 
+def _check_targets(targets, V, ignore_index):
+    """The kernel reads the logit at each target: one out of range would read other memory. The check
+    runs on the device without waiting for it (a failure surfaces at the next synchronisation)."""
+    in_range = ((targets >= 0) & (targets < V)) | (targets == ignore_index)
+    torch._assert_async(in_range.all(), f"cross-entropy targets must be in [0, {V}) or ignore_index {ignore_index}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plain cross-entropy over given logits: a torch.autograd.Function, the simplest wrapper, for eager
 # use (the model itself calls the fused loss below, a custom operator that torch.compile keeps whole).
@@ -105,6 +112,7 @@ def _inv_count(targets, ignore_index):
 class CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
+        _check_targets(targets, logits.shape[1], ignore_index)
         inv_count = _inv_count(targets, ignore_index)
         loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
@@ -121,7 +129,7 @@ class CrossEntropy(torch.autograd.Function):
 def cross_entropy(logits, targets, ignore_index=-1):
     """Mean cross-entropy of (N, V) logits against (N,) targets, skipping ignore_index (fp32 result)."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-    return CrossEntropy.apply(logits, targets, ignore_index)
+    return CrossEntropy.apply(logits, targets.contiguous(), ignore_index)  # the kernel reads TGT + row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +153,13 @@ def _linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets
     run in `dtype` (under autocast, the autocast dtype, like the nn.Linear they replace); dW comes back
     in weight's dtype, rounded once from its fp32 accumulator."""
     N = hidden.shape[0]
+    _check_targets(targets, weight.shape[0], ignore_index)
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = hidden.to(dtype), weight.to(dtype)
         inv_count = _inv_count(targets, ignore_index)
         loss = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        dh = torch.empty_like(hidden) if need_dh else hidden.new_empty(0)
+        dh = torch.empty(hidden.shape if need_dh else 0, dtype=hidden.dtype, device=hidden.device)  # contiguous,
+        # whatever hidden's strides: the fake version below must describe the same layout
         dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
         for start in range(0, N, chunk):
             rows = slice(start, start + chunk)
@@ -192,7 +202,7 @@ def fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_s
     and block_v (vocabulary block of the kernel) are for tests; by default they are sized for speed.
     """
     hidden = hidden.reshape(-1, hidden.shape[-1])
-    targets = targets.reshape(-1)
+    targets = targets.reshape(-1).contiguous()  # the kernel reads TGT + row
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     grad = torch.is_grad_enabled()

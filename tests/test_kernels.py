@@ -183,6 +183,34 @@ def test_cross_entropy_over_logits(dtype):
     check(dx, torch.autograd.grad(loss64, (x64,))[0], dtype, "dlogits")
 
 
+def test_cross_entropy_takes_targets_of_any_layout_and_refuses_out_of_range_ones():
+    """The kernels read the target of row r at TGT + r: strided targets (every other token, say) must
+    not shift rows, and a target outside the vocabulary must fail instead of reading other memory."""
+    h, w = torch.randn(12, 16), torch.randn(50, 16)
+    every_other = torch.randint(0, 50, (24,))[::2]
+    expected = F.cross_entropy(h.double() @ w.double().t(), every_other)
+    check(cross_entropy.fused_linear_cross_entropy(h, w, every_other, block_v=16), expected, torch.float32, "fused")
+    check(cross_entropy.cross_entropy(h @ w.t(), every_other), expected, torch.float32, "over logits")
+    for bad, ignore_index in (([3, 7, 50, 1], -1), ([3, -1, 9, 1], -100)):
+        with pytest.raises(RuntimeError, match="targets must be in"):
+            cross_entropy.fused_linear_cross_entropy(h[:4], w, torch.tensor(bad), ignore_index)
+        with pytest.raises(RuntimeError, match="targets must be in"):
+            cross_entropy.cross_entropy(h[:4] @ w.t(), torch.tensor(bad), ignore_index)
+
+
+def test_operators_pass_torch_library_checks_for_odd_layouts():
+    """opcheck compares each operator's fake (meta) version with the real one, strides included, and
+    its registration with what the compiler expects: a transposed hidden or key must not break them."""
+    q, k, v = (torch.randn(1, 2, 20, 16, requires_grad=True) for _ in range(3))
+    k_t = torch.randn(1, 20, 2, 16).transpose(1, 2).requires_grad_()
+    for args in ((q, k, v, 0.25), (q, k_t, v, 0.25)):
+        torch.library.opcheck(torch.ops.spt.flash_attention_forward.default, args)
+    hidden = torch.randn(16, 12).t()  # (12, 16), column-major
+    weight, targets = torch.randn(30, 16), torch.randint(0, 30, (12,))
+    torch.library.opcheck(torch.ops.spt.linear_cross_entropy.default,
+                          (hidden, weight, targets, -1, 8, 16, torch.float32, True, True))
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.compile
 

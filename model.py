@@ -157,7 +157,7 @@ class GPT(nn.Module):
         """Give the output layer its own copy of the embedding matrix (the paper's finetuning setup)."""
         if self.lm_head is None:
             self.lm_head = nn.Linear(self.cfg.d_model, self.cfg.padded_vocab, bias=False)
-            self.lm_head.to(self.wte.weight.device)
+            self.lm_head.to(device=self.wte.weight.device, dtype=self.wte.weight.dtype)
             self.lm_head.weight.data.copy_(self.wte.weight.data)
             self.cfg.tie_embeddings = False
         return self

@@ -66,6 +66,7 @@ def test_tied_then_untied_keeps_function_and_separates_weights():
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=1.0).step()
     assert not torch.equal(model.lm_head.weight, model.wte.weight)
+    assert tiny().to(torch.bfloat16).untie().lm_head.weight.dtype == torch.bfloat16  # the copy keeps the dtype
 
 
 def test_causal_no_future_leak():

@@ -155,9 +155,7 @@ def batch_geometry(cfg: FinetuneConfig, pre: train.TrainConfig, world_size: int)
     if accum is None:
         micro = max(1, pre.batch_size // pre.grad_accum)
         accum = world_size * math.ceil(math.ceil(batch / micro) / world_size)
-    if batch % accum or accum % world_size:
-        raise train.TrainError(f"batch_size {batch} must split into grad_accum {accum} micro-batches, a multiple "
-                               f"of the {world_size} processes: set --batch_size/--grad_accum")
+    train.check_geometry(batch, accum, world_size)
     return batch, accum
 
 

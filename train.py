@@ -194,9 +194,9 @@ def load_checkpoint(path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint")
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-        raise TrainError(f"{path} is not a checkpoint of train.py or finetune.py (it lacks "
-                         f"{', '.join(sorted(CHECKPOINT_KEYS - set(ckpt if isinstance(ckpt, dict) else ())))})")
+    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise TrainError(f"{path} is not a checkpoint of train.py or finetune.py (it lacks {', '.join(sorted(missing))})")
     return ckpt
 
 
@@ -247,9 +247,8 @@ def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval
     cfg.eval_interval steps, at extra_eval_steps, at the end, and before the first step of a new run. The step's batch comes from
     mixture step (step - mixture_step0), which is what makes resume and SCPT continuation exact.
     """
+    check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
     n_micro = cfg.grad_accum // rt.world_size
-    if cfg.grad_accum % rt.world_size:
-        raise TrainError(f"grad_accum {cfg.grad_accum} must be a multiple of the {rt.world_size} processes")
     ddp = isinstance(model, DDP)
     raw = model.module if ddp else model
     tokens_per_step = cfg.batch_size * mixture.seq_len
@@ -375,8 +374,13 @@ def check_loop_config(cfg, world_size: int):
     check_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "log_interval", "eval_windows", "eval_batch_size"))
     if cfg.warmup_steps < 0:
         raise TrainError(f"--warmup_steps {cfg.warmup_steps}: must be >= 0")
-    if cfg.batch_size % cfg.grad_accum or cfg.grad_accum % world_size:
-        raise TrainError(f"batch_size {cfg.batch_size} must split into grad_accum {cfg.grad_accum} micro-batches, "
+    check_geometry(cfg.batch_size, cfg.grad_accum, world_size)
+
+
+def check_geometry(batch_size: int, grad_accum: int, world_size: int):
+    """The global batch splits into grad_accum equal micro-batches, shared evenly by the processes."""
+    if batch_size % grad_accum or grad_accum % world_size:
+        raise TrainError(f"batch_size {batch_size} must split into grad_accum {grad_accum} micro-batches, "
                          f"a multiple of the {world_size} processes: set --batch_size/--grad_accum")
 
 

@@ -47,8 +47,10 @@ Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
   curve, its best point and whether it finished, and the best over the grid. A rerun with the same
   out_dir and settings (the checkpoint's pretraining run included) skips finished configurations
   (they stay in the results, even if the new grid leaves them out) and reruns any that was
-  interrupted; other settings are refused. A configuration whose loss diverges ends as "diverged",
-  keeping its best point before that, and the grid goes on.
+  interrupted, after removing what a kill left (temporary files, the interrupted configuration's log
+  lines, a cut-off last line); other settings are refused, as is a damaged finetune.json. A
+  configuration whose loss diverges ends as "diverged", keeping its best point before that, and the
+  grid goes on.
 - log.jsonl: train.py's log lines, plus ft_lr and ft_warmup naming the configuration.
 - ckpt_best.pt with --save_best: the weights at the best point over the grid, loadable by
   evaluate.py (and by this script or train.py --init_from, like any checkpoint).
@@ -69,6 +71,7 @@ import train
 from evaluate import LOSS_SPLITS, check_vocabulary
 
 LOSS_KEYS = tuple(name for name, _ in LOSS_SPLITS)
+SCHEDULES = ("constant", "wsd")
 
 
 @dataclass
@@ -142,8 +145,8 @@ def parse_grid(cfg: FinetuneConfig, pretrain_lr: float) -> list[tuple[float, int
                                f"like --lr 3e-4,1e-3 (or 0.1x,1x of the pretraining LR) --warmup 10,20")
     if not lrs or not warmups:
         raise train.TrainError("the grid is empty: give at least one --lr and one --warmup")
-    if min(lrs) <= 0 or min(warmups) < 0:
-        raise train.TrainError(f"--lr must be > 0 and --warmup >= 0 (got {lrs}, {warmups})")
+    if not all(0 < lr < math.inf for lr in lrs) or min(warmups) < 0:
+        raise train.TrainError(f"--lr must be numbers > 0 and --warmup integers >= 0 (got {lrs}, {warmups})")
     return [(lr, w) for lr in lrs for w in warmups]
 
 
@@ -180,15 +183,8 @@ class Plan:
 
 
 def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_size: int) -> Plan:
-    """Check every input and derive the run's geometry. Raises before anything is written."""
-    train.check_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size",
-                               "log_interval"))
-    if not 0 <= cfg.replay < 1:
-        raise train.TrainError(f"--replay {cfg.replay} is outside [0, 1): it is the share of general data")
-    if cfg.schedule not in ("constant", "wsd"):
-        raise train.TrainError(f"--schedule {cfg.schedule!r}: finetuning uses constant or wsd")
-    if cfg.patience < 1 or cfg.max_epochs <= 0:
-        raise train.TrainError("--patience must be >= 1 and --max_epochs > 0")
+    """Check the inputs that depend on the checkpoint and the data (train.check_config did the rest)
+    and derive the run's geometry. Raises before anything is written."""
     data_dir = cfg.data_dir or pre.data_dir
     meta = data.load_meta(data_dir)
     check_vocabulary(ckpt, meta, cfg.init, data_dir)
@@ -223,15 +219,20 @@ def previous_results(path: str, settings: dict) -> dict:
     """Finished configurations of an earlier run in the same out_dir, keyed by (lr, warmup)."""
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        old = json.load(f)
-    before = old.get("settings", {})
+    try:  # written atomically, so only another program can have damaged it
+        with open(path) as f:
+            old = json.load(f)
+        before = old.get("settings", {})
+        finished = {(c["lr"], c["warmup"]): c for c in old["configs"] if c["finished"]}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise train.TrainError(f"{path} is damaged (not the JSON finetune.py writes): move it away to run the "
+                               f"whole grid again, or pick another --out_dir")
     # a setting the file does not record (an older finetune.py's) cannot be compared: it is skipped
     diff = sorted(k for k in before if settings.get(k) != before[k])
     if diff:
         raise train.TrainError(f"{path} was written with other settings ({', '.join(diff)}): "
                                f"use the same ones to resume, or another --out_dir")
-    return {(c["lr"], c["warmup"]): c for c in old["configs"] if c["finished"]}
+    return finished
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +330,7 @@ def best_checkpoint(ckpt: dict, raw_state: dict, model_config: dict, dataset_id:
 def run(cfg: FinetuneConfig) -> dict:
     if not cfg.init:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
+    train.check_config(cfg, SCHEDULES)
     rt = train.setup_runtime(cfg.device, cfg.dtype)
     ckpt = train.load_checkpoint(cfg.init)
     pre = pretrain_config(ckpt)
@@ -337,11 +339,7 @@ def run(cfg: FinetuneConfig) -> dict:
     done = previous_results(json_path, plan.settings)
     mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
                            general_start=ckpt["general_position"], vocab_size=plan.meta["vocab_size"])
-    if rt.master:
-        os.makedirs(plan.out_dir, exist_ok=True)
-        print(f"finetuning {cfg.init} ({ckpt['tokens']:,} tokens, delta {pre.domain_frac:g}) on {plan.data_dir}: "
-              f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, "
-              f"eval every {plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
+
     results = dict(done)  # (lr, warmup) -> entry, finished ones first
 
     def on_progress(entry):  # every rank keeps the results; rank 0 writes them
@@ -349,25 +347,35 @@ def run(cfg: FinetuneConfig) -> dict:
         if rt.master:
             save_results(json_path, results_json(cfg, ckpt, plan, list(results.values())))
 
-    for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):
-        if (lr, warmup) in done:
-            continue
+    def recovery():  # what a failed write leaves intact (every write but the log's appends is atomic)
+        return f"{json_path} keeps the finished configurations", "rerun the same command"
+
+    with train.writes_in(plan.out_dir, recovery):  # results, log lines and ckpt_best.pt
         if rt.master:
-            # an interrupted attempt at this configuration leaves lines behind: drop them
-            train.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
-        best = best_over([c for c in results.values() if c["finished"]])
-        entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
-                                     best["domain_test_loss"] if best else math.inf)
-        if snapshot is not None:  # saved before the configuration is recorded as finished
-            model_config = {**ckpt["model_config"], "tie_embeddings": False}
-            train.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
-                                  best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
-                                                  cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
-        on_progress(entry)
-    final = results_json(cfg, ckpt, plan, list(results.values()))
-    if rt.master:
-        save_results(json_path, final)
-        print_summary(final, json_path)
+            os.makedirs(plan.out_dir, exist_ok=True)
+            train.remove_temporary_files(plan.out_dir)  # left by a kill
+            print(f"finetuning {cfg.init} ({ckpt['tokens']:,} tokens, delta {pre.domain_frac:g}) on {plan.data_dir}: "
+                  f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, eval every "
+                  f"{plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
+        for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):
+            if (lr, warmup) in done:
+                continue
+            if rt.master:
+                # an interrupted attempt at this configuration leaves lines behind: drop them
+                train.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
+            best = best_over([c for c in results.values() if c["finished"]])
+            entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
+                                         best["domain_test_loss"] if best else math.inf)
+            if snapshot is not None:  # saved before the configuration is recorded as finished
+                model_config = {**ckpt["model_config"], "tie_embeddings": False}
+                train.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
+                                      best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
+                                                      cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
+            on_progress(entry)
+        final = results_json(cfg, ckpt, plan, list(results.values()))
+        if rt.master:
+            save_results(json_path, final)
+            print_summary(final, json_path)
     train.teardown_runtime(rt)
     return final
 

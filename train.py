@@ -17,15 +17,23 @@ out_dir/log.jsonl; the gap between the last two is the overfitting that fit_laws
 Checkpoints (model, optimizer, mixture position, config) are written atomically: ckpt_latest.pt at
 every eval, plus one per requested token milestone, which finetune.py then starts from.
 
+A run killed at any moment goes on exactly with the same command plus --resume: log lines written
+after its last checkpoint are dropped (a cut-off last line too, with a warning) and made again. A run
+killed before its first checkpoint holds nothing worth keeping and starts again, with or without
+--resume. A full disk stops the run in one line that says the last checkpoint is intact. Every
+setting is checked before anything is written, so a bad value leaves the folder as it was.
+
 finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`).
 """
 import argparse
 import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import math
 import os
+import re
 import sys
 import time
 import types
@@ -98,6 +106,67 @@ class Diverged(TrainError):
 
 
 # ---------------------------------------------------------------------------------------------
+# Settings: every value is checked before anything is written (finetune.py's too)
+
+SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
+
+# What each numeric setting must be, by name: check_config applies the entries a config has, so
+# train.py and finetune.py share them (finetune.py's lr and warmup are grids, checked where parsed).
+RANGES = {
+    "domain_frac": (lambda v: 0 <= v < 1, "in [0, 1): the share of domain tokens in pretraining "
+                                          "(finetune.py trains on the domain alone)"),
+    "replay": (lambda v: 0 <= v < 1, "in [0, 1): the share of general sequences in a finetuning batch"),
+    "max_tokens": (lambda v: 0 < v < math.inf, "a token count > 0"),
+    "lr": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "min_lr": (lambda v: 0 <= v < math.inf, "a number >= 0 (below 0 the schedule ends in gradient ascent)"),
+    "min_lr_frac": (lambda v: 0 <= v <= 1, "in [0, 1]: wsd decays to this share of the LR"),
+    "horizon_mult": (lambda v: 1 <= v < math.inf, "a number >= 1: the cosine spans horizon_mult x the run"),
+    "decay_frac": (lambda v: 0 < v <= 1, "in (0, 1]: wsd decays over this share of the run"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: no clipping)"),
+    "max_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "eval_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    **{name: (lambda v: v >= 1, "a positive integer") for name in (
+        "batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size", "log_interval",
+        "patience", "n_layer", "n_head", "d_model", "d_ff", "seq_len")},
+}
+
+
+def check_config(cfg, schedules=SCHEDULES):
+    """Every setting of a TrainConfig (or of finetune.py's FinetuneConfig), checked before anything is
+    written: a bad value fails at once in one line, not after warmup, and nonsense (a negative min_lr
+    trains by gradient ascent) never runs. setup_runtime checks the device and dtype, check_geometry
+    the batch split once the number of processes is known. None means "not given": a default applies."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in RANGES and field_type(f) in (int, float) and value is not None:
+            ok, what = RANGES[f.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise TrainError(f"--{f.name} {value}: must be {what}")
+    if cfg.schedule not in schedules:
+        raise TrainError(f"--schedule {cfg.schedule}: use {', '.join(schedules)}")
+    if not isinstance(cfg, TrainConfig):
+        return
+    if cfg.model not in PRESETS:
+        raise TrainError(f"--model {cfg.model}: use one of the presets {', '.join(PRESETS)}")
+    if cfg.min_lr > cfg.lr:
+        raise TrainError(f"--min_lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: the schedule decays from lr to min_lr")
+    seq_len = cfg.seq_len or PRESETS[cfg.model]["seq_len"]
+    if cfg.max_tokens < cfg.batch_size * seq_len:
+        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is less than one step ({cfg.batch_size} x {seq_len} "
+                         f"tokens): raise it or lower --batch_size")
+    beyond = [m for m in parse_milestones(cfg.ckpt_tokens) if m > cfg.max_tokens]
+    if beyond:
+        raise TrainError(f"--ckpt_tokens {format_tokens(beyond[0])} is beyond --max_tokens {cfg.max_tokens:g}: "
+                         f"the run never gets there; lower it or raise --max_tokens")
+
+
+# ---------------------------------------------------------------------------------------------
 # Processes and devices
 
 @dataclass
@@ -117,8 +186,21 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """One process, or one of torchrun's (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPUs."""
+    """One process, or one of torchrun's (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPUs. Every script
+    turns its --device and --dtype into torch's here, before it writes anything, so they are checked here."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+        raise TrainError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
+    if dtype not in DTYPES:
+        raise TrainError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
+    if device.startswith("cuda") and int(device[5:] or 0) >= torch.cuda.device_count():
+        raise TrainError(f"--device {device}: {torch.cuda.device_count()} CUDA GPUs are visible here; "
+                         f"use --device auto or cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise TrainError("--device mps: no Apple GPU here; use --device auto or cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -181,7 +263,14 @@ def lr_at(step: int, total_steps: int, cfg) -> float:
 
 def save_checkpoint(path: str, state: dict):
     """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
-    data.atomic_write(path, lambda f: torch.save(state, f))
+    def write(f):
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch.save reports a failed write (a full disk) as "unexpected pos"...
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None  # ... with the OSError that says what happened behind it
+            raise
+    data.atomic_write(path, write)
 
 
 CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position"}
@@ -323,6 +412,9 @@ def make_evaluator(model, cfg, rt: Runtime, data_dir: str, seq_len: int, vocab_s
     return evaluate
 
 
+# ---------------------------------------------------------------------------------------------
+# Run folders: the log, what a kill or a full disk leaves, and what a rerun does with it
+
 def append_jsonl(path: str, record: dict):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -330,13 +422,88 @@ def append_jsonl(path: str, record: dict):
         os.fsync(f.fileno())
 
 
+def read_log(path: str) -> list[dict]:
+    """The records of a log.jsonl (none if there is no file). A last line cut off by a kill or a full
+    disk is dropped with a warning: it is an eval after the last checkpoint, which a rerun makes again."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+        elif any(rest.strip() for rest in lines[number:]):
+            raise TrainError(f"{path} line {number} is not a log record: the log is damaged; delete that line "
+                             f"(its eval is lost) or move the folder away to start over")
+        else:
+            print(f"warning: {path}: dropping its cut-off last line {number} (that eval is made again)",
+                  file=sys.stderr)
+    return records
+
+
 def filter_log(path: str, keep):
     """Rewrite a log.jsonl atomically with only the records for which keep(record) is true: what a
     resumed run (or a rerun finetuning configuration) does with lines its earlier attempt wrote."""
     if os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and keep(json.loads(line))]
-        data.atomic_write(path, lambda f: f.writelines(kept), mode="w")
+        kept = [record for record in read_log(path) if keep(record)]
+        data.atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept), mode="w")
+
+
+def remove_temporary_files(out_dir: str):
+    """What killed atomic writes left (NAME.tmp<pid>): a kill -9 gives them no chance to clean up."""
+    for stale in glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")):
+        os.remove(stale)
+
+
+@contextlib.contextmanager
+def writes_in(out_dir: str, recovery):
+    """Turn a failed write (a full disk, a lost mount) into a one-line error that says what is intact
+    and the command that goes on: recovery() -> (intact, command). The atomic writes leave the files
+    they were replacing as they were."""
+    try:
+        yield
+    except OSError as e:
+        full = e.errno == errno.ENOSPC
+        intact, command = recovery()
+        raise TrainError(f"cannot write in {out_dir}: {e.strerror}{' (the disk is full)' if full else ''}; "
+                         f"{intact}: {'free space' if full else 'fix that'}, then {command}") from e
+
+
+def run_folder(out_dir: str, resume: bool) -> str:
+    """What the run folder allows, decided before anything is written: "new" (no run there), "resume"
+    (from its ckpt_latest.pt, only with --resume, so that a mistyped --out_dir never continues another
+    run) or "restart". A run killed before its first checkpoint leaves config.json and at most one log
+    line (the eval whose checkpoint was being written): nothing worth keeping, so the same command, with
+    or without --resume, starts it again. Any other folder is refused with what to do."""
+    latest, log_path = os.path.join(out_dir, "ckpt_latest.pt"), os.path.join(out_dir, "log.jsonl")
+    if os.path.exists(latest):
+        if not resume:
+            raise TrainError(f"{out_dir} already holds a run: add --resume to continue it or pick another --out_dir")
+        return "resume"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
+    if glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
+        raise TrainError(f"{out_dir} has checkpoints but no ckpt_latest.pt: copy the newest ckpt_<tokens>.pt to "
+                         f"{latest} and add --resume to continue from it, or pick another --out_dir")
+    evals = 0
+    if os.path.exists(log_path):
+        with open(log_path, "rb") as f:
+            evals = sum(1 for line in f if line.strip())
+    if evals > 1:
+        raise TrainError(f"{log_path} holds {evals} evals but there is no checkpoint to continue them from: "
+                         f"move the folder away to start over, or pick another --out_dir")
+    if evals or os.path.exists(os.path.join(out_dir, "config.json")):
+        return "restart"
+    if resume:
+        raise TrainError(f"--resume: {out_dir} holds no run to continue; start it without --resume")
+    return "new"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,22 +528,6 @@ RESUME_FIXED = ("domain_frac", "batch_size", "seq_len", "seed", "max_tokens", "s
                 "warmup_steps", "horizon_mult", "decay_frac")
 
 
-def check_positive(cfg, flags):
-    """Flags the loop divides by or counts with (None: not given, a default applies)."""
-    for flag in flags:
-        value = getattr(cfg, flag)
-        if value is not None and value < 1:
-            raise TrainError(f"--{flag} {value}: must be a positive integer")
-
-
-def check_loop_config(cfg, world_size: int):
-    """The loop's geometry, checked before anything is written."""
-    check_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "log_interval", "eval_windows", "eval_batch_size"))
-    if cfg.warmup_steps < 0:
-        raise TrainError(f"--warmup_steps {cfg.warmup_steps}: must be >= 0")
-    check_geometry(cfg.batch_size, cfg.grad_accum, world_size)
-
-
 def check_geometry(batch_size: int, grad_accum: int, world_size: int):
     """The global batch splits into grad_accum equal micro-batches, shared evenly by the processes."""
     if batch_size % grad_accum or grad_accum % world_size:
@@ -385,18 +536,16 @@ def check_geometry(batch_size: int, grad_accum: int, world_size: int):
 
 
 def pretrain(cfg: TrainConfig):
+    check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
-    check_loop_config(cfg, rt.world_size)
-    if not 0 <= cfg.domain_frac < 1:
-        raise TrainError(f"--domain_frac {cfg.domain_frac} is outside [0, 1): it is the share of domain "
-                         f"tokens in pretraining (finetune.py trains on domain data alone)")
+    check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
-    if not cfg.resume and (os.path.exists(log_path) or os.path.exists(latest)):
-        raise TrainError(f"{out_dir} already holds a run: add --resume to continue it or pick another --out_dir")
-    if cfg.resume and not os.path.exists(latest):
-        raise TrainError(f"--resume: {latest} does not exist; start the run without --resume")
+    folder = run_folder(out_dir, cfg.resume)  # every rank decides before rank 0 writes (the barrier below)
+    resume = folder == "resume"
+    if rt.master and folder == "restart":
+        print(f"note: {out_dir} holds a run killed before its first checkpoint: starting it again", file=sys.stderr)
     data_dir = data.ensure_default_dataset(cfg.data_dir) if rt.master else cfg.data_dir
     if rt.world_size > 1:
         dist.barrier()  # rank 0 may have prepared the default dataset
@@ -405,7 +554,7 @@ def pretrain(cfg: TrainConfig):
     model = build_model(cfg, meta["vocab_size"])
     seq_len = model.cfg.seq_len
     ckpt, start_step, mixture_step0, tokens_offset, general_start = None, 0, 0, 0, 0
-    if cfg.resume:
+    if resume:
         ckpt = load_checkpoint(latest)
         before = ckpt["config"]
         changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
@@ -434,7 +583,7 @@ def pretrain(cfg: TrainConfig):
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
-        if cfg.resume:
+        if resume:
             raise TrainError(f"the run in {out_dir} is finished (--max_tokens {cfg.max_tokens:g}): to train on, "
                              f"start a new run from its checkpoint with --init_from and a larger --max_tokens")
         raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step} of the run "
@@ -452,17 +601,24 @@ def pretrain(cfg: TrainConfig):
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     evaluate = make_evaluator(model, cfg, rt, data_dir, seq_len, meta["vocab_size"])
 
+    def recovery():  # what a failed write leaves intact, and the command that goes on from there
+        if os.path.exists(latest):
+            return f"{latest} is intact", "rerun the same command with --resume"
+        return "no checkpoint was written yet", "rerun the same command"
+
     if rt.master:
-        os.makedirs(out_dir, exist_ok=True)
         run_info = {**dataclasses.asdict(cfg), "out_dir": out_dir, "data_dir": data_dir,
                     "dataset_id": meta["dataset_id"], "model_config": raw.config_dict(),
                     "n_params": raw.num_params(), "domain_train_tokens": meta["splits"]["domain_train"]["tokens"],
                     "world_size": rt.world_size}
-        data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1), mode="w")
-        if cfg.resume:  # lines after the checkpoint go (all of them from step 0, which is evaluated again)
+        with writes_in(out_dir, recovery):
+            os.makedirs(out_dir, exist_ok=True)
+            # log lines after the checkpoint go (all of them from step 0, which is evaluated again); first,
+            # as a damaged log is refused before anything else is written
             filter_log(log_path, lambda r: start_step > 0 and r["step"] <= start_step)
-            for stale in glob.glob(os.path.join(out_dir, "*.pt.tmp[0-9]*")):  # a checkpoint cut off by a kill
-                os.remove(stale)
+            remove_temporary_files(out_dir)
+            data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1),
+                              mode="w")
         print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 
@@ -476,12 +632,13 @@ def pretrain(cfg: TrainConfig):
 
     def on_eval(step, record):
         if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
-            append_jsonl(log_path, record)
-            state = checkpoint_state(step)
-            for tokens, milestone_step in milestones.items():
-                if milestone_step == step:
-                    save_checkpoint(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), state)
-            save_checkpoint(latest, state)
+            with writes_in(out_dir, recovery):
+                append_jsonl(log_path, record)
+                state = checkpoint_state(step)
+                for tokens, milestone_step in milestones.items():
+                    if milestone_step == step:
+                        save_checkpoint(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), state)
+                save_checkpoint(latest, state)
         return False
 
     train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,
@@ -511,10 +668,25 @@ def field_type(field):
     return field.type
 
 
+def integer(text: str) -> int:
+    """An integer as people write it, 1000 or 1e3 (2.5 is refused, not cut to 2)."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors in one line: its usage block of every flag would bury the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
     """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6, token counts 1M;
     bools accept `--flag`, `--flag true` or `--flag=false`."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
     for f in dataclasses.fields(config_cls):
         kind = field_type(f)
@@ -523,8 +695,7 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
         elif f.name.endswith("_tokens") and kind is not str:  # --max_tokens 2e6 or 2M
             p.add_argument(f"--{f.name}", type=data.token_count, default=f.default, help="%(default)r")
         else:
-            p.add_argument(f"--{f.name}", type=(lambda s: int(float(s))) if kind is int else kind, default=f.default,
-                           help="%(default)r")
+            p.add_argument(f"--{f.name}", type=integer if kind is int else kind, default=f.default, help="%(default)r")
     return p
 
 
@@ -532,14 +703,23 @@ def parse_config(config_cls, argv, description: str):
     parser = build_parser(config_cls, description)
     args = parser.parse_args(argv)
     if args.config:
-        if not os.path.exists(args.config):
+        if not os.path.isfile(args.config):
             raise TrainError(f"--config {args.config} does not exist (presets live in configs/)")
-        with open(args.config) as f:
-            file_values = json.load(f)
+        try:
+            with open(args.config) as f:
+                file_values = json.load(f)
+        except ValueError as e:
+            raise TrainError(f"--config {args.config} is not valid JSON ({e}): fix it (configs/ has examples)")
+        if not isinstance(file_values, dict):
+            raise TrainError(f"--config {args.config}: expected a JSON object of settings, like configs/cpu-mini.json")
         unknown = set(file_values) - {f.name for f in dataclasses.fields(config_cls)}
         if unknown:
             raise TrainError(f"{args.config}: unknown keys {sorted(unknown)}")
-        parser.set_defaults(**file_values)
+        # each value goes through its flag's type, as if typed, in a parser whose errors name the file
+        file_parser = build_parser(config_cls, description)
+        file_parser.prog = f"{parser.prog} --config {args.config}"
+        typed = vars(file_parser.parse_args([f"--{k}={v}" for k, v in file_values.items() if v is not None]))
+        parser.set_defaults(**{k: typed[k] for k in file_values})  # null: the default
         args = parser.parse_args(argv)
     return config_cls(**{k: v for k, v in vars(args).items() if k != "config"})
 
@@ -552,10 +732,7 @@ def main(argv=None):
     if torch.cuda.is_available() and not any(a.split("=")[0] == "--config" for a in argv):
         print(f"CUDA found and no --config: using {os.path.relpath(GPU_DEFAULTS)} (the 124M preset)")
         argv = ["--config", GPU_DEFAULTS] + argv
-    cfg = parse_config(TrainConfig, argv, __doc__)
-    if cfg.model not in PRESETS:
-        raise TrainError(f"unknown model preset {cfg.model!r}: choose one of {', '.join(PRESETS)}")
-    return pretrain(cfg)
+    return pretrain(parse_config(TrainConfig, argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -460,8 +460,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number > 0")
+    return value
+
+
+def check_writable(path: str):
+    """--out is checked before the evaluation, not after it: a typo should not cost the whole run."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise data.DataError(f"--out {path}: cannot write a file there; give a path in an existing, writable folder")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import train  # see load_model
+    p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
     p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")
@@ -472,14 +494,17 @@ def main(argv=None):
     p.add_argument("--prefix_tokens", type=positive_int, default=None, help="default: 64, less for short contexts")
     p.add_argument("--continuation_tokens", type=positive_int, default=None,
                    help="default: 32, less for short contexts")
-    p.add_argument("--sample", type=int, default=0, metavar="N", help="also print N tokens the model writes")
+    p.add_argument("--sample", type=non_negative_int, default=0, metavar="N",
+                   help="also print N tokens the model writes")
     p.add_argument("--prompt", default="", help="what the sample continues (default: a new document)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--top_k", type=non_negative_int, default=200, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    if args.out:
+        check_writable(args.out)
     rows = read_mcqa_jsonl(args.mcqa) if args.mcqa else []
     if args.benchmark:
         rows += load_benchmark(args.benchmark)
@@ -493,7 +518,11 @@ def main(argv=None):
         if "sample" in r:
             print(f"\n--- {r['checkpoint']} writes:\n{r['sample']}")
     if args.out:  # only once every checkpoint is done: a failure leaves no half-written file
-        data.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
+        try:
+            data.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
+        except OSError as e:
+            raise data.DataError(f"cannot write --out {args.out} ({e.strerror}): the table above is all there is; "
+                                 f"free space or pick another --out and run again")
     return results
 
 

@@ -1,13 +1,20 @@
 """Corpora: the named sources of documents that data.py prepares, and the readers behind them.
 
-A source is a named generator of documents (strings). `python data.py --list` prints them. Three kinds:
+`python data.py --list` prints the sources. Three kinds:
 - registry sources (offline): real text that machines without internet can still fetch, because it
   ships inside packages of PyPI or Debian's archive (Wikipedia articles in gensim's test data, Jane
   Austen in an R package, the King James Bible, ABC folk tunes in music21, molecules in molsets...).
   Each needs a small reader for the format its package keeps it in: an R serialisation reader, a Unix
   `compress` (LZW) decoder, a Bible-format parser, a MediaWiki markup stripper.
-- local files: `local:PATH` (a folder or glob of .txt, .jsonl or .parquet).
-- hosted datasets (online): the paper's corpora, read with the `datasets` package.
+- local files: `local:PATH`, a folder or glob of .txt (a document per file), .jsonl (a `text` field
+  per line) or .parquet (a `text` column).
+- hosted datasets (online): the paper's corpora, one hosted file at a time, read with `datasets`.
+
+A source is cut into *units*: independent pieces of work, in reading order (a package's texts, a
+group of files or a 16 MiB byte range of one, a hosted file). data.py tokenizes units in parallel
+worker processes, each unit into its own file, so a unit is also what a killed preparation redoes.
+A unit is a tuple of plain values, (reader, arguments...): it travels to a worker process as it is,
+and names its work on disk.
 
 None of this is the lesson of data.py (token files and the Mixture are); it lives here so that data.py
 reads top to bottom. Nothing here imports the rest of the project.
@@ -35,6 +42,7 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 CACHE_DIR = os.environ.get("SPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "spt"))
+UNIT_BYTES = 16 << 20  # local text per unit: small enough to share out evenly, large enough to amortize a task
 
 
 class DataError(Exception):
@@ -42,8 +50,8 @@ class DataError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources. A source is a named generator of documents (strings). Registry sources download their
-# package from PyPI or Debian's archive into CACHE_DIR the first time and read it from there after.
+# Sources and units. Registry sources download their package from PyPI or Debian's archive into
+# CACHE_DIR the first time and read it from there after.
 #
 # What counts as one document matters: documents are the unit of the train/test split, so a held-out
 # document should not have a near-copy in training. The sources below cut their corpus into natural
@@ -54,56 +62,139 @@ class Source:
     name: str
     kind: str  # what it is usually used as: "general" or "domain" (informational, for --list)
     description: str
-    documents: Callable[..., Iterator[str]]  # online sources take a keyword argument budget_tokens
+    units: Callable[..., list[tuple]]  # online sources take a keyword argument budget_tokens
     online: bool = False
 
-    def read(self, budget_tokens: int | None = None) -> Iterator[str]:
-        """The documents. Offline sources are finite and yield everything (prepare() applies budgets
-        after the split). Online sources are, for our purposes, endless streams: they stop after about
-        `budget_tokens` tokens and refuse to start without a budget."""
+    def plan(self, budget_tokens: int | None = None) -> list[tuple]:
+        """The units, in reading order. Offline sources are read whole (prepare applies budgets after
+        the split). Online sources list their hosted files, of which prepare reads only as many as the
+        budget needs, and refuse to start without one: "all of the web" is not a plan."""
         if not self.online:
-            return self.documents()
+            return self.units()
         if budget_tokens is None:
-            raise DataError(f"online source {self.name!r} is a stream without end: give it a token budget "
+            raise DataError(f"online source {self.name!r} has no end worth reading to: give it a token budget "
                             f"(--general_tokens / --domain_tokens)")
-        return self.documents(budget_tokens=budget_tokens)
+        return self.units(budget_tokens=budget_tokens)
+
+    def documents(self, budget_tokens: int | None = None) -> Iterator[str]:
+        """Every document, unit after unit, in this process."""
+        for unit in self.plan(budget_tokens):
+            yield from read_unit(unit)
 
 
-def local_documents(pattern: str) -> Iterator[str]:
-    """A folder or glob of .txt (one document per file), .jsonl (a `text` field per line) or .parquet."""
+def read_unit(unit: tuple) -> Iterator[str]:
+    """The documents of one unit (what a worker process of data.py calls)."""
+    reader, *args = unit
+    return READERS[reader](*args)
+
+
+def local_units(pattern: str) -> list[tuple]:
+    """A folder or glob of .txt, .jsonl and .parquet files, as units: runs of .txt files and byte
+    ranges of .jsonl files of about UNIT_BYTES, a .parquet file each. Each unit carries the size and
+    modification time of its files, so that an edited file is tokenized again, not taken from an
+    earlier, interrupted preparation."""
     paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True)) if os.path.isdir(pattern) \
         else sorted(glob.glob(pattern, recursive=True))
-    paths = [p for p in paths if p.endswith((".txt", ".jsonl", ".parquet"))]
+    paths = [p for p in paths if p.endswith((".txt", ".jsonl", ".parquet")) and os.path.isfile(p)]
     if not paths:
         raise DataError(f"local source {pattern!r} matches no .txt, .jsonl or .parquet file")
+    units, texts, text_bytes = [], [], 0
     for path in paths:
+        size, stamp = os.path.getsize(path), f"{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
         if path.endswith(".txt"):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                yield f.read()
-        elif path.endswith(".jsonl"):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            text = json.loads(line)["text"]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
-                        yield _text(text, f"{path}:{lineno}")
-        else:
+            texts.append((path, stamp))
+            text_bytes += size
+        if texts and (text_bytes >= UNIT_BYTES or not path.endswith(".txt")):
+            units.append(("txt", tuple(texts)))
+            texts, text_bytes = [], 0
+        if path.endswith(".jsonl"):
+            units += [("jsonl", path, start, min(start + UNIT_BYTES, size), stamp)
+                      for start in range(0, max(size, 1), UNIT_BYTES)]
+        elif path.endswith(".parquet"):
+            units.append(("parquet", path, stamp))
+    return units + ([("txt", tuple(texts))] if texts else [])
+
+
+NOT_TEXT = re.compile("[\udc80-\udcff\x00]")  # bytes that are not UTF-8 (as surrogate escapes), and NUL
+
+
+def decode_local(raw: bytes, tally: list[int]) -> str:
+    """UTF-8 text of a local file. Bytes that are not UTF-8 become U+FFFD (scraped text is messy); the
+    count of those (and of NUL bytes, which text does not hold) is added to tally = [bad, total]."""
+    tally[1] += len(raw)
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    tally[0] += len(NOT_TEXT.findall(raw.decode("utf-8", errors="surrogateescape")))
+    return raw.decode("utf-8", errors="replace")
+
+
+def check_text(where: str, tally: list[int]):
+    """Say how much of a unit was not text; refuse it when a quarter or more was (random bytes are half
+    invalid UTF-8; UTF-16 text is half NUL bytes)."""
+    bad, total = tally
+    if bad * 4 >= total > 0:
+        raise DataError(f"{where}: {bad:,} of its {total:,} bytes are not UTF-8 text: convert it to UTF-8 "
+                        f"(e.g. with iconv) or leave it out")
+    if bad:
+        tqdm.write(f"warning: {where}: {bad:,} bytes ({bad / total:.2%}) are not UTF-8 text and became U+FFFD",
+                   file=sys.stderr)
+
+
+def txt_documents(files: tuple) -> Iterator[str]:
+    for path, _stamp in files:
+        tally = [0, 0]
+        with open(path, "rb") as f:
+            yield decode_local(f.read(), tally)
+        check_text(path, tally)
+
+
+def jsonl_documents(path: str, start: int, end: int, _stamp: str) -> Iterator[str]:
+    """The documents of the lines that start in bytes [start, end) of a JSON-lines file."""
+    tally = [0, 0]
+    with open(path, "rb") as f:
+        f.seek(max(start - 1, 0))
+        if start:
+            f.readline()  # the line holding byte start - 1 belongs to the unit before
+        position = f.tell()
+        while position < end and (line := f.readline()):
+            position += len(line)
+            if not line.strip():
+                continue
             try:
-                import pyarrow.parquet as pq  # optional dependency, only for parquet input
-            except ImportError:
-                raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")
-            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-                yield from (_text(text, f"{path} (column 'text')") for text in batch.column(0).to_pylist())
+                text = json.loads(decode_local(line, tally))["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{path}:{line_number(path, position - len(line))}: expected a JSON object "
+                                f"with a 'text' field")
+            yield _text(text, lambda: f"{path}:{line_number(path, position - len(line))}")
+    check_text(f"{path} (bytes {start:,}-{end:,})" if start or end < os.path.getsize(path) else path, tally)
 
 
-def _text(value, where: str) -> str:
-    """A document's text; a missing one (null) is an empty document, which prepare skips."""
+def line_number(path: str, offset: int) -> int:
+    """The line at byte `offset` (counted only for an error message)."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def parquet_documents(path: str, _stamp: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq  # optional dependency, only for parquet input
+    except ImportError:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+        yield from (_text(text, lambda: f"{path} (column 'text')") for text in batch.column(0).to_pylist())
+
+
+def _text(value, where: Callable[[], str]) -> str:
+    """A document's text; a missing one (null) is an empty document, which prepare skips. `where` says
+    where it came from, for the error (a function: finding a line number takes a while)."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"{where}: 'text' is a {type(value).__name__}, not a string")
+        raise DataError(f"{where()}: 'text' is a {type(value).__name__}, not a string")
     return value
 
 
@@ -540,45 +631,78 @@ def metamath_sections(text: str) -> Iterator[str]:
     yield from (section for section in METAMATH_SECTION.split(text) if section.strip())
 
 
-# --- Online: the paper's own corpora, streamed from the Hugging Face hub with `datasets`.
+# --- Online: the paper's own corpora, from the Hugging Face hub. A hosted dataset is a set of files
+# (parquet or JSON lines); each is a unit, read by a worker with `datasets`' streaming reader, so the
+# files download in parallel, and a network failure costs one file, not the run.
 
-CHARS_PER_TOKEN = 4  # GPT-2 BPE on English; only used to stop a stream near a token budget
 # ChemPile-Education is split into configs (e.g. LibreText_Chemistry-default: textbooks) with a `text`
-# column (if one lacks it, hf_documents names the fields it has); rather than pin a list that may
-# grow, we ask the hub for the configs and interleave them.
+# column (if one lacks it, the reader names the fields it has); rather than pin a list that may grow,
+# we ask the hub for the configs and interleave their files.
 ALL_CONFIGS = "*"
 # Proof-Pile's loading script does not run on datasets >= 4: read its JSON-lines shards directly.
 PROOF_PILE_FILES = "hf://datasets/hoskinson-center/proof-pile/train/proofpile_train_*.jsonl.gz"
+# FineWeb's random samples, and the whole crawl, with their sizes in GPT-2 tokens.
+FINEWEB_CONFIGS = (("sample-10BT", 10e9), ("sample-100BT", 100e9), ("sample-350BT", 350e9), ("default", 15e12))
+FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text", ".csv": "csv"}
 
 
-def hf_documents(path: str, config: str | None = None, *, budget_tokens: int, field: str = "text",
-                 data_files: str | None = None, split: str = "train") -> Iterator[str]:
-    """Stream `field` of a dataset through `datasets` (optional: imported here, not at the top) and stop
-    after ~CHARS_PER_TOKEN * 1.2 * budget_tokens characters; the 20% margin lets prepare() fill the
-    budget after the held-out split. `config=ALL_CONFIGS` interleaves every config of a dataset made
-    of several. `path` can also be a builder such as "json" with `data_files` (local files, or hub
-    files as hf://datasets/OWNER/NAME/GLOB when a dataset's loading script no longer runs)."""
+def import_datasets(what: str):
     try:
-        import datasets
+        import datasets  # optional: only online sources need it
     except ImportError:
-        raise DataError(f"online source {path} needs the `datasets` package: pip install datasets")
-    limit, chars = CHARS_PER_TOKEN * 1.2 * budget_tokens, 0
+        raise DataError(f"{what} needs the `datasets` package: pip install datasets")
+    return datasets
+
+
+def hf_units(path: str, config: str | None = None, *, budget_tokens: int, field: str = "text",
+             data_files: str | None = None, split: str = "train") -> list[tuple]:
+    """The files of a hosted dataset's split, one unit each. `config=ALL_CONFIGS` takes every config of
+    a dataset made of several. The files are interleaved across configs and folders (FineWeb keeps one
+    crawl per folder), so that the first n units, which is what prepare reads for a budget, sample all
+    of them. `path` can also be a builder such as "json" with `data_files` (local files, or hub files
+    as hf://datasets/OWNER/NAME/GLOB when a dataset's loading script no longer runs)."""
+    datasets = import_datasets(f"online source {path}")
     try:
         configs = datasets.get_dataset_config_names(path) if config == ALL_CONFIGS else [config]
-        streams = [iter(datasets.load_dataset(path, c, data_files=data_files, split=split, streaming=True))
-                   for c in configs]
-        for row in round_robin(streams):
+        folders: dict[str, list[str]] = {}
+        for c in configs:
+            files = datasets.load_dataset_builder(path, c, data_files=data_files).config.data_files.get(split, [])
+            for file in files:
+                folders.setdefault(f"{c}/{os.path.dirname(file)}", []).append(str(file))
+    except Exception as e:  # network, authentication, unknown dataset or config: one line that says so
+        raise DataError(f"listing the files of {path} ({config or 'default config'}) failed: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}")
+    if not folders:
+        raise DataError(f"{path} ({config or 'default config'}) has no files for split {split!r}")
+    return [("hosted", file, field) for file in round_robin([iter(files) for files in folders.values()])]
+
+
+def hosted_documents(url: str, field: str) -> Iterator[str]:
+    """The `field` of every row of one hosted (or local) parquet, JSON-lines, text or CSV file."""
+    datasets = import_datasets(f"reading {url}")
+    name = re.sub(r"\.(gz|bz2|xz|zst)$", "", url)
+    builder = FORMATS.get(os.path.splitext(name)[1])
+    if builder is None:
+        raise DataError(f"{url}: not a file type a hosted dataset is read from ({', '.join(FORMATS)})")
+    try:
+        for row in datasets.load_dataset(builder, data_files=[url], split="train", streaming=True):
             if field not in row:
-                raise DataError(f"{path}: rows have no {field!r} field, only {sorted(row)}")
-            yield row[field]
-            chars += len(row[field])
-            if chars >= limit:
-                return
+                raise DataError(f"{url}: rows have no {field!r} field, only {sorted(row)}")
+            yield _text(row[field], lambda: url)
     except DataError:
         raise
-    except Exception as e:  # network, authentication, unknown dataset or config: one line that says so
-        raise DataError(f"streaming {path} ({config or 'default config'}) failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}")
+    except Exception as e:  # a network failure: this file is redone on the next run, the finished ones kept
+        raise DataError(f"reading {url} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}: "
+                        f"run the same command again to continue")
+
+
+def fineweb_units(budget_tokens: int) -> list[tuple]:
+    """FineWeb's smallest configuration that holds the budget with a 10% margin (for duplicates and the
+    held-out share), so that the files read are a random sample of the crawl, not its first months."""
+    for config, size in FINEWEB_CONFIGS:
+        if budget_tokens * 1.1 <= size:
+            return hf_units("HuggingFaceFW/fineweb", config, budget_tokens=budget_tokens)
+    raise DataError(f"FineWeb holds about 15T tokens, less than the {budget_tokens:,.0f} asked for: lower the budget")
 
 
 def round_robin(iterators: list[Iterator]) -> Iterator:
@@ -593,52 +717,68 @@ def round_robin(iterators: list[Iterator]) -> Iterator:
 
 # --- The registry.
 
-def mix(*names: str) -> Callable[[], Iterator[str]]:
-    """All documents of several registry sources, one source after the other (prepare shuffles)."""
-    return lambda: (doc for name in names for doc in SOURCES[name].documents())
+GENERATORS: dict[str, Callable[[], Iterator[str]]] = {}  # registry name -> its documents
+
+
+def registry(name: str, kind: str, description: str, documents: Callable[[], Iterator[str]]) -> Source:
+    """A registry source is one unit: its package is small and its reader runs in one process."""
+    GENERATORS[name] = documents
+    return Source(name, kind, description, lambda: [("registry", name)])
+
+
+def mix(name: str, kind: str, description: str, parts: tuple[str, ...]) -> Source:
+    """Several registry sources, a unit each."""
+    return Source(name, kind, f"{description}: {'+'.join(parts)}", lambda: [("registry", part) for part in parts])
+
+
+def hosted(name: str, kind: str, description: str, units: Callable[..., list[tuple]]) -> Source:
+    return Source(name, kind, f"{description} (hub, needs datasets)", units, online=True)
 
 
 ENGLISH = ("wiki", "austen", "bible", "fortunes", "pydocs", "perldocs", "kerneldocs")
 PROSE = ("wiki", "austen", "bible", "fortunes")
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
-    Source("english", "general", "general English mix (~17M gpt2 tokens): " + "+".join(ENGLISH), mix(*ENGLISH)),
-    Source("prose", "general", "prose only (~3.3M tokens): " + "+".join(PROSE), mix(*PROSE)),
-    Source("wiki", "general", "106 Wikipedia articles, markup stripped (PyPI gensim)", wiki_documents),
-    Source("austen", "general", "Jane Austen's 6 novels, a chapter per doc (Debian r-cran-janeaustenr)",
-           austen_documents),
-    Source("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents),
-    Source("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents),
+    mix("english", "general", "general English mix (~17M gpt2 tokens)", ENGLISH),
+    mix("prose", "general", "prose only (~3.3M tokens)", PROSE),
+    registry("wiki", "general", "106 Wikipedia articles, markup stripped (PyPI gensim)", wiki_documents),
+    registry("austen", "general", "Jane Austen's 6 novels, a chapter per doc (Debian r-cran-janeaustenr)",
+             austen_documents),
+    registry("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents),
+    registry("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents),
     # [0-9]: the package's usr/share/doc/python3.11-doc/html is a link to the same files
-    Source("pydocs", "general", "Python 3.11 docs, reST sources (Debian python3.11-doc)",
-           functools.partial(file_documents, "python3.11-doc",
-                             "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
-    Source("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
-           functools.partial(file_documents, "perl-doc", "usr/share/perl/*/pod/*.pod")),
-    Source("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-6.1)",
-           functools.partial(file_documents, "linux-doc-6.1", "usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
-                             skip="/translations/")),
-    Source("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
-    Source("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
-    Source("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),
-    Source("rdkit", "domain", "RDKit book and guides, reST (Debian rdkit-doc)",
-           functools.partial(file_documents, "rdkit-doc", "usr/share/doc/rdkit/html/_sources/*.txt")),
-    Source("metamath", "domain", "Metamath set.mm, proofs elided, a section per doc (Debian metamath-databases)",
-           metamath_documents),
-    Source("hol", "domain", "HOL Light sources, a file per doc (Debian hol-light)",
-           functools.partial(file_documents, "hol-light", "usr/share/hol-light/**/*.[mh]l",
-                             skip=r"database[^/]*\.ml$")),  # generated theorem lists and their makers
-    Source("coq", "domain", "Coq standard library, a .v file per doc (Debian libcoq-stdlib)",
-           functools.partial(file_documents, "libcoq-stdlib", "usr/lib/ocaml/coq/**/*.v")),
-    Source("fineweb", "general", "FineWeb sample-10BT web text (hub, needs datasets)",
-           functools.partial(hf_documents, "HuggingFaceFW/fineweb", "sample-10BT"), online=True),
-    Source("musicpile", "domain", "MusicPile, the paper's music corpus (hub, needs datasets)",
-           functools.partial(hf_documents, "m-a-p/MusicPile"), online=True),
-    Source("chempile", "domain", "ChemPile-Education, all configs interleaved (hub, needs datasets)",
-           functools.partial(hf_documents, "jablonkagroup/chempile-education", ALL_CONFIGS), online=True),
-    Source("proofpile", "domain", "Proof-Pile, the paper's math corpus (hub, needs datasets)",
-           functools.partial(hf_documents, "json", data_files=PROOF_PILE_FILES), online=True),
+    registry("pydocs", "general", "Python 3.11 docs, reST sources (Debian python3.11-doc)",
+             functools.partial(file_documents, "python3.11-doc",
+                               "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
+    registry("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
+             functools.partial(file_documents, "perl-doc", "usr/share/perl/*/pod/*.pod")),
+    registry("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-6.1)",
+             functools.partial(file_documents, "linux-doc-6.1", "usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
+                               skip="/translations/")),
+    registry("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
+    registry("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
+    registry("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),
+    registry("rdkit", "domain", "RDKit book and guides, reST (Debian rdkit-doc)",
+             functools.partial(file_documents, "rdkit-doc", "usr/share/doc/rdkit/html/_sources/*.txt")),
+    registry("metamath", "domain", "Metamath set.mm, proofs elided, a section per doc (Debian metamath-databases)",
+             metamath_documents),
+    registry("hol", "domain", "HOL Light sources, a file per doc (Debian hol-light)",
+             functools.partial(file_documents, "hol-light", "usr/share/hol-light/**/*.[mh]l",
+                               skip=r"database[^/]*\.ml$")),  # generated theorem lists and their makers
+    registry("coq", "domain", "Coq standard library, a .v file per doc (Debian libcoq-stdlib)",
+             functools.partial(file_documents, "libcoq-stdlib", "usr/lib/ocaml/coq/**/*.v")),
+    hosted("fineweb", "general", "FineWeb web text: sample-10BT, -100BT, -350BT or all, the smallest that holds "
+           "the budget", fineweb_units),
+    hosted("musicpile", "domain", "MusicPile, the paper's music corpus", functools.partial(hf_units, "m-a-p/MusicPile")),
+    hosted("chempile", "domain", "ChemPile-Education, all configs interleaved",
+           functools.partial(hf_units, "jablonkagroup/chempile-education", ALL_CONFIGS)),
+    hosted("proofpile", "domain", "Proof-Pile, the paper's math corpus",
+           functools.partial(hf_units, "json", data_files=PROOF_PILE_FILES)),
 ]}
+
+READERS: dict[str, Callable[..., Iterator[str]]] = {
+    "registry": lambda name: GENERATORS[name](), "txt": txt_documents, "jsonl": jsonl_documents,
+    "parquet": parquet_documents, "hosted": hosted_documents}
 
 
 def resolve_source(spec: str) -> Source:
@@ -646,14 +786,14 @@ def resolve_source(spec: str) -> Source:
     if "," in spec:
         parts = [resolve_source(s) for s in spec.split(",")]
         return Source(spec, parts[0].kind, " + ".join(p.name for p in parts),
-                      lambda budget_tokens=None: (d for p in parts for d in p.read(budget_tokens)),
+                      lambda budget_tokens=None: [unit for p in parts for unit in p.plan(budget_tokens)],
                       any(p.online for p in parts))
     if spec.startswith("local:"):
-        return Source(spec, "any", f"local files {spec[6:]}", lambda: local_documents(spec[6:]))
+        return Source(spec, "any", f"local files {spec[6:]}", lambda: local_units(spec[6:]))
     if spec.startswith("hf:"):
         dataset, _, config = spec[3:].partition(":")
-        return Source(spec, "any", f"hosted dataset {dataset}",
-                      functools.partial(hf_documents, dataset, config or None), online=True)
+        return Source(spec, "any", f"hosted dataset {dataset}", functools.partial(hf_units, dataset, config or None),
+                      online=True)
     if spec not in SOURCES:
         raise DataError(f"unknown source {spec!r}: see `python data.py --list`, or use local:PATH or hf:DATASET")
     return SOURCES[spec]

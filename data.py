@@ -1,38 +1,46 @@
-"""Data: sources -> documents -> tokens -> token files, and the domain mixture that is the heart of SPT.
+"""Data: token files, the domain mixture that is the heart of SPT, and how a dataset is prepared.
 
-Specialized pretraining (SPT) mixes a small domain corpus D_dom into pretraining as a constant
-fraction delta (`domain_frac`) of the tokens, repeating it as often as needed. This file has two jobs:
+Specialized pretraining (SPT) mixes a small domain corpus into pretraining as a constant fraction
+delta (`domain_frac`) of the tokens, repeating it as often as needed. Everything the training code
+needs from data is here, in the order a reader needs it:
 
-1. prepare: turn named sources of documents into a dataset folder
-       data/<name>/{general_train,general_val,domain_train,domain_test}.bin + meta.json
-   Splits are made per *document* (a held-out tune or molecule never leaks into training), with a
-   fixed seed. The domain test split is drawn before the domain train split is subsampled to a token
-   budget, so runs with 3M, 30M or 300M domain tokens are all measured on the same test documents.
-   Documents stream through a scratch file on disk, so a corpus may be far larger than memory.
+1. Token files. Text becomes tokens (tiktoken: GPT-2 BPE, or raw bytes for CPU experiments), with an
+   end-of-text token before every document. A token file is a 64-byte header (magic, version, token
+   count, bytes per token, vocabulary size) and then the tokens as uint16 (when the vocabulary fits)
+   or uint32; it is memory-mapped, never read whole. A dataset is a folder:
+       data/<name>/meta.json                                  the manifest: what is where, and from what
+       data/<name>/shards-<id>/general_train-00000.bin ...    each split as shards of SHARD_TOKENS tokens
+   with four splits, general_train, general_val, domain_train and domain_test. `open_split` reads a
+   split's shards as one array, checking each against the manifest.
 
-       python data.py                     # default: general English mix + ABC music, gpt2 tokens
+2. The Mixture: training batches in which delta of the sequences come from domain_train. Every batch
+   is a pure function of (seed, delta, batch geometry, step), so a run resumes exactly, splits across
+   torchrun ranks without overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
+
+3. prepare: named sources of documents (corpora.py) -> a dataset folder. Splits are made per
+   *document* (a held-out tune never leaks into training), from a hash of its text: no global shuffle,
+   so the work splits into independent units that worker processes tokenize in parallel, a killed
+   preparation keeps what it finished, and N machines can share one preparation.
+
+4. The command line:
+       python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
        python data.py --general english --domain smiles --tokenizer byte --name chem-byte
-
-2. mixture: `Mixture` yields training batches where delta of the sequences come from the domain
-   train split. Every batch is a pure function of (seed, delta, batch geometry, step), so a run can
-   be resumed exactly, split across torchrun ranks without overlap, and audited (the number of domain
-   repeats E = T * delta / |D_dom| is exact, not an estimate).
-
-Token file format: a 64-byte header (magic, version, token count, bytes per token, vocab size)
-followed by the tokens as uint16 (when the vocabulary fits) or uint32, an end-of-text token before
-every document. Files are memory-mapped, never read whole.
+       python data.py --general fineweb --general_tokens 200B --part 3/64 --out /shared/web   # machine 3 of 64
 """
 import argparse
-import array
-import glob
+import errno
+import functools
 import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 
 import numpy as np
 import tiktoken
@@ -40,11 +48,13 @@ import tiktoken.load
 import torch
 from tqdm import tqdm
 
+import corpora
 from corpora import SOURCES, DataError, resolve_source  # noqa: F401 (data.SOURCES, data.DataError: the interface)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
 SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
+SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -71,6 +81,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 EOT = "<|endoftext|>"
 
 
+@functools.cache  # one per process: the worker processes ask for it for every unit
 def get_tokenizer(name: str) -> tiktoken.Encoding:
     """`gpt2`: GPT-2 BPE from the ranks file shipped in assets/ (tiktoken's own would download it).
     `byte`: the 256 bytes plus end-of-text, for CPU experiments where 50k logits would dominate."""
@@ -164,189 +175,86 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
         raise DataError(f"{path} is truncated or corrupt ({os.path.getsize(path)} bytes, header says "
                         f"{expected}): prepare the dataset again")
     if vocab_size is not None and file_vocab != vocab_size:
-        raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary but the model expects "
-                        f"{vocab_size}: prepare the data with the model's tokenizer")
+        raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary, not {vocab_size}: it was made "
+                        f"with another tokenizer; prepare the data with the one the model uses")
     dtype = np.uint16 if itemsize == 2 else np.uint32
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: meta.json and the shards of each split.
 
 def load_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
-    with open(path) as f:
-        return json.load(f)
-
-
-def open_split(data_dir: str, split: str) -> np.memmap:
-    meta = load_meta(data_dir)
-    if split not in meta["splits"] or meta["splits"][split]["tokens"] == 0:
-        raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
-    return read_tokens(os.path.join(data_dir, f"{split}.bin"), meta["vocab_size"])
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare: documents -> document-level splits -> tokens -> token files + meta.json
-#
-# Built for corpora larger than memory. The documents stream once into a scratch file next to the
-# output, each with an 8-byte hash; deduplication and the seeded split then work on the hashes alone
-# (16 bytes of memory per document, about 40 while splitting), and each split is tokenized in its
-# shuffled order straight from the scratch file into its token file, stopping at the token budget.
-
-class DocumentSpool:
-    """Documents written once to a scratch file, then read back by index."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.file = open(path, "wb")
-        self.offsets, self.hashes = array.array("q", [0]), array.array("Q")
-
-    def add(self, doc: str):
-        raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
-        self.file.write(raw)
-        self.offsets.append(self.offsets[-1] + len(raw))
-        self.hashes.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little"))
-
-    def finish(self):
-        self.file.close()
-        self.file = open(self.path, "rb")
-
-    def nbytes(self, i: int) -> int:
-        return self.offsets[i + 1] - self.offsets[i]
-
-    def __getitem__(self, i: int) -> str:
-        return os.pread(self.file.fileno(), self.nbytes(i), self.offsets[i]).decode("utf-8")
-
-    def unique(self) -> np.ndarray:
-        """Indices of the first copy of every distinct document, in reading order. (Two different
-        documents share a 64-bit hash with odds of about n^2 / 2^65: for a billion, 3%; one is lost.)"""
-        _, first = np.unique(np.frombuffer(self.hashes, dtype=np.uint64), return_index=True)
-        return np.sort(first)
-
-
-def split_documents(unique: np.ndarray, holdout_frac: float, seed: int, salt: str):
-    """A seeded document-level split of the distinct documents: (rest, held out), both shuffled."""
-    rng = np.random.default_rng([seed, int.from_bytes(salt.encode()[:8], "little")])
-    order = unique[rng.permutation(len(unique))]
-    n_holdout = max(1, round(holdout_frac * len(unique))) if holdout_frac > 0 else 0
-    return order[n_holdout:], order[:n_holdout]
-
-
-def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tiktoken.Encoding,
-                budget: int | None, desc: str, batch_docs: int = 2048) -> dict:
-    """Tokenize documents in the given order into a token file, each starting with the end-of-text
-    token so documents stay separable in the flat stream; stop after the document that reaches the
-    token budget. Each thread encodes a slice of the batch (tiktoken's Rust core releases the GIL;
-    its own encode_ordinary_batch hands out one document at a time, which costs more than encoding
-    short ones)."""
-    documents = nbytes = 0
-    n_threads = os.cpu_count() or 1
-    encode_slice = lambda texts: [enc.encode_ordinary(t) for t in texts]  # noqa: E731
-    with TokenWriter(path, enc.n_vocab) as writer, ThreadPoolExecutor(n_threads) as pool, \
-            tqdm(total=len(indices), desc=f"tokenize {desc}", unit="doc", leave=False) as bar:
-        for start in range(0, len(indices), batch_docs):
-            batch = indices[start:start + batch_docs]
-            texts = [spool[i] for i in batch]
-            step = -(-len(texts) // n_threads)
-            ids = [x for part in pool.map(encode_slice, [texts[i:i + step] for i in range(0, len(texts), step)])
-                   for x in part]
-            lengths = np.array([len(x) + 1 for x in ids])
-            if budget is not None and writer.count + lengths.sum() >= budget:  # keep the document that reaches it
-                keep = int(np.searchsorted(np.cumsum(lengths), budget - writer.count)) + 1
-                batch, ids, lengths = batch[:keep], ids[:keep], lengths[:keep]
-            flat = []
-            for x in ids:
-                flat.append(enc.eot_token)
-                flat.extend(x)
-            writer.append(np.array(flat, dtype=writer.dtype))
-            documents += len(batch)
-            nbytes += sum(spool.nbytes(i) for i in batch)
-            bar.update(len(batch))
-            if budget is not None and writer.count >= budget:
-                break
-    return {"tokens": writer.count, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
-
-
-def check_seed(seed: int):
-    if seed < 0:  # numpy's seeded generators take non-negative integers only
-        raise DataError(f"seed {seed}: use a non-negative integer")
-
-
-def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
-            val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
-            general_tokens: int | None = None, seed: int = 0) -> dict:
-    t0 = time.time()
-    for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
-        if not 0 < frac < 1:
-            raise DataError(f"{flag} {frac} is outside (0, 1): it is the share of documents held out for evaluation")
-    for flag, budget in (("--general_tokens", general_tokens), ("--domain_tokens", domain_tokens)):
-        if budget is not None and budget <= 0:
-            raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
-    check_seed(seed)
-    enc = get_tokenizer(tokenizer)
-    groups = [("general", general, val_frac, general_tokens, "general_val")]
-    if domain:
-        groups.append(("domain", domain, test_frac, domain_tokens, "domain_test"))
-    sources = [resolve_source(spec) for _, spec, *_ in groups]  # a mistyped name fails before any work
-    os.makedirs(out_dir, exist_ok=True)
-    # What a prepare killed before its cleanup left behind (one prepare per folder at a time).
-    for stale in glob.glob(os.path.join(out_dir, ".*-documents.tmp*")) + glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")) \
-            + glob.glob(os.path.join(out_dir, "*.bin.partial")):
-        os.remove(stale)
-    meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
-            "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
-            "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
-            "splits": {}}
     try:
-        for (group, spec, holdout_frac, budget, holdout_name), source in zip(groups, sources):
-            # An online source streams about enough for the budget plus the held-out share; others ignore it.
-            stream_budget = budget and math.ceil(budget / (1 - holdout_frac))
-            spool = DocumentSpool(os.path.join(out_dir, f".{group}-documents.tmp{os.getpid()}"))
-            try:
-                for doc in tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False):
-                    if doc.strip():
-                        spool.add(doc)
-                spool.finish()
-                train, held = split_documents(spool.unique(), holdout_frac, seed, group)
-                if not len(train) or not len(held):
-                    raise DataError(f"{group} source {spec!r} has {len(train) + len(held)} distinct documents: "
-                                    f"too few to split off a held-out set of {holdout_frac:.0%}; use more data")
-                for name, indices, split_budget in ((f"{group}_train", train, budget), (holdout_name, held, None)):
-                    path = os.path.join(out_dir, f"{name}.bin.partial")
-                    meta["splits"][name] = write_split(path, spool, indices, enc, split_budget, name)
-            finally:
-                spool.file.close()
-                os.remove(spool.path)
-    except BaseException:  # the splits already written go too: a failed prepare leaves the folder as it was
-        for name in meta["splits"]:
-            os.remove(os.path.join(out_dir, f"{name}.bin.partial"))
-        raise
-    # Swap the new splits in only now that all are complete. Without meta.json the folder reads as
-    # "not prepared", so a crash during the swap cannot leave old metadata describing new files.
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    for name in meta["splits"]:
-        os.replace(os.path.join(out_dir, f"{name}.bin.partial"), os.path.join(out_dir, f"{name}.bin"))
-    meta["dataset_id"] = hashlib.sha256(json.dumps(
-        [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
-    atomic_write(meta_path, lambda f: json.dump(meta, f, indent=1), mode="w")
-    summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
-    print(f"prepared {out_dir} in {time.time() - t0:.0f}s: {summary} tokens")
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path} is not valid JSON: prepare the dataset again with `python data.py --out {data_dir}`")
+    missing = [key for key in ("tokenizer", "vocab_size", "splits", "dataset_id") if key not in meta] \
+        if isinstance(meta, dict) else ["everything"]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}: prepare the dataset again with "
+                        f"`python data.py --out {data_dir}`")
     return meta
 
 
-def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
-    """train.py calls this so that `python train.py` works on a fresh machine."""
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        if os.path.abspath(data_dir) != os.path.abspath(DEFAULT_DATA_DIR):
-            raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
-        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
-        prepare(data_dir, **DEFAULT_PREPARE)
-    return data_dir
+class Tokens:
+    """A split as one array of tokens: its shards, memory-mapped, behind one index space. It has a
+    length, contiguous slices (which read only the shards they touch: a window may straddle two) and
+    np.asarray (which reads them all)."""
+
+    def __init__(self, shards: list[np.memmap]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(shard) for shard in shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise IndexError("a split is read in contiguous slices")
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            piece = self.shards[k][start - self.starts[k]:stop - self.starts[k]]
+            pieces.append(piece)
+            start, k = start + len(piece), k + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [self.shards[0][:0]])
+
+    def __array__(self, dtype=None, copy=None):
+        tokens = self[:]
+        return tokens if dtype is None else tokens.astype(dtype)
 
 
-DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
+def open_split(data_dir: str, split: str, vocab_size: int | None = None) -> Tokens:
+    """A split of a prepared dataset, each shard checked against meta.json: a shard that is missing,
+    cut short, of another vocabulary (another tokenizer) or of another size (a file copied from another
+    dataset or split) is refused. `vocab_size`: the model's, which the dataset must match."""
+    meta = load_meta(data_dir)
+    if vocab_size is not None and meta["vocab_size"] != vocab_size:
+        raise DataError(f"{data_dir} was tokenized with {meta['tokenizer']} ({meta['vocab_size']} tokens) "
+                        f"but the model has vocab_size {vocab_size}: use a matching dataset or model")
+    info = meta["splits"].get(split)
+    if not info or info["tokens"] == 0:
+        raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
+    if "shards" in info:
+        files = [(os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin"), shard["tokens"])
+                 for k, shard in enumerate(info["shards"])]
+    else:  # a dataset prepared before shards: one file per split
+        files = [(os.path.join(data_dir, f"{split}.bin"), info["tokens"])]
+    shards = []
+    for path, count in files:
+        if not os.path.exists(path):
+            raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
+        shards.append(read_tokens(path, meta["vocab_size"]))
+        if len(shards[-1]) != count:
+            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says {count:,}: it "
+                            f"belongs to another dataset or split; prepare the dataset again")
+    return Tokens(shards)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,15 +287,11 @@ class Mixture:
         check_seed(seed)
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
         self.general_start, self.domain_start = general_start, domain_start
-        meta = load_meta(data_dir)
-        if vocab_size is not None and meta["vocab_size"] != vocab_size:
-            raise DataError(f"{data_dir} was tokenized with {meta['tokenizer']} ({meta['vocab_size']} tokens) "
-                            f"but the model has vocab_size {vocab_size}: use a matching dataset or model")
         self.splits, self.windows = {}, {}
         for kind, split, needed in (("general", general_split, domain_frac < 1), ("domain", domain_split, domain_frac > 0)):
             if not needed:
                 continue
-            tokens = open_split(data_dir, split)
+            tokens = open_split(data_dir, split, vocab_size)
             n = (len(tokens) - 1) // seq_len
             most_per_step = math.ceil(batch_size * (domain_frac if kind == "domain" else 1 - domain_frac))
             if n < most_per_step:
@@ -451,6 +355,346 @@ class Mixture:
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare: sources -> units -> tokens -> document-level splits -> shards + meta.json
+#
+# 1. Tokenize. A source (corpora.py) is a list of units: a package's texts, a 16 MiB range of a local
+#    file, a hosted file. Worker processes tokenize units independently, each into out/.work/<group>-
+#    <key>/<unit>.bin (its documents' tokens, an end-of-text token before each) and <unit>.npz (per
+#    document: a 64-bit hash of its text, its tokens, its bytes). A unit is done when its .npz exists,
+#    and a rerun skips it: a killed preparation loses only the units in flight, and N machines sharing
+#    the folder each take every N-th unit (--part i/N). The key names the source, the tokenizer and the
+#    units, so work of another preparation is never mixed in.
+# 2. Choose, from the .npz files alone, in one process (about 30 bytes of memory per document):
+#    - one copy of each distinct text: the first in reading order (unit, then place within the unit);
+#    - each document gets a place p, uniform in [0, 2^64), from its text's hash, the seed and the group;
+#      it is held out when p < holdout_frac * 2^64 (or, when no document is, the one of lowest p). Copies
+#      of a text share p, so they never straddle train and test, and the held-out split is the same
+#      whatever the token budget;
+#    - a token budget keeps the training documents of lowest p, up to the one that reaches it: a seeded
+#      random sample of the whole source (not its first files), and budgets nest (a larger one's split
+#      holds a smaller one's). A split that ends below its budget is an error unless allow_short;
+#    - an online source is read only as far as its budget needs: the first units, in order, whose
+#      training documents hold it (a few more may have been tokenized; they are left out).
+# 3. Assemble. The chosen documents' tokens are copied, in reading order, into shards of shard_tokens
+#    tokens in a new folder shards-<dataset id>/, and meta.json, written last and atomically, switches
+#    the dataset over to them. Until then the old dataset is whole; after, its shards and .work go.
+
+@dataclass
+class Group:
+    """The general or the domain half of a dataset: a source, its train and held-out splits, a budget."""
+    name: str
+    spec: str
+    holdout_frac: float
+    budget: int | None
+    splits: tuple[str, str]
+    source: corpora.Source = None
+    units: list = field(default_factory=list)
+    work: str = ""
+
+    def unit_path(self, u: int) -> str:
+        return os.path.join(self.work, f"{u:06d}")
+
+    def finished(self, u: int) -> bool:
+        return os.path.exists(self.unit_path(u) + ".npz")
+
+
+def tokenize_unit(task: tuple) -> int:
+    """In a worker process: one unit's documents -> its .bin and .npz files. Returns its token count."""
+    path, unit, tokenizer = task
+    enc = get_tokenizer(tokenizer)
+    eot = np.array([enc.eot_token], dtype=np.uint32)
+    hashes, lengths, sizes, pending = bytearray(), [], [], []
+    with TokenWriter(path + ".bin", enc.n_vocab) as writer:
+        for doc in corpora.read_unit(unit):
+            if not doc or doc.isspace():
+                continue
+            try:
+                raw = doc.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
+                raw = doc.encode("utf-8", errors="replace")
+                doc = raw.decode("utf-8")
+            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" inside a text is text
+            hashes += hashlib.blake2b(raw, digest_size=8).digest()
+            lengths.append(len(ids) + 1)
+            sizes.append(len(raw))
+            pending += (eot, ids)
+            if len(pending) >= 4096:
+                writer.append(np.concatenate(pending))
+                pending = []
+        if pending:
+            writer.append(np.concatenate(pending))
+    index = {"hashes": np.frombuffer(bytes(hashes), np.uint64), "tokens": np.array(lengths, np.uint32),
+             "bytes": np.array(sizes, np.uint32)}
+    atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
+    return sum(lengths)
+
+
+def tokenize(tasks: list[tuple], workers: int):
+    """Run tokenize_unit over the tasks in a pool of worker processes (here, for one worker)."""
+    pool = ProcessPoolExecutor(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 else None
+    bar = tqdm(total=len(tasks), desc=f"tokenize ({workers} workers)", unit="unit", leave=False)
+    try:
+        for n in pool.map(tokenize_unit, tasks) if pool else map(tokenize_unit, tasks):
+            bar.update()
+            bar.set_postfix(tokens=f"{n:,}", refresh=False)
+    except BrokenProcessPool:
+        raise DataError("a worker process died (out of memory?): run the same command again with fewer "
+                        "--workers; finished units are kept")
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown(cancel_futures=True)  # a failure stops the rest; units already running finish
+
+
+def units_needed(g: Group, need: float | None, guess: int) -> int:
+    """How many units, from the first, to tokenize: all of an offline source; of an online one, enough
+    for `need` tokens, counting finished units at their size and the rest at the mean size (after a
+    first round of `guess` units, to learn it)."""
+    if need is None:
+        return len(g.units)
+    sizes = {u: int(np.load(g.unit_path(u) + ".npz")["tokens"].sum())
+             for u in range(len(g.units)) if g.finished(u)}
+    if not sizes:
+        return min(guess, len(g.units))
+    expected = np.cumsum([sizes.get(u, sum(sizes.values()) / len(sizes)) for u in range(len(g.units))])
+    return min(int(np.searchsorted(expected, need)) + 1, len(g.units))
+
+
+def doc_places(hashes: np.ndarray, seed: int, group: str) -> np.ndarray:
+    """Each document's place in [0, 2^64): the finalizer of splitmix64 (a bijection that spreads every
+    input bit over all output bits) applied to its text's hash XOR a salt made from seed and group."""
+    salt = np.uint64(int.from_bytes(hashlib.blake2b(f"{seed}:{group}".encode(), digest_size=8).digest(), "little"))
+    x = hashes ^ salt
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def choose(g: Group, n: int, seed: int) -> dict:
+    """Which documents of units [0, n) go to which split, by the rules above."""
+    index = [np.load(g.unit_path(u) + ".npz") for u in range(n)]
+    hashes, tokens, sizes = (np.concatenate([i[key] for i in index]) for key in ("hashes", "tokens", "bytes"))
+    unit_of = np.repeat(np.arange(n), [len(i["hashes"]) for i in index])
+    first = np.zeros(len(hashes), dtype=bool)
+    first[np.unique(hashes, return_index=True)[1]] = True
+    places = doc_places(hashes, seed, g.name)
+    low = places < np.uint64(int(g.holdout_frac * 2.0 ** 64))
+    used = n
+    if g.source.online:  # the first units whose training documents hold the budget
+        holding = np.cumsum(np.bincount(unit_of, weights=tokens * (first & ~low), minlength=n))
+        used = min(int(np.searchsorted(holding, g.budget)) + 1, n)
+        first &= unit_of < used
+    held = first & low
+    if not held.any() and first.any():  # a small source still holds out one document: the lowest place
+        held[np.flatnonzero(first)[np.argmin(places[first])]] = True
+    train = first & ~held
+    if g.budget is not None:  # the lowest places, up to the document that reaches the budget
+        order = np.flatnonzero(train)
+        order = order[np.argsort(places[order])]
+        reached = int(np.searchsorted(np.cumsum(tokens[order], dtype=np.int64), g.budget))
+        train = np.zeros_like(train)
+        train[order[:reached + 1]] = True
+    return {"masks": dict(zip(g.splits, (train, held))), "tokens": tokens, "bytes": sizes, "unit_of": unit_of,
+            "used": used, "distinct": int(first.sum()), "read": int(tokens[unit_of < used].sum())}
+
+
+def check_choice(g: Group, choice: dict, allow_short: bool):
+    train, held = (choice["masks"][split] for split in g.splits)
+    if not choice["distinct"]:
+        raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
+    if not train.any() or not held.any():
+        raise DataError(f"{g.name} source {g.spec!r} has {choice['distinct']} distinct documents, of which "
+                        f"{held.sum()} fell in the held-out {g.holdout_frac:.0%}: too few to split; use more data")
+    got = int(choice["tokens"][train].sum())
+    if g.budget and got < g.budget and not allow_short:
+        raise DataError(f"{g.splits[0]}: {g.spec!r} holds {got:,} training tokens ({choice['distinct']:,} distinct "
+                        f"documents, {held.sum():,} held out), short of the {g.budget:,} asked for: lower "
+                        f"--{g.name}_tokens, add data, or pass --allow_short to use what there is")
+
+
+class SplitWriter:
+    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter)."""
+
+    def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
+        self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
+        self.shards, self.writer = [], None
+
+    def append(self, tokens: np.ndarray):
+        while len(tokens):
+            if self.writer is None:
+                path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
+                self.writer = TokenWriter(path, self.vocab_size)
+            room = self.shard_tokens - self.writer.count
+            self.writer.append(tokens[:room])
+            tokens = tokens[room:]
+            if self.writer.count == self.shard_tokens:
+                self.close_shard()
+
+    def close_shard(self):
+        self.writer.close()
+        self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
+        self.writer = None
+
+    def close(self) -> dict:
+        if self.writer:
+            self.close_shard()
+        return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
+                "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
+
+
+def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tokens: int) -> dict:
+    """Copy each split's documents, in reading order, from the units' token files into its shards."""
+    writers = {split: SplitWriter(folder, split, vocab_size, shard_tokens) for split in g.splits}
+    first_doc = np.searchsorted(choice["unit_of"], np.arange(choice["used"] + 1))
+    for u in tqdm(range(choice["used"]), desc=f"assemble {g.name}", unit="unit", leave=False):
+        lo, hi = first_doc[u], first_doc[u + 1]
+        starts = np.concatenate([[0], np.cumsum(choice["tokens"][lo:hi], dtype=np.int64)])
+        tokens = read_tokens(g.unit_path(u) + ".bin")
+        if len(tokens) != starts[-1]:
+            raise DataError(f"{g.unit_path(u)}.bin does not match its .npz: delete both and run the same "
+                            f"command again")
+        for split, writer in writers.items():
+            kept = choice["masks"][split][lo:hi].view(np.int8)
+            runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # starts and ends of kept runs
+            for a, b in runs.reshape(-1, 2):
+                writer.append(tokens[starts[a]:starts[b]])
+    return {split: {**writer.close(), "documents": int(choice["masks"][split].sum()),
+                    "bytes": int(choice["bytes"][choice["masks"][split]].sum())} for split, writer in writers.items()}
+
+
+def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
+    """Write the shards into a folder of their own, then switch meta.json to them (see above)."""
+    staging = os.path.join(out_dir, f".assemble{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        for g, choice in zip(groups, choices):
+            meta["splits"].update(write_splits(g, choice, staging, meta["vocab_size"], shard_tokens))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    meta["splits"] = {split: meta["splits"][split] for split in SPLITS if split in meta["splits"]}
+    meta["dataset_id"] = hashlib.sha256(json.dumps(
+        [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
+    meta["shard_dir"] = f"shards-{meta['dataset_id']}"
+    if os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # this very dataset, assembled before
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
+    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
+    for name in os.listdir(out_dir):  # what earlier preparations left behind
+        path = os.path.join(out_dir, name)
+        if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
+            os.remove(path)  # single-file splits from before shards, and temporary files
+    return meta
+
+
+def check_seed(seed: int):
+    if seed < 0:  # numpy's seeded generators take non-negative integers only
+        raise DataError(f"seed {seed}: use a non-negative integer")
+
+
+def parse_part(part: str | None) -> tuple[int, int] | None:
+    if part is None:
+        return None
+    try:
+        i, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        raise DataError(f"--part {part!r}: write it as i/N, e.g. 0/4 for the first of 4 machines")
+    if n < 1 or not 0 <= i < n:
+        raise DataError(f"--part {part}: the index must be 0 to N-1 with N >= 1 (parts count from 0, as "
+                        f"SLURM_ARRAY_TASK_ID does)")
+    return i, n
+
+
+def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
+            val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
+            general_tokens: int | None = None, seed: int = 0, *, allow_short: bool = False,
+            workers: int | None = None, part: str | None = None, shard_tokens: int = SHARD_TOKENS) -> dict | None:
+    """Prepare the dataset folder `out_dir` and return its meta.json; with `part` ("i/N"), only tokenize
+    that share of the units (return None): the same call without `part` then finishes the dataset."""
+    t0 = time.time()
+    for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
+        if not 0 < frac < 1:
+            raise DataError(f"{flag} {frac} is outside (0, 1): it is the share of documents held out for evaluation")
+    for flag, budget in (("--general_tokens", general_tokens), ("--domain_tokens", domain_tokens)):
+        if budget is not None and budget <= 0:
+            raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
+    check_seed(seed)
+    workers = workers or len(os.sched_getaffinity(0))
+    if workers < 1:
+        raise DataError(f"--workers {workers}: use at least 1")
+    mine, n_parts = parse_part(part) or (0, 1)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"--out {out_dir} is a file, not a folder: choose another path")
+    enc = get_tokenizer(tokenizer)
+    groups = [Group("general", general, val_frac, general_tokens, ("general_train", "general_val"))]
+    if domain:
+        groups.append(Group("domain", domain, test_frac, domain_tokens, ("domain_train", "domain_test")))
+    for g in groups:
+        g.source = resolve_source(g.spec)  # a mistyped name fails before any work
+    try:
+        needs = {}
+        for g in groups:
+            needs[g.name] = g.source.online and g.budget / (1 - g.holdout_frac) or None
+            g.units = g.source.plan(needs[g.name] and math.ceil(needs[g.name]))
+            key = hashlib.sha256(json.dumps([g.spec, tokenizer, g.units]).encode()).hexdigest()[:16]
+            g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
+            os.makedirs(g.work, exist_ok=True)
+        while True:
+            wanted = {g.name: units_needed(g, needs[g.name], workers * n_parts) for g in groups}
+            tasks = [(g.unit_path(u), g.units[u], tokenizer) for g in groups
+                     for u in range(mine, wanted[g.name], n_parts) if not g.finished(u)]
+            if tasks:
+                tokenize(tasks, workers)
+                continue  # finished units refine the estimate of how many an online source needs
+            if part is not None:
+                print(f"part {part}: its units are tokenized in {out_dir}/.work; when every part is done, run the "
+                      f"same command without --part to assemble the dataset")
+                return None
+            choices = [choose(g, wanted[g.name], seed) for g in groups]
+            short = [(g, c) for g, c in zip(groups, choices) if g.source.online and c["used"] == wanted[g.name]
+                     < len(g.units) and c["tokens"][c["masks"][g.splits[0]]].sum() < g.budget]
+            if not short:
+                break
+            for g, c in short:  # duplicates or the held-out share took more than expected: read further
+                needs[g.name] = c["read"] * g.budget / max(1, c["tokens"][c["masks"][g.splits[0]]].sum()) * 1.02
+        for g, choice in zip(groups, choices):
+            check_choice(g, choice, allow_short)
+        t1 = time.time()
+        meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
+                "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
+                "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
+                "splits": {}}
+        meta = assemble(out_dir, groups, choices, meta, shard_tokens)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"the disk holding {out_dir} is full: free some space and run the same command again "
+                            f"(finished units are kept in {out_dir}/.work)") from None
+        raise
+    summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
+    print(f"prepared {out_dir} in {time.time() - t0:.0f}s (tokenize {t1 - t0:.1f}s, assemble {time.time() - t1:.1f}s): "
+          f"{summary} tokens")
+    return meta
+
+
+def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
+    """train.py calls this so that `python train.py` works on a fresh machine."""
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        if os.path.abspath(data_dir) != os.path.abspath(DEFAULT_DATA_DIR):
+            raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
+        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
+        prepare(data_dir, **DEFAULT_PREPARE)
+    return data_dir
+
+
+DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
@@ -467,24 +711,28 @@ def main(argv=None):
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
     p.add_argument("--general", default=DEFAULT_PREPARE["general"], help="general source (name, local:PATH, a,b)")
     p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source (name, local:PATH, a,b)")
-    p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"])
+    p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"],
+                   help="gpt2 (BPE, 50,257 tokens) or byte (256 bytes + end-of-text)")
     p.add_argument("--name", default=None, help="dataset name: data/<name> (default: default)")
     p.add_argument("--out", default=None, help="output folder (overrides --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
     p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6, 3M)")
-    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens (2e9, 200B)")
+    p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
+    p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")
+    p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: one per CPU core)")
+    p.add_argument("--part", default=None, help="i/N: tokenize only the i-th of N shares (machines); 0 <= i < N")
     args = p.parse_args(argv)
     if args.list:
         for s in SOURCES.values():
             print(f"{s.name:14s} {s.kind:8s} {'online ' if s.online else ''}{s.description}")
         print(f"{'local:PATH':14s} {'any':8s} a folder or glob of .txt / .jsonl (text field) / .parquet")
-        print(f"{'hf:ID[:CONFIG]':14s} {'any':8s} online a hosted dataset's text field, streamed (needs datasets)")
+        print(f"{'hf:ID[:CONFIG]':14s} {'any':8s} online a hosted dataset's text field, a file per unit (needs datasets)")
         return
     out = args.out or (os.path.join(ROOT, "data", args.name) if args.name else DEFAULT_DATA_DIR)
-    prepare(out, args.general, args.domain, args.tokenizer, args.val_frac, args.test_frac,
-            args.domain_tokens, args.general_tokens, args.seed)
+    prepare(out, args.general, args.domain, args.tokenizer, args.val_frac, args.test_frac, args.domain_tokens,
+            args.general_tokens, args.seed, allow_short=args.allow_short, workers=args.workers, part=args.part)
 
 
 if __name__ == "__main__":

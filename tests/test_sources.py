@@ -7,6 +7,8 @@ Binary fixtures in tests/fixtures/ were made with ncompress's `compress` from th
     bible_sample.data  = the lines, cut into 2048-byte windows, each `compress -c -b 12`'d, behind a
                          Bible Retrieval System header (see corpora.brs_text)
 """
+import functools
+import glob
 import gzip
 import itertools
 import json
@@ -19,6 +21,7 @@ import sys
 import zipfile
 import zlib
 
+import numpy as np
 import pytest
 
 import corpora
@@ -288,7 +291,8 @@ def test_kernel_docs_skip_translations(cache):
 
 def test_mixes_chain_their_parts(cache, monkeypatch):
     for name in corpora.ENGLISH:
-        monkeypatch.setitem(corpora.SOURCES, name, corpora.Source(name, "general", "", lambda n=name: iter([n])))
+        monkeypatch.setitem(corpora.GENERATORS, name, lambda n=name: iter([n]))
+    assert corpora.SOURCES["english"].plan() == [("registry", name) for name in corpora.ENGLISH]  # a unit each
     assert list(corpora.SOURCES["english"].documents()) == list(corpora.ENGLISH)
     assert list(corpora.SOURCES["prose"].documents()) == ["wiki", "austen", "bible", "fortunes"]
 
@@ -375,36 +379,70 @@ def test_local_txt_and_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("first document")
     (tmp_path / "b.jsonl").write_text('{"text": "second"}\n\n{"text": "third"}\n')
     (tmp_path / "ignored.csv").write_text("x")
-    assert list(corpora.resolve_source(f"local:{tmp_path}").read()) == ["first document", "second", "third"]
+    assert list(corpora.resolve_source(f"local:{tmp_path}").documents()) == ["first document", "second", "third"]
 
 
-def test_local_jsonl_bad_line_is_named(tmp_path):
+def test_local_files_become_units_of_about_unit_bytes(tmp_path, monkeypatch):
+    """A large JSON-lines file is cut into byte ranges, each line read by exactly one of them; .txt files
+    are grouped; the units together read every document once, in order."""
+    monkeypatch.setattr(corpora, "UNIT_BYTES", 100)
+    lines = [json.dumps({"text": f"line {i} " + "y" * (i % 23)}) for i in range(60)]
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    for i in range(7):
+        (tmp_path / f"t{i}.txt").write_text(f"text file {i} " + "z" * 40)
+    units = corpora.local_units(str(tmp_path))
+    ranges = [u for u in units if u[0] == "jsonl"]
+    assert len(ranges) == -(-os.path.getsize(tmp_path / "big.jsonl") // 100)
+    assert [u[2] for u in ranges] == list(range(0, os.path.getsize(tmp_path / "big.jsonl"), 100))
+    assert 1 < len([u for u in units if u[0] == "txt"]) < 7
+    docs = [doc for unit in units for doc in corpora.read_unit(unit)]
+    assert docs == [json.loads(line)["text"] for line in lines] + [f"text file {i} " + "z" * 40 for i in range(7)]
+    (tmp_path / "t0.txt").write_text("edited")  # an edited file is another unit (its work is not reused)
+    assert corpora.local_units(str(tmp_path)) != units
+
+
+def test_local_jsonl_bad_line_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora, "UNIT_BYTES", 40)
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
-    with pytest.raises(corpora.DataError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
-        list(corpora.local_documents(str(path)))
+    path.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": "still fine"}\n{"txt": "no text field"}\n')
+    with pytest.raises(corpora.DataError, match=r"bad.jsonl:4: expected a JSON object with a 'text' field"):
+        list(corpora.resolve_source(f"local:{path}").documents())
 
 
-def test_local_text_that_is_missing_undecodable_or_not_text(tmp_path):
+def test_local_text_that_is_missing_undecodable_or_not_text(tmp_path, capsys):
     """Scraped text is messy: a null text is an empty document (prepare drops it), bytes that are not
-    UTF-8 and half an emoji (a lone surrogate escape) become replacement characters, and a text that
-    is not a string is an error naming the line."""
+    UTF-8 and half an emoji (a lone surrogate escape) become replacement characters, with a warning that
+    says how many; a text that is not a string is an error naming the line."""
     (tmp_path / "a.jsonl").write_bytes(b'{"text": null}\n{"text": "caf\xe9"}\n{"text": "half \\ud83d emoji"}\n')
-    assert list(corpora.local_documents(str(tmp_path / "a.jsonl"))) == ["", "caf\ufffd", "half \ud83d emoji"]
+    source = corpora.resolve_source(f"local:{tmp_path / 'a.jsonl'}")
+    assert list(source.documents()) == ["", "caf\ufffd", "half \ud83d emoji"]
+    assert "1 bytes (1.61%) are not UTF-8 text and became U+FFFD" in capsys.readouterr().err
     out = str(tmp_path / "ds")
     data.prepare(out, f"local:{tmp_path / 'a.jsonl'}", None, tokenizer="byte", val_frac=0.4)
     splits = data.load_meta(out)["splits"]
     assert splits["general_train"]["documents"] + splits["general_val"]["documents"] == 2  # null: dropped
     (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": 42}\n')
     with pytest.raises(corpora.DataError, match=r"b.jsonl:2: 'text' is a int, not a string"):
-        list(corpora.local_documents(str(tmp_path / "b.jsonl")))
+        list(corpora.resolve_source(f"local:{tmp_path / 'b.jsonl'}").documents())
+
+
+def test_local_files_of_random_bytes_are_refused(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a real document " * 20)
+    (folder / "b.txt").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(corpora.DataError, match=r"b.txt: [\d,]+ of its 4,000 bytes are not UTF-8 text: convert it"):
+        data.prepare(str(tmp_path / "ds"), f"local:{folder}", None, tokenizer="byte")
+    (folder / "b.txt").write_text("hello\n".encode("utf-16").decode("latin-1"), encoding="latin-1")  # UTF-16
+    with pytest.raises(corpora.DataError, match="are not UTF-8 text"):
+        list(corpora.resolve_source(f"local:{folder}").documents())
 
 
 def test_local_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"text": ["one", None, "two"], "id": [1, 2, 3]}), tmp_path / "d.parquet")
-    assert list(corpora.local_documents(str(tmp_path / "*.parquet"))) == ["one", "", "two"]
+    assert list(corpora.resolve_source(f"local:{tmp_path}/*.parquet").documents()) == ["one", "", "two"]
 
 
 def test_unknown_source_is_a_clear_error():
@@ -412,59 +450,100 @@ def test_unknown_source_is_a_clear_error():
         corpora.resolve_source("nope")
 
 
-# --- online: the `datasets` code path, on local files -----------------------------------------
+# --- online: hosted files read with `datasets`, tested on local files --------------------------
 
 @pytest.fixture
 def local_hub(tmp_path):
-    """Local JSON-lines files that `datasets` streams like a hosted dataset: 200 documents of 100 chars."""
+    """Local files that `datasets` reads like a hosted dataset's: 6 JSON-lines files of 40 documents
+    of ~100 bytes, in two folders (as FineWeb keeps a crawl per folder)."""
     pytest.importorskip("datasets", reason="the optional `datasets` package is not installed")
-    path = tmp_path / "stream.jsonl"
-    path.write_text("".join(json.dumps({"text": f"{i:04d} " + "x" * 95, "n": i}) + "\n" for i in range(200)))
-    return str(path)
+    for f in range(6):
+        folder = tmp_path / "hub" / f"part{f % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write = "".join(json.dumps({"text": f"file {f} doc {i:02d} " + "x" * 80, "n": i}) + "\n" for i in range(40))
+        (folder / f"{f}.jsonl").write_text(write)
+    return str(tmp_path / "hub" / "*" / "*.jsonl")
 
 
-def test_online_stream_stops_near_the_budget(local_hub):
-    docs = list(corpora.hf_documents("json", data_files=local_hub, budget_tokens=500))
-    # 500 tokens * 4 chars * 1.2 margin = 2400 chars = 24 documents of 100 chars, in order
-    assert len(docs) == 24 and docs[0].startswith("0000 ") and docs[-1].startswith("0023 ")
-    assert len(list(corpora.hf_documents("json", data_files=local_hub, budget_tokens=10 ** 9))) == 200
+def test_hosted_files_are_units_interleaved_across_folders(local_hub):
+    units = corpora.hf_units("json", data_files=local_hub, budget_tokens=100)
+    assert [os.path.basename(u[1]) for u in units] == ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl", "5.jsonl"]
+    assert [os.path.basename(os.path.dirname(u[1])) for u in units] == ["part0", "part1"] * 3
+    docs = list(corpora.read_unit(units[1]))
+    assert len(docs) == 40 and docs[0].startswith("file 1 doc 00 ")
 
 
-def test_online_stream_errors(local_hub, monkeypatch):
+def test_hosted_files_of_other_formats(tmp_path):
+    pytest.importorskip("datasets", reason="the optional `datasets` package is not installed")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"body": ["one", "two"]}), tmp_path / "d.parquet")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write('{"text": "zipped"}\n')
+    assert list(corpora.hosted_documents(str(tmp_path / "d.parquet"), "body")) == ["one", "two"]
+    assert list(corpora.hosted_documents(str(tmp_path / "d.jsonl.gz"), "text")) == ["zipped"]
+    with pytest.raises(corpora.DataError, match="not a file type"):
+        list(corpora.hosted_documents(str(tmp_path / "d.bin"), "text"))
+
+
+def test_online_errors(local_hub, monkeypatch):
+    unit = corpora.hf_units("json", data_files=local_hub, budget_tokens=100)[0]
     with pytest.raises(corpora.DataError, match="no 'body' field, only \\['n', 'text'\\]"):
-        list(corpora.hf_documents("json", data_files=local_hub, budget_tokens=100, field="body"))
-    with pytest.raises(corpora.DataError, match="streaming json .* failed"):
-        list(corpora.hf_documents("json", data_files=local_hub + ".missing", budget_tokens=100))
+        list(corpora.hosted_documents(unit[1], "body"))
+    with pytest.raises(corpora.DataError, match="reading .* failed: .*run the same command again"):
+        list(corpora.hosted_documents(unit[1] + ".missing.jsonl", "text"))
+    with pytest.raises(corpora.DataError, match="has no files for split 'train'"):
+        corpora.hf_units("json", data_files=local_hub + ".missing", budget_tokens=100)
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
     with pytest.raises(corpora.DataError, match="pip install datasets"):
-        list(corpora.hf_documents("json", data_files=local_hub, budget_tokens=100))
+        corpora.hf_units("json", data_files=local_hub, budget_tokens=100)
 
 
 def test_online_sources_need_a_budget_and_hf_specs_resolve():
     source = corpora.resolve_source("hf:someone/corpus:config")
-    assert source.online and source.documents.args == ("someone/corpus", "config")
+    assert source.online and source.units.args == ("someone/corpus", "config")
     with pytest.raises(corpora.DataError, match="token budget"):
-        corpora.SOURCES["fineweb"].read()
+        corpora.SOURCES["fineweb"].plan()
     assert corpora.resolve_source("fineweb,abc").online
 
 
-def test_prepare_bounds_an_online_source_by_the_token_budget(local_hub, tmp_path, monkeypatch):
-    streamed = []
+def test_fineweb_takes_the_smallest_configuration_that_holds_the_budget(monkeypatch):
+    monkeypatch.setattr(corpora, "hf_units", lambda path, config, budget_tokens: [(path, config)])
+    chosen = {budget: corpora.SOURCES["fineweb"].plan(budget)[0][1] for budget in (2e9, 9e9, 50e9, 200e9, 1e12)}
+    assert chosen == {2e9: "sample-10BT", 9e9: "sample-10BT", 50e9: "sample-100BT", 200e9: "sample-350BT",
+                      1e12: "default"}
+    with pytest.raises(corpora.DataError, match="FineWeb holds about 15T tokens"):
+        corpora.SOURCES["fineweb"].plan(20e12)
 
-    def stream(budget_tokens):
-        for doc in corpora.hf_documents("json", data_files=local_hub, budget_tokens=budget_tokens):
-            streamed.append(doc)
-            yield doc
-    monkeypatch.setitem(corpora.SOURCES, "stream", corpora.Source("stream", "general", "local stream", stream, online=True))
+
+def test_prepare_reads_an_online_source_only_as_far_as_its_budget(local_hub, tmp_path, monkeypatch):
+    """Files 0, 1, 2... are read in order until their training documents hold the budget; file 1 is a
+    copy of file 0 (the estimate of how many files the budget needs is then short, and prepare reads
+    further). The held-out documents come from the files read."""
+    files = sorted(glob.glob(local_hub), key=os.path.basename)
+    shutil.copy(files[0], files[1])
+    monkeypatch.setitem(corpora.SOURCES, "web", corpora.Source(
+        "web", "general", "local files as a hosted dataset",
+        functools.partial(corpora.hf_units, "json", data_files=local_hub), online=True))
+    read = []
+    monkeypatch.setattr(data, "tokenize_unit", lambda task, tokenize_unit=data.tokenize_unit:
+                        read.append(task[1][0] == "hosted" and os.path.basename(task[1][1])) or tokenize_unit(task))
     folder = tmp_path / "dom"
     folder.mkdir()
     for i in range(40):
         (folder / f"{i}.txt").write_text(f"domain document {i}")
-    meta = data.prepare(str(tmp_path / "ds"), "stream", f"local:{folder}", tokenizer="byte",
-                        val_frac=0.1, general_tokens=2000)
-    # the stream is asked for 2000 / (1 - 0.1) tokens, ~4.8 chars each: ~10,700 chars = 107 documents
-    assert len(streamed) == 107
-    assert 2000 <= meta["splits"]["general_train"]["tokens"] < 2200
+    out = str(tmp_path / "ds")
+    meta = data.prepare(out, "web", f"local:{folder}", tokenizer="byte", val_frac=0.1, general_tokens=8000, workers=1)
+    assert [r for r in read if r] == ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl"]  # 1 to learn a file's size, then more
+    assert 8000 <= meta["splits"]["general_train"]["tokens"] < 8000 + 101
+    for split in ("general_train", "general_val"):
+        docs = [bytes(d[::2]).decode() for d in documents_of(np.asarray(data.open_split(out, split)), 256)]
+        assert {d.split()[1] for d in docs} <= {"0", "2", "3"}  # file 1's copies of file 0 are dropped
+
+
+def documents_of(tokens, eot):
+    cuts = np.flatnonzero(tokens == eot).tolist() + [len(tokens)]
+    return [tokens[a + 1:b].tobytes() for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -452,6 +452,48 @@ def test_a_full_disk_is_one_line_and_keeps_the_finished_units(tmp_path, monkeypa
 
 # --- the mixture ------------------------------------------------------------------------------------
 
+# The batches of the Mixture as it was before shards (commit 097957d), on the synthetic dataset below:
+# sha256 over get_batch(step, part, 2) for steps 0-199, parts 0 and 1 (2.6 domain and 2.2 general epochs).
+BATCHES_BEFORE_SHARDS = "18e68406923aa8714eeceb0f1c824b2b9307ea7137ff8e0c693318790f49621d"
+
+
+def synthetic_dataset(folder, shard_tokens=None):
+    """Random byte tokens in the four splits: one file per split as before shards (shard_tokens=None),
+    or shards of shard_tokens tokens."""
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    meta = {"tokenizer": "byte", "vocab_size": 257, "eot_token": 256, "splits": {}, "dataset_id": "synthetic"}
+    for split, n in (("general_train", 8000), ("general_val", 2000), ("domain_train", 3000), ("domain_test", 1000)):
+        tokens = rng.integers(0, 257, n)
+        if shard_tokens is None:
+            data.write_tokens(os.path.join(folder, f"{split}.bin"), tokens, 257)
+            meta["splits"][split] = {"tokens": n}
+        else:
+            meta["shard_dir"] = "shards-synthetic"
+            os.makedirs(os.path.join(folder, meta["shard_dir"]), exist_ok=True)
+            writer = data.SplitWriter(os.path.join(folder, meta["shard_dir"]), split, 257, shard_tokens)
+            writer.append(tokens)
+            meta["splits"][split] = writer.close()
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.parametrize("shard_tokens", [None, 10 ** 8, 700])
+def test_the_mixture_draws_the_batches_it_drew_before_shards(tmp_path, shard_tokens):
+    """One file per split, one shard per split, or many (windows straddling shard boundaries): the same
+    batches as the Mixture drew before splits were sharded."""
+    folder = str(tmp_path / "ds")
+    synthetic_dataset(folder, shard_tokens)
+    mix = data.Mixture(folder, 0.3, 8, 16, seed=5)
+    fingerprint = hashlib.sha256()
+    for step in range(200):
+        for part in range(2):
+            for tensor in mix.get_batch(step, part, 2):
+                fingerprint.update(tensor.numpy().tobytes())
+    assert fingerprint.hexdigest() == BATCHES_BEFORE_SHARDS
+    assert mix.position(200) == {"general": 1120, "domain": 480}
+
+
 @pytest.mark.parametrize("delta", [0.0, 0.001, 0.05, 0.3, 1.0])
 def test_realized_fraction_tracks_delta_at_every_step(tiny_data, delta):
     batch = 16

@@ -122,6 +122,10 @@ def decode_local(raw: bytes, tally: list[int]) -> str:
     """UTF-8 text of a local file. Bytes that are not UTF-8 become U+FFFD (scraped text is messy); the
     count of those (and of NUL bytes, which text does not hold) is added to tally = [bad, total]."""
     tally[1] += len(raw)
+    return decode_checked(raw, tally)
+
+
+def decode_checked(raw: bytes, tally: list[int]) -> str:
     try:
         text = raw.decode("utf-8")
         if "\x00" not in text:
@@ -164,8 +168,12 @@ def jsonl_documents(path: str, start: int, end: int, _stamp: str) -> Iterator[st
             position += len(line)
             if not line.strip():
                 continue
+            tally[1] += len(line)
             try:
-                text = json.loads(decode_local(line, tally))["text"]
+                try:
+                    text = json.loads(line)["text"]  # bytes: json decodes them, at no extra pass when all is UTF-8
+                except UnicodeDecodeError:
+                    text = json.loads(decode_checked(line, tally))["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{line_number(path, position - len(line))}: expected a JSON object "
                                 f"with a 'text' field")

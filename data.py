@@ -424,7 +424,7 @@ def tokenize_unit(task: tuple) -> int:
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
             pending += (eot, ids)
-            if len(pending) >= 4096:
+            if len(pending) >= 512:  # a few MB at a time: memory does not grow with the unit
                 writer.append(np.concatenate(pending))
                 pending = []
         if pending:
@@ -530,7 +530,7 @@ class SplitWriter:
             if self.writer is None:
                 path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
                 self.writer = TokenWriter(path, self.vocab_size)
-            room = self.shard_tokens - self.writer.count
+            room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
             self.writer.append(tokens[:room])
             tokens = tokens[room:]
             if self.writer.count == self.shard_tokens:

@@ -805,3 +805,11 @@ def resolve_source(spec: str) -> Source:
     if spec not in SOURCES:
         raise DataError(f"unknown source {spec!r}: see `python data.py --list`, or use local:PATH or hf:DATASET")
     return SOURCES[spec]
+
+
+def describe() -> str:
+    """The sources, one a line, for `python data.py --list`."""
+    lines = [f"{s.name:14s} {s.kind:8s} {'online ' if s.online else ''}{s.description}" for s in SOURCES.values()]
+    return "\n".join(lines + [f"{'local:PATH':14s} {'any':8s} a folder or glob of .txt / .jsonl (text field) / .parquet",
+                              f"{'hf:ID[:CONFIG]':14s} {'any':8s} online a hosted dataset's text field, a file per unit "
+                              f"(needs datasets)"])

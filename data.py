@@ -1,27 +1,20 @@
 """Data: token files, the domain mixture that is the heart of SPT, and how a dataset is prepared.
 
 Specialized pretraining (SPT) mixes a small domain corpus into pretraining as a constant fraction
-delta (`domain_frac`) of the tokens, repeating it as often as needed. Everything the training code
-needs from data is here, in the order a reader needs it:
+delta (`domain_frac`) of the tokens, repeating it as often as needed. This file holds what training
+needs from data, in the order a reader needs it:
 
-1. Token files. Text becomes tokens (tiktoken: GPT-2 BPE, or raw bytes for CPU experiments), with an
-   end-of-text token before every document. A token file is a 64-byte header (magic, version, token
-   count, bytes per token, vocabulary size) and then the tokens as uint16 (when the vocabulary fits)
-   or uint32; it is memory-mapped, never read whole. A dataset is a folder:
-       data/<name>/meta.json                                  the manifest: what is where, and from what
-       data/<name>/shards-<id>/general_train-00000.bin ...    each split as shards of SHARD_TOKENS tokens
-   with four splits, general_train, general_val, domain_train and domain_test. `open_split` reads a
-   split's shards as one array, checking each against the manifest.
-
-2. The Mixture: training batches in which delta of the sequences come from domain_train. Every batch
-   is a pure function of (seed, delta, batch geometry, step), so a run resumes exactly, splits across
-   torchrun ranks without overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
-
-3. prepare: named sources of documents (corpora.py) -> a dataset folder. Splits are made per
-   *document* (a held-out tune never leaks into training), from a hash of its text: no global shuffle,
-   so the work splits into independent units that worker processes tokenize in parallel, a killed
-   preparation keeps what it finished, and N machines can share one preparation.
-
+1. Token files: text becomes tokens (GPT-2 BPE, or bytes for CPU experiments), an end-of-text token
+   before every document; a file is a 64-byte header (magic, version, token count, bytes per token,
+   vocabulary size), then the tokens as uint16 (when the vocabulary fits) or uint32, memory-mapped.
+   A dataset is a folder: meta.json, and the four splits (general_train, general_val, domain_train,
+   domain_test) as shards of up to SHARD_TOKENS tokens in shards-<dataset id>/, read as one array.
+2. The Mixture: batches in which delta of the sequences come from domain_train, each a pure function
+   of (seed, delta, batch geometry, step): a run resumes exactly, splits across torchrun ranks without
+   overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
+3. prepare: named sources of documents (corpora.py) -> a dataset. Splits are per document, decided by
+   a hash of its text: no global shuffle, so worker processes tokenize independent units in parallel,
+   a killed preparation keeps what it finished, and many machines can share one.
 4. The command line:
        python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
@@ -134,10 +127,8 @@ class TokenWriter:
     def close(self):
         header = np.zeros(HEADER_BYTES // 8, dtype=np.int64)
         header[1:5] = (VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size)
-        header_bytes = bytearray(header.tobytes())
-        header_bytes[:8] = MAGIC
         self.file.seek(0)
-        self.file.write(bytes(header_bytes))
+        self.file.write(MAGIC + header.tobytes()[len(MAGIC):])
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -182,7 +173,35 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets: meta.json and the shards of each split.
+# Datasets: meta.json and the shards of each split, written by SplitWriter and read by open_split.
+
+class SplitWriter:
+    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
+    sha256 is that of its shards' sha256s, so that each shard can be checked on its own."""
+
+    def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
+        self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
+        self.shards, self.writer = [], None
+
+    def append(self, tokens: np.ndarray):
+        while len(tokens):
+            if self.writer is None:
+                path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
+                self.writer = TokenWriter(path, self.vocab_size)
+            room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
+            self.writer.append(tokens[:room])
+            tokens = tokens[room:]
+            if self.writer.count == self.shard_tokens:
+                self.close()
+
+    def close(self) -> dict:
+        if self.writer:
+            self.writer.close()
+            self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
+            self.writer = None
+        return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
+                "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
+
 
 def load_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
@@ -193,11 +212,9 @@ def load_meta(data_dir: str) -> dict:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path} is not valid JSON: prepare the dataset again with `python data.py --out {data_dir}`")
-    missing = [key for key in ("tokenizer", "vocab_size", "splits", "dataset_id") if key not in meta] \
-        if isinstance(meta, dict) else ["everything"]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: prepare the dataset again with "
-                        f"`python data.py --out {data_dir}`")
+    if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
+        raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: prepare the dataset again "
+                        f"with `python data.py --out {data_dir}`")
     return meta
 
 
@@ -214,9 +231,7 @@ class Tokens:
         return int(self.starts[-1])
 
     def __getitem__(self, index: slice) -> np.ndarray:
-        start, stop, step = index.indices(len(self))
-        if step != 1:
-            raise IndexError("a split is read in contiguous slices")
+        start, stop, _ = index.indices(len(self))
         k = int(np.searchsorted(self.starts, start, side="right")) - 1
         pieces = []
         while start < stop:
@@ -364,30 +379,27 @@ class Mixture:
 # prepare: sources -> units -> tokens -> document-level splits -> shards + meta.json
 #
 # 1. Tokenize. A source (corpora.py) is a list of units: a package's texts, a 16 MiB range of a local
-#    file, a hosted file. Worker processes tokenize units independently, each into out/.work/<group>-
-#    <key>/<unit>.bin (its documents' tokens, an end-of-text token before each) and <unit>.npz (per
-#    document: a 64-bit hash of its text, its tokens, its bytes). A unit is done when its .npz exists,
-#    and a rerun skips it: a killed preparation loses only the units in flight, and N machines sharing
-#    the folder each take every N-th unit (--part i/N). The key names the source, the tokenizer and the
-#    units, so work of another preparation is never mixed in.
-# 2. Choose, from the .npz files alone, in one process (about 30 bytes of memory per document):
-#    - one copy of each distinct text: the first in reading order (unit, then place within the unit);
-#    - each document gets a place p, uniform in [0, 2^64), from its text's hash, the seed and the group;
-#      it is held out when p < holdout_frac * 2^64 (or, when no document is, the one of lowest p). Copies
-#      of a text share p, so they never straddle train and test, and the held-out split is the same
-#      whatever the token budget;
-#    - a token budget keeps the training documents of lowest p, up to the one that reaches it: a seeded
-#      random sample of the whole source (not its first files), and budgets nest (a larger one's split
-#      holds a smaller one's). A split that ends below its budget is an error unless allow_short;
+#    file, a hosted file. Worker processes tokenize each unit into .work/<group>-<key>/<unit>.bin (its
+#    documents' tokens) and <unit>.npz (per document: a 64-bit hash of its text, its tokens and bytes).
+#    A unit with its .npz is done and never redone: a killed preparation loses only the units in flight,
+#    and N machines sharing the folder each take every N-th unit (--part i/N). The key names the source,
+#    the tokenizer and the units, so another preparation's work is never mixed in.
+# 2. Choose, from the .npz files alone, in one process (64 bytes of memory per document):
+#    - one copy of each distinct text: the first in reading order (unit, then place in the unit);
+#    - each document gets a place p, uniform in [0, 2^64), from its text's hash, the seed and the group,
+#      and is held out when p < holdout_frac * 2^64 (when none is, the one of lowest p is). Copies of
+#      a text share p, so they never straddle train and test, and no budget moves the held-out split;
+#    - a token budget keeps the training documents of lowest p, up to the one that reaches it: a random
+#      sample of the whole source, not its first files, and budgets nest. Falling short is an error;
 #    - an online source is read only as far as its budget needs: the first units, in order, whose
 #      training documents hold it (a few more may have been tokenized; they are left out).
-# 3. Assemble. The chosen documents' tokens are copied, in reading order, into shards of shard_tokens
-#    tokens in a new folder shards-<dataset id>/, and meta.json, written last and atomically, switches
-#    the dataset over to them. Until then the old dataset is whole; after, its shards and .work go.
+# 3. Assemble. The chosen documents' tokens are copied, in reading order, into shards in a new folder;
+#    meta.json, written last and atomically, switches the dataset over to them.
 
 @dataclass
 class Group:
-    """The general or the domain half of a dataset: a source, its train and held-out splits, a budget."""
+    """The general or the domain half of a dataset: a source, its train and held-out splits, a budget,
+    and once planned, the source's units and the folder they are tokenized into."""
     name: str
     spec: str
     holdout_frac: float
@@ -397,11 +409,8 @@ class Group:
     units: list = field(default_factory=list)
     work: str = ""
 
-    def unit_path(self, u: int) -> str:
-        return os.path.join(self.work, f"{u:06d}")
-
-    def finished(self, u: int) -> bool:
-        return os.path.exists(self.unit_path(u) + ".npz")
+    def path(self, u: int, suffix: str) -> str:
+        return os.path.join(self.work, f"{u:06d}{suffix}")
 
 
 def tokenize_unit(task: tuple) -> int:
@@ -427,8 +436,7 @@ def tokenize_unit(task: tuple) -> int:
             if len(pending) >= 512:  # a few MB at a time: memory does not grow with the unit
                 writer.append(np.concatenate(pending))
                 pending = []
-        if pending:
-            writer.append(np.concatenate(pending))
+        writer.append(np.concatenate(pending or [eot[:0]]))
     index = {"hashes": np.frombuffer(bytes(hashes), np.uint64), "tokens": np.array(lengths, np.uint32),
              "bytes": np.array(sizes, np.uint32)}
     atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
@@ -436,34 +444,37 @@ def tokenize_unit(task: tuple) -> int:
 
 
 def tokenize(tasks: list[tuple], workers: int):
-    """Run tokenize_unit over the tasks in a pool of worker processes (here, for one worker)."""
+    """tokenize_unit over the tasks, in a pool of worker processes (in this one, for one worker)."""
     pool = ProcessPoolExecutor(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 else None
-    bar = tqdm(total=len(tasks), desc=f"tokenize ({workers} workers)", unit="unit", leave=False)
+    bar, total = tqdm(total=len(tasks), desc=f"tokenize ({workers} workers)", unit="unit", leave=False), 0
     try:
         for n in pool.map(tokenize_unit, tasks) if pool else map(tokenize_unit, tasks):
+            total += n
             bar.update()
-            bar.set_postfix(tokens=f"{n:,}", refresh=False)
+            bar.set_postfix(tokens=f"{total:,}", refresh=False)
     except BrokenProcessPool:
         raise DataError("a worker process died (out of memory?): run the same command again with fewer "
                         "--workers; finished units are kept")
     finally:
         bar.close()
         if pool:
-            pool.shutdown(cancel_futures=True)  # a failure stops the rest; units already running finish
+            pool.shutdown(cancel_futures=True)  # after a failure, only the units already running finish
 
 
-def units_needed(g: Group, need: float | None, guess: int) -> int:
-    """How many units, from the first, to tokenize: all of an offline source; of an online one, enough
-    for `need` tokens, counting finished units at their size and the rest at the mean size (after a
-    first round of `guess` units, to learn it)."""
-    if need is None:
+def units_needed(g: Group, seed: int, first_round: int) -> int:
+    """How many units, from the first, to tokenize: all of an offline source. Of an online one: when the
+    finished units hold the budget, those it uses; else as many more as the training tokens per unit
+    seen so far say are missing (after a first round of one unit per machine, to see it)."""
+    if not g.source.online:
         return len(g.units)
-    sizes = {u: int(np.load(g.unit_path(u) + ".npz")["tokens"].sum())
-             for u in range(len(g.units)) if g.finished(u)}
-    if not sizes:
-        return min(guess, len(g.units))
-    expected = np.cumsum([sizes.get(u, sum(sizes.values()) / len(sizes)) for u in range(len(g.units))])
-    return min(int(np.searchsorted(expected, need)) + 1, len(g.units))
+    done = next((u for u in range(len(g.units)) if not os.path.exists(g.path(u, ".npz"))), len(g.units))
+    if not done:
+        return min(first_round, len(g.units))
+    have = choose(g, done, seed)
+    if have["train_tokens"] >= g.budget:
+        return have["used"]
+    missing = (g.budget - have["train_tokens"]) / max(1, have["train_tokens"] / done)
+    return min(len(g.units), done + math.ceil(missing * 1.02))
 
 
 def doc_places(hashes: np.ndarray, seed: int, group: str) -> np.ndarray:
@@ -478,7 +489,7 @@ def doc_places(hashes: np.ndarray, seed: int, group: str) -> np.ndarray:
 
 def choose(g: Group, n: int, seed: int) -> dict:
     """Which documents of units [0, n) go to which split, by the rules above."""
-    index = [np.load(g.unit_path(u) + ".npz") for u in range(n)]
+    index = [np.load(g.path(u, ".npz")) for u in range(n)]
     hashes, tokens, sizes = (np.concatenate([i[key] for i in index]) for key in ("hashes", "tokens", "bytes"))
     unit_of = np.repeat(np.arange(n), [len(i["hashes"]) for i in index])
     first = np.zeros(len(hashes), dtype=bool)
@@ -491,61 +502,30 @@ def choose(g: Group, n: int, seed: int) -> dict:
         used = min(int(np.searchsorted(holding, g.budget)) + 1, n)
         first &= unit_of < used
     held = first & low
-    if not held.any() and first.any():  # a small source still holds out one document: the lowest place
+    if not held.any() and first.any():
         held[np.flatnonzero(first)[np.argmin(places[first])]] = True
     train = first & ~held
-    if g.budget is not None:  # the lowest places, up to the document that reaches the budget
+    if g.budget is not None:
         order = np.flatnonzero(train)
         order = order[np.argsort(places[order])]
         reached = int(np.searchsorted(np.cumsum(tokens[order], dtype=np.int64), g.budget))
         train = np.zeros_like(train)
         train[order[:reached + 1]] = True
     return {"masks": dict(zip(g.splits, (train, held))), "tokens": tokens, "bytes": sizes, "unit_of": unit_of,
-            "used": used, "distinct": int(first.sum()), "read": int(tokens[unit_of < used].sum())}
+            "used": used, "distinct": int(first.sum()), "train_tokens": int(tokens[train].sum())}
 
 
 def check_choice(g: Group, choice: dict, allow_short: bool):
-    train, held = (choice["masks"][split] for split in g.splits)
+    held = choice["masks"][g.splits[1]]
     if not choice["distinct"]:
         raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
-    if not train.any() or not held.any():
-        raise DataError(f"{g.name} source {g.spec!r} has {choice['distinct']} distinct documents, of which "
-                        f"{held.sum()} fell in the held-out {g.holdout_frac:.0%}: too few to split; use more data")
-    got = int(choice["tokens"][train].sum())
-    if g.budget and got < g.budget and not allow_short:
-        raise DataError(f"{g.splits[0]}: {g.spec!r} holds {got:,} training tokens ({choice['distinct']:,} distinct "
-                        f"documents, {held.sum():,} held out), short of the {g.budget:,} asked for: lower "
-                        f"--{g.name}_tokens, add data, or pass --allow_short to use what there is")
-
-
-class SplitWriter:
-    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter)."""
-
-    def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
-        self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
-        self.shards, self.writer = [], None
-
-    def append(self, tokens: np.ndarray):
-        while len(tokens):
-            if self.writer is None:
-                path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
-                self.writer = TokenWriter(path, self.vocab_size)
-            room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
-            self.writer.append(tokens[:room])
-            tokens = tokens[room:]
-            if self.writer.count == self.shard_tokens:
-                self.close_shard()
-
-    def close_shard(self):
-        self.writer.close()
-        self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
-        self.writer = None
-
-    def close(self) -> dict:
-        if self.writer:
-            self.close_shard()
-        return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
-                "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
+    if not choice["train_tokens"]:
+        raise DataError(f"{g.name} source {g.spec!r} has {choice['distinct']} distinct documents: too few to hold "
+                        f"out {g.holdout_frac:.0%} of them; use more data")
+    if g.budget and choice["train_tokens"] < g.budget and not allow_short:
+        raise DataError(f"{g.splits[0]}: {g.spec!r} holds {choice['train_tokens']:,} training tokens "
+                        f"({choice['distinct']:,} distinct documents, {held.sum():,} held out), short of the "
+                        f"{g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass --allow_short")
 
 
 def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tokens: int) -> dict:
@@ -555,13 +535,12 @@ def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tok
     for u in tqdm(range(choice["used"]), desc=f"assemble {g.name}", unit="unit", leave=False):
         lo, hi = first_doc[u], first_doc[u + 1]
         starts = np.concatenate([[0], np.cumsum(choice["tokens"][lo:hi], dtype=np.int64)])
-        tokens = read_tokens(g.unit_path(u) + ".bin")
+        tokens = read_tokens(g.path(u, ".bin"))
         if len(tokens) != starts[-1]:
-            raise DataError(f"{g.unit_path(u)}.bin does not match its .npz: delete both and run the same "
-                            f"command again")
+            raise DataError(f"{g.path(u, '.bin')} does not match its .npz: delete both and run again")
         for split, writer in writers.items():
             kept = choice["masks"][split][lo:hi].view(np.int8)
-            runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # starts and ends of kept runs
+            runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # where runs of kept documents start, end
             for a, b in runs.reshape(-1, 2):
                 writer.append(tokens[starts[a]:starts[b]])
     return {split: {**writer.close(), "documents": int(choice["masks"][split].sum()),
@@ -569,7 +548,7 @@ def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tok
 
 
 def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
-    """Write the shards into a folder of their own, then switch meta.json to them (see above)."""
+    """Write the shards into a folder of their own, then switch meta.json over to them."""
     staging = os.path.join(out_dir, f".assemble{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -588,12 +567,12 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     else:
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
     atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    for name in os.listdir(out_dir):  # what earlier preparations left behind
+    for name in os.listdir(out_dir):  # what earlier preparations left: shards, single-file splits, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
-            os.remove(path)  # single-file splits from before shards, and temporary files
+            os.remove(path)
     return meta
 
 
@@ -602,25 +581,12 @@ def check_seed(seed: int):
         raise DataError(f"seed {seed}: use a non-negative integer")
 
 
-def parse_part(part: str | None) -> tuple[int, int] | None:
-    if part is None:
-        return None
-    try:
-        i, n = (int(x) for x in part.split("/"))
-    except ValueError:
-        raise DataError(f"--part {part!r}: write it as i/N, e.g. 0/4 for the first of 4 machines")
-    if n < 1 or not 0 <= i < n:
-        raise DataError(f"--part {part}: the index must be 0 to N-1 with N >= 1 (parts count from 0, as "
-                        f"SLURM_ARRAY_TASK_ID does)")
-    return i, n
-
-
 def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
             val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
             general_tokens: int | None = None, seed: int = 0, *, allow_short: bool = False,
             workers: int | None = None, part: str | None = None, shard_tokens: int = SHARD_TOKENS) -> dict | None:
-    """Prepare the dataset folder `out_dir` and return its meta.json; with `part` ("i/N"), only tokenize
-    that share of the units (return None): the same call without `part` then finishes the dataset."""
+    """Prepare the dataset folder `out_dir` and return its meta.json. With `part` ("i/N"), tokenize only
+    that share of the units and return None: the same call without `part` then finishes the dataset."""
     t0 = time.time()
     for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
         if not 0 < frac < 1:
@@ -629,10 +595,12 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
         if budget is not None and budget <= 0:
             raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
     check_seed(seed)
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
     if workers < 1:
         raise DataError(f"--workers {workers}: use at least 1")
-    mine, n_parts = parse_part(part) or (0, 1)
+    mine, n_parts = (int(x) if x.isdigit() else -1 for x in (part or "0/1").partition("/")[::2])
+    if not 0 <= mine < n_parts:
+        raise DataError(f"--part {part}: write it as i/N with 0 <= i < N (parts count from 0, as SLURM's do)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"--out {out_dir} is a file, not a folder: choose another path")
     enc = get_tokenizer(tokenizer)
@@ -642,31 +610,22 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     for g in groups:
         g.source = resolve_source(g.spec)  # a mistyped name fails before any work
     try:
-        needs = {}
-        for g in groups:
-            needs[g.name] = g.source.online and g.budget / (1 - g.holdout_frac) or None
-            g.units = g.source.plan(needs[g.name] and math.ceil(needs[g.name]))
+        for g in groups:  # an online source plans for its budget plus the held-out share
+            g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
             key = hashlib.sha256(json.dumps([g.spec, tokenizer, g.units]).encode()).hexdigest()[:16]
             g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
             os.makedirs(g.work, exist_ok=True)
-        while True:
-            wanted = {g.name: units_needed(g, needs[g.name], workers * n_parts) for g in groups}
-            tasks = [(g.unit_path(u), g.units[u], tokenizer) for g in groups
-                     for u in range(mine, wanted[g.name], n_parts) if not g.finished(u)]
-            if tasks:
-                tokenize(tasks, workers)
-                continue  # finished units refine the estimate of how many an online source needs
-            if part is not None:
-                print(f"part {part}: its units are tokenized in {out_dir}/.work; when every part is done, run the "
-                      f"same command without --part to assemble the dataset")
-                return None
-            choices = [choose(g, wanted[g.name], seed) for g in groups]
-            short = [(g, c) for g, c in zip(groups, choices) if g.source.online and c["used"] == wanted[g.name]
-                     < len(g.units) and c["tokens"][c["masks"][g.splits[0]]].sum() < g.budget]
-            if not short:
+        while True:  # (the units finished refine how many an online source needs)
+            wanted = {g.name: units_needed(g, seed, n_parts) for g in groups}
+            tasks = [(g.path(u, ""), g.units[u], tokenizer) for g in groups
+                     for u in range(mine, wanted[g.name], n_parts) if not os.path.exists(g.path(u, ".npz"))]
+            if not tasks:
                 break
-            for g, c in short:  # duplicates or the held-out share took more than expected: read further
-                needs[g.name] = c["read"] * g.budget / max(1, c["tokens"][c["masks"][g.splits[0]]].sum()) * 1.02
+            tokenize(tasks, workers)
+        if part is not None:
+            print(f"part {part} is done; when all parts are, run the same command without --part to finish")
+            return None
+        choices = [choose(g, wanted[g.name], seed) for g in groups]
         for g, choice in zip(groups, choices):
             check_choice(g, choice, allow_short)
         t1 = time.time()
@@ -678,7 +637,7 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DataError(f"the disk holding {out_dir} is full: free some space and run the same command again "
-                            f"(finished units are kept in {out_dir}/.work)") from None
+                            f"(the finished units in {out_dir}/.work are kept)") from None
         raise
     summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     print(f"prepared {out_dir} in {time.time() - t0:.0f}s (tokenize {t1 - t0:.1f}s, assemble {time.time() - t1:.1f}s): "
@@ -731,11 +690,7 @@ def main(argv=None):
     p.add_argument("--part", default=None, help="i/N: tokenize only the i-th of N shares (machines); 0 <= i < N")
     args = p.parse_args(argv)
     if args.list:
-        for s in SOURCES.values():
-            print(f"{s.name:14s} {s.kind:8s} {'online ' if s.online else ''}{s.description}")
-        print(f"{'local:PATH':14s} {'any':8s} a folder or glob of .txt / .jsonl (text field) / .parquet")
-        print(f"{'hf:ID[:CONFIG]':14s} {'any':8s} online a hosted dataset's text field, a file per unit (needs datasets)")
-        return
+        return print(corpora.describe())
     out = args.out or (os.path.join(ROOT, "data", args.name) if args.name else DEFAULT_DATA_DIR)
     prepare(out, args.general, args.domain, args.tokenizer, args.val_frac, args.test_frac, args.domain_tokens,
             args.general_tokens, args.seed, allow_short=args.allow_short, workers=args.workers, part=args.part)

@@ -151,7 +151,7 @@ def test_a_damaged_dataset_is_refused_in_one_line(tmp_path, tiny_data):
     refused("is not valid JSON")
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump({"tokenizer": "byte", "vocab_size": 257}, f)
-    refused("lacks splits, dataset_id")
+    refused("lacks tokenizer, vocab_size, splits or dataset_id")
 
 
 def test_datasets_from_before_shards_still_open(tmp_path, tiny_data):
@@ -318,7 +318,7 @@ if point == "inside a unit":
 if point == "before a unit's index":
     data.atomic_write = killing(data.atomic_write, lambda path, *_: path.endswith(".npz"))
 if point == "between shards":
-    data.SplitWriter.close_shard = killing(data.SplitWriter.close_shard)
+    data.TokenWriter.close = killing(data.TokenWriter.close, lambda writer: ".assemble" in writer.path)
 if point == "before meta.json":
     data.atomic_write = killing(data.atomic_write, lambda path, *_: path.endswith("meta.json"))
 data.prepare(sys.argv[4], "local:" + sys.argv[5], "local:" + sys.argv[6], tokenizer="byte", val_frac=0.1,
@@ -391,9 +391,9 @@ def test_prepare_checks_its_arguments_before_writing_anything(tiny_data, tmp_pat
                             (dict(domain_tokens=0), "--domain_tokens 0: a token budget must be positive"),
                             (dict(seed=-1), "seed -1: use a non-negative integer"),
                             (dict(workers=-2), "--workers -2: use at least 1"),
-                            (dict(part="2/2"), "--part 2/2: the index must be 0 to N-1"),
-                            (dict(part="-1/2"), "--part -1/2: the index must be 0 to N-1"),
-                            (dict(part="half"), "--part 'half': write it as i/N"),
+                            (dict(part="2/2"), "--part 2/2: write it as i/N with 0 <= i < N"),
+                            (dict(part="-1/2"), "--part -1/2: write it as i/N with 0 <= i < N"),
+                            (dict(part="half"), "--part half: write it as i/N"),
                             (dict(domain="abcc"), "unknown source 'abcc'")):  # a typo, found before any work
         with pytest.raises(data.DataError, match=message):
             data.prepare(folder, general, **{"domain": general, "tokenizer": "byte", **kwargs})

@@ -72,8 +72,8 @@ class Source:
         if not self.online:
             return self.units()
         if budget_tokens is None:
-            raise DataError(f"online source {self.name!r} has no end worth reading to: give it a token budget "
-                            f"(--general_tokens / --domain_tokens)")
+            raise DataError(f"online source {self.name!r} is read only as far as a token budget needs: give it "
+                            f"one (--general_tokens / --domain_tokens)")
         return self.units(budget_tokens=budget_tokens)
 
     def documents(self, budget_tokens: int | None = None) -> Iterator[str]:

@@ -1,53 +1,39 @@
-"""Data: sources -> documents -> tokens -> token files, and the domain mixture that is the heart of SPT.
+"""Data: token files, the domain mixture that is the heart of SPT, and how a dataset is prepared.
 
-Specialized pretraining (SPT) mixes a small domain corpus D_dom into pretraining as a constant
-fraction delta (`domain_frac`) of the tokens, repeating it as often as needed. This file has two jobs:
+Specialized pretraining (SPT) mixes a small domain corpus into pretraining as a constant fraction
+delta (`domain_frac`) of the tokens, repeating it as often as needed. This file holds what training
+needs from data, in the order a reader needs it:
 
-1. prepare: turn named sources of documents into a dataset folder
-       data/<name>/{general_train,general_val,domain_train,domain_test}.bin + meta.json
-   Splits are made per *document* (a held-out tune or molecule never leaks into training), with a
-   fixed seed. The domain test split is drawn before the domain train split is subsampled to a token
-   budget, so runs with 3M, 30M or 300M domain tokens are all measured on the same test documents.
-   Documents stream through a scratch file on disk, so a corpus may be far larger than memory.
-
-       python data.py                     # default: general English mix + ABC music, gpt2 tokens
+1. Token files: text becomes tokens (GPT-2 BPE, or bytes for CPU experiments), an end-of-text token
+   before every document; a file is a 64-byte header (magic, version, token count, bytes per token,
+   vocabulary size), then the tokens as uint16 (when the vocabulary fits) or uint32, memory-mapped.
+   A dataset is a folder: meta.json, and the four splits (general_train, general_val, domain_train,
+   domain_test) as shards of up to SHARD_TOKENS tokens in shards-<dataset id>/, read as one array.
+2. The Mixture: batches in which delta of the sequences come from domain_train, each a pure function
+   of (seed, delta, batch geometry, step): a run resumes exactly, splits across torchrun ranks without
+   overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
+3. prepare: named sources of documents (corpora.py) -> a dataset. Splits are per document, decided by
+   a hash of its text: no global shuffle, so worker processes tokenize independent units in parallel,
+   a killed preparation keeps what it finished, and many machines can share one.
+4. The command line:
+       python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
        python data.py --general english --domain smiles --tokenizer byte --name chem-byte
-
-2. mixture: `Mixture` yields training batches where delta of the sequences come from the domain
-   train split. Every batch is a pure function of (seed, delta, batch geometry, step), so a run can
-   be resumed exactly, split across torchrun ranks without overlap, and audited (the number of domain
-   repeats E = T * delta / |D_dom| is exact, not an estimate).
-
-Token file format: a 64-byte header (magic, version, token count, bytes per token, vocab size)
-followed by the tokens as uint16 (when the vocabulary fits) or uint32, an end-of-text token before
-every document. Files are memory-mapped, never read whole.
+       python data.py --general fineweb --general_tokens 200B --part 3/64 --out /shared/web   # machine 3 of 64
 """
 import argparse
-import array
-import bz2
-import csv
+import errno
 import functools
-import glob
-import gzip
 import hashlib
-import html
-import io
-import itertools
 import json
 import math
 import os
-import re
-import struct
-import subprocess
+import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
-import zipfile
-import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 
 import numpy as np
 import tiktoken
@@ -55,14 +41,13 @@ import tiktoken.load
 import torch
 from tqdm import tqdm
 
+import corpora
+from corpora import SOURCES, DataError, resolve_source  # noqa: F401 (data.SOURCES, data.DataError: the interface)
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
-CACHE_DIR = os.environ.get("SPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "spt"))
 SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
-
-
-class DataError(Exception):
-    """Bad input: the message is one line that says what to do."""
+SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -89,6 +74,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 EOT = "<|endoftext|>"
 
 
+@functools.cache  # one per process: the worker processes ask for it for every unit
 def get_tokenizer(name: str) -> tiktoken.Encoding:
     """`gpt2`: GPT-2 BPE from the ranks file shipped in assets/ (tiktoken's own would download it).
     `byte`: the 256 bytes plus end-of-text, for CPU experiments where 50k logits would dominate."""
@@ -141,10 +127,8 @@ class TokenWriter:
     def close(self):
         header = np.zeros(HEADER_BYTES // 8, dtype=np.int64)
         header[1:5] = (VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size)
-        header_bytes = bytearray(header.tobytes())
-        header_bytes[:8] = MAGIC
         self.file.seek(0)
-        self.file.write(bytes(header_bytes))
+        self.file.write(MAGIC + header.tobytes()[len(MAGIC):])
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -182,807 +166,110 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
         raise DataError(f"{path} is truncated or corrupt ({os.path.getsize(path)} bytes, header says "
                         f"{expected}): prepare the dataset again")
     if vocab_size is not None and file_vocab != vocab_size:
-        raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary but the model expects "
-                        f"{vocab_size}: prepare the data with the model's tokenizer")
+        raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary, not {vocab_size}: it was made "
+                        f"with another tokenizer; prepare the data with the one the model uses")
     dtype = np.uint16 if itemsize == 2 else np.uint32
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: meta.json and the shards of each split, written by SplitWriter and read by open_split.
+
+class SplitWriter:
+    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
+    sha256 is that of its shards' sha256s, so that each shard can be checked on its own."""
+
+    def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
+        self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
+        self.shards, self.writer = [], None
+
+    def append(self, tokens: np.ndarray):
+        while len(tokens):
+            if self.writer is None:
+                path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
+                self.writer = TokenWriter(path, self.vocab_size)
+            room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
+            self.writer.append(tokens[:room])
+            tokens = tokens[room:]
+            if self.writer.count == self.shard_tokens:
+                self.close()
+
+    def close(self) -> dict:
+        if self.writer:
+            self.writer.close()
+            self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
+            self.writer = None
+        return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
+                "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
 
 
 def load_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
-    with open(path) as f:
-        return json.load(f)
-
-
-def open_split(data_dir: str, split: str) -> np.memmap:
-    meta = load_meta(data_dir)
-    if split not in meta["splits"] or meta["splits"][split]["tokens"] == 0:
-        raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
-    return read_tokens(os.path.join(data_dir, f"{split}.bin"), meta["vocab_size"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources. A source is a named generator of documents (strings). Registry sources download their
-# package from PyPI or Debian's archive into CACHE_DIR the first time and read it from there after.
-#
-# What counts as one document matters: documents are the unit of the train/test split, so a held-out
-# document should not have a near-copy in training. The sources below cut their corpus into natural
-# units (a tune, a chapter, a source file, a section) and say so in their docstrings.
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    kind: str  # what it is usually used as: "general" or "domain" (informational, for --list)
-    description: str
-    documents: Callable[..., Iterator[str]]  # online sources take a keyword argument budget_tokens
-    online: bool = False
-
-    def read(self, budget_tokens: int | None = None) -> Iterator[str]:
-        """The documents. Offline sources are finite and yield everything (prepare() applies budgets
-        after the split). Online sources are, for our purposes, endless streams: they stop after about
-        `budget_tokens` tokens and refuse to start without a budget."""
-        if not self.online:
-            return self.documents()
-        if budget_tokens is None:
-            raise DataError(f"online source {self.name!r} is a stream without end: give it a token budget "
-                            f"(--general_tokens / --domain_tokens)")
-        return self.documents(budget_tokens=budget_tokens)
-
-
-def local_documents(pattern: str) -> Iterator[str]:
-    """A folder or glob of .txt (one document per file), .jsonl (a `text` field per line) or .parquet."""
-    paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True)) if os.path.isdir(pattern) \
-        else sorted(glob.glob(pattern, recursive=True))
-    paths = [p for p in paths if p.endswith((".txt", ".jsonl", ".parquet"))]
-    if not paths:
-        raise DataError(f"local source {pattern!r} matches no .txt, .jsonl or .parquet file")
-    for path in paths:
-        if path.endswith(".txt"):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                yield f.read()
-        elif path.endswith(".jsonl"):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            text = json.loads(line)["text"]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
-                        yield _text(text, f"{path}:{lineno}")
-        else:
-            try:
-                import pyarrow.parquet as pq  # optional dependency, only for parquet input
-            except ImportError:
-                raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")
-            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-                yield from (_text(text, f"{path} (column 'text')") for text in batch.column(0).to_pylist())
-
-
-def _text(value, where: str) -> str:
-    """A document's text; a missing one (null) is an empty document, which prepare skips."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(f"{where}: 'text' is a {type(value).__name__}, not a string")
-    return value
-
-
-# --- Fetching from the registries. Nothing is installed: a wheel is a zip file and a .deb unpacks
-# with dpkg-deb, so we read the data files straight out of the packages.
-
-def run_command(cmd: list[str], what: str, cwd: str | None = None) -> str:
-    """Run `cmd` with its output captured (noise when all goes well). A failure becomes one DataError
-    line saying what we were doing, the command, and the last line the command printed."""
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise DataError(f"{what}: `{cmd[0]}` is not installed (registry sources need pip, and Debian's "
-                        f"apt-get and dpkg-deb; or bring the text yourself with local:PATH)")
-    if done.returncode:
-        said = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
-        raise DataError(f"{what} failed: `{' '.join(cmd)}`: {said}")
-    return done.stdout
-
-
-def pypi_wheel(spec: str, *pip_args: str) -> zipfile.ZipFile:
-    """The wheel of `NAME==VERSION`, fetched once into CACHE_DIR/pypi with `pip download --no-deps`.
-    `pip_args` can pin which build of a compiled package to fetch (--platform ...), so that every
-    machine reads the same file whatever its own Python."""
-    name, version = spec.split("==")
-    folder = os.path.join(CACHE_DIR, "pypi")
-    pattern = os.path.join(folder, f"{name.replace('-', '_')}-{version}-*.whl")
-    if not glob.glob(pattern):
-        tqdm.write(f"downloading {spec} from PyPI into {folder} (once)")  # above any progress bar
-        run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                     "--disable-pip-version-check", "-d", folder, spec, *pip_args], f"downloading {spec} from PyPI")
-    found = glob.glob(pattern)
-    if not found:
-        raise DataError(f"pip download {spec} left no {os.path.basename(pattern)} in {folder}")
-    return zipfile.ZipFile(found[0])
-
-
-@functools.cache
-def apt_get_update():
-    """Once per process: a fresh machine often has no package lists, and `apt-get download` then fails."""
-    tqdm.write("apt-get download failed: fetching the package lists with `apt-get update` (once) and retrying")
-    run_command(["apt-get", "update"], "apt-get update (it needs root: run `sudo apt-get update` once)")
-
-
-def debian_package(name: str) -> str:
-    """The files of Debian package `name`, unpacked once into CACHE_DIR/debian/<name>/ by
-    `apt-get download` and `dpkg-deb -x`. The version is not pinned: Debian replaces a package with
-    each security update and removes the old file, and the texts we read do not change in substance.
-    The names are Debian 12 (bookworm)'s; a few carry a version (python3.11-doc, linux-doc-6.1)."""
-    folder = os.path.join(CACHE_DIR, "debian")
-    target = os.path.join(folder, name)
-    if os.path.isdir(target):
-        return target
-    os.makedirs(folder, exist_ok=True)
-    tqdm.write(f"downloading Debian package {name} into {folder} (once)")
-    download = ["apt-get", "download", name]
-    try:
-        run_command(download, f"apt-get download {name}", cwd=folder)
-    except DataError:
-        apt_get_update()
-        run_command(download, f"apt-get download {name}", cwd=folder)
-    deb = max(glob.glob(os.path.join(folder, f"{name}_*.deb")), key=os.path.getmtime)
-    tmp = f"{target}.tmp{os.getpid()}"  # unpack aside and rename: a crash never leaves half a package
-    run_command(["dpkg-deb", "-x", deb, tmp], f"unpacking {deb}")
-    os.replace(tmp, target)
-    os.remove(deb)
-    return target
-
-
-def decode(data: bytes) -> str:
-    """UTF-8, or Latin-1 for the older files in these packages (Latin-1 decodes any byte string)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def package_files(package: str, pattern: str, skip: str | None = None) -> list[str]:
-    """Paths in Debian `package` matching the glob `pattern`, sorted, minus those matching regex `skip`."""
-    root = debian_package(package)
-    paths = [p for p in sorted(glob.glob(os.path.join(root, pattern), recursive=True))
-             if not (skip and re.search(skip, p)) and os.path.isfile(p)]
-    if not paths:
-        raise DataError(f"Debian package {package} has no file matching {pattern} in {root}: its layout changed")
-    return paths
-
-
-def file_documents(package: str, pattern: str, skip: str | None = None) -> Iterator[str]:
-    """One document per file: the natural unit for documentation pages and proof-assistant sources."""
-    for path in package_files(package, pattern, skip):
-        with open(path, "rb") as f:
-            yield decode(f.read())
-
-
-# --- Wikipedia: 106 articles that gensim ships for its tests, as a MediaWiki XML export.
-
-GENSIM = "gensim==4.4.0"
-# gensim is compiled: pin one build so every machine reads the same wheel (the data file is in all).
-GENSIM_BUILD = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp")
-WIKI_FILE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-
-def wiki_documents() -> Iterator[str]:
-    """English Wikipedia articles from the gensim wheel, one document per article, markup stripped."""
-    yield from mediawiki_articles(bz2.decompress(pypi_wheel(GENSIM, *GENSIM_BUILD).read(WIKI_FILE)))
-
-
-def mediawiki_articles(xml: bytes) -> Iterator[str]:
-    """Title and plain text of each article (namespace 0, not a redirect) in a MediaWiki XML export.
-    iterparse + clear() keeps memory flat however large the export."""
-    for _, page in ET.iterparse(io.BytesIO(xml)):
-        if not page.tag.endswith("}page"):
-            continue
-        if page.findtext("{*}ns") == "0" and page.find("{*}redirect") is None:
-            yield f"{page.findtext('{*}title')}\n\n{wikitext_to_text(page.findtext('{*}revision/{*}text') or '')}"
-        page.clear()
-
-
-def remove_nested(text: str, innermost: str) -> str:
-    """Delete spans matched by regex `innermost` until none are left. Templates {{...}} and tables
-    {|...|} nest, which no single regular expression can match; peeling the innermost layer
-    repeatedly removes them all."""
-    count = 1
-    while count:
-        text, count = re.subn(innermost, "", text)
-    return text
-
-
-def wikitext_to_text(text: str) -> str:
-    """Approximate plain text from MediaWiki markup: drop comments, references, templates (infoboxes,
-    citations), tables and file/category links; keep link labels, headings and paragraphs."""
-    text = re.sub(r"<!--.*?-->|<ref[^>]*/>|<ref[^>]*>.*?</ref>", "", text, flags=re.S)
-    text = remove_nested(text, r"\{\{[^{}]*\}\}")
-    text = remove_nested(text, r"\{\|(?:(?!\{\|)[\s\S])*?\|\}")
-    media = r"(?:File|Image|Category):"  # pictures and category tags: no text worth keeping
-    text = re.sub(rf"\[\[(?!{media})(?:[^|\[\]]*\|)?([^|\[\]]*)\]\]", r"\1", text)  # [[target|label]] -> label
-    text = remove_nested(text, rf"\[\[{media}[^\[\]]*\]\]")
-    text = re.sub(r"\[https?://[^\s\]]+ ?([^\]]*)\]", r"\1", text)  # [url label] -> label
-    text = re.sub(r"'{2,}", "", text)  # ''italic'', '''bold'''
-    text = re.sub(r"^(=+)[ \t]*(.*?)[ \t]*\1[ \t]*$", r"\2", text, flags=re.M)  # == Heading == -> Heading
-    text = html.unescape(re.sub(r"<[^>]+>", "", text))
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-# --- Jane Austen: the R package janeaustenr keeps each novel as a character vector (one element per
-# line of the Project Gutenberg text) in an R lazy-load database. A small reader of R's serialization
-# format gets them out without R.
-
-AUSTEN_DB = "usr/lib/R/site-library/janeaustenr/data/Rdata"
-
-
-def austen_documents() -> Iterator[str]:
-    """Jane Austen's six novels (Debian r-cran-janeaustenr), one document per chapter."""
-    for lines in r_lazyload(os.path.join(debian_package("r-cran-janeaustenr"), AUSTEN_DB)).values():
-        yield from novel_chapters(lines)
-
-
-def novel_chapters(lines: list[str | None]) -> Iterator[str]:
-    """Cut a novel's lines at its "CHAPTER ..." / "Chapter ..." headings, and unwrap each paragraph
-    onto one line (the Gutenberg text is hard-wrapped at ~70 columns; web text is not). The title
-    page stays with the first chapter."""
-    lines = [line or "" for line in lines]  # an NA line (None) is a blank line
-    starts = [i for i, line in enumerate(lines) if re.match(r"(CHAPTER|Chapter) ", line)][1:]
-    for start, end in zip([0] + starts, starts + [len(lines)]):
-        paragraphs = "\n".join(lines[start:end]).split("\n\n")
-        yield "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
-
-
-def r_lazyload(prefix: str) -> dict:
-    """Every object of an R lazy-load database, the files prefix.rdx and prefix.rdb in which R
-    packages keep their data. The .rdx is one gzip'd serialized R list: $variables maps each object's
-    name to its (offset, length) in the .rdb, $compressed says how records are compressed. An .rdb
-    record is a 4-byte big-endian length and then zlib data (compressed = TRUE; R's bzip2/xz variants
-    are not needed here) holding one serialized object."""
-    with gzip.open(prefix + ".rdx") as f:
-        index = r_unserialize(f.read())
-    if index["compressed"] != [1]:
-        raise DataError(f"{prefix}.rdb: records compressed with method {index['compressed']}, only zlib is supported")
-    with open(prefix + ".rdb", "rb") as f:
-        rdb = f.read()
-    return {name: r_unserialize(zlib.decompress(rdb[offset + 4:offset + length]))
-            for name, (offset, length) in index["variables"].items()}
-
-
-# R's serialization (XDR = big-endian): a header, then each object as a 4-byte flags word whose low
-# byte is the type (R's SEXPTYPE) and bits 9 and 10 say an attribute list and a tag follow, then its
-# contents. These are the types a package's data vectors need:
-R_SYMBOL, R_PAIRLIST, R_CHAR, R_LOGICAL, R_INTEGER, R_REAL, R_STRING, R_LIST = 1, 2, 9, 10, 13, 14, 16, 19
-R_REF, R_NULL = 255, 254  # a back-reference to an earlier symbol; NULL
-R_HAS_ATTR, R_HAS_TAG, R_LATIN1 = 1 << 9, 1 << 10, 4 << 12  # R_LATIN1: a CHARSXP's encoding bit
-
-
-def r_unserialize(data: bytes):
-    """Decode one R object serialized in XDR format (what saveRDS and lazy-load databases write).
-    Vectors become lists, vectors with a names attribute become dicts, pairlists become dicts keyed by
-    their tags, strings become str (NA becomes None)."""
-    if data[:2] != b"X\n":
-        raise DataError(f"not an R object in XDR format (starts with {data[:2]!r})")
-    pos, symbols = 2, []
-
-    def numbers(n, kind="i"):  # n big-endian int32 ("i") or float64 ("d")
-        nonlocal pos
-        values = struct.unpack_from(f">{n}{kind}", data, pos)
-        pos += n * struct.calcsize(kind)
-        return list(values)
-
-    def item():
-        nonlocal pos
-        flags = numbers(1)[0]
-        kind = flags & 0xFF
-        if kind == R_NULL:
-            return None
-        if kind == R_REF:  # the reference number sits in the upper bits, or in the next word if too big
-            return symbols[(flags >> 8 or numbers(1)[0]) - 1]
-        if kind == R_SYMBOL:
-            symbols.append(item())
-            return symbols[-1]
-        if kind == R_CHAR:
-            n = numbers(1)[0]
-            if n == -1:
-                return None
-            pos += n
-            return data[pos - n:pos].decode("latin-1" if flags & R_LATIN1 else "utf-8")
-        if kind == R_PAIRLIST:
-            if flags & R_HAS_ATTR:
-                item()
-            tag = item() if flags & R_HAS_TAG else None
-            value = item()
-            return {tag: value, **(item() or {})}
-        if kind in (R_LOGICAL, R_INTEGER, R_REAL):
-            value = numbers(numbers(1)[0], "d" if kind == R_REAL else "i")
-        elif kind in (R_STRING, R_LIST):
-            value = [item() for _ in range(numbers(1)[0])]
-        else:
-            raise DataError(f"R object type {kind} is not supported by this small reader")
-        if flags & R_HAS_ATTR:
-            names = item().get("names")
-            if names is not None:
-                value = dict(zip(names, value))
-        return value
-
-    version = numbers(3)[0]  # format version, writer's R version, oldest R that can read it
-    if version == 3:
-        length = numbers(1)[0]  # then the writer's native encoding, e.g. "UTF-8", which we skip
-        pos += length
-    return item()
-
-
-# --- The King James Bible, as Chip Chapin's Bible Retrieval System stores it (Debian bible-kjv-text):
-# the text compressed in 64 KiB windows by Unix `compress` (LZW), restarted at each window so any verse
-# can be found without decompressing what precedes it. The package's `bible` program reads it; a
-# pure-Python LZW decoder does too, in under a second, on any machine.
-
-BIBLE_BOOKS = [book.replace("_", " ") for book in (
-    "Genesis Exodus Leviticus Numbers Deuteronomy Joshua Judges Ruth 1_Samuel 2_Samuel 1_Kings 2_Kings "
-    "1_Chronicles 2_Chronicles Ezra Nehemiah Esther Job Psalms Proverbs Ecclesiastes Song_of_Solomon Isaiah "
-    "Jeremiah Lamentations Ezekiel Daniel Hosea Joel Amos Obadiah Jonah Micah Nahum Habakkuk Zephaniah Haggai "
-    "Zechariah Malachi Matthew Mark Luke John Acts Romans 1_Corinthians 2_Corinthians Galatians Ephesians "
-    "Philippians Colossians 1_Thessalonians 2_Thessalonians 1_Timothy 2_Timothy Titus Philemon Hebrews James "
-    "1_Peter 2_Peter 1_John 2_John 3_John Jude Revelation").split()]
-
-
-def bible_documents() -> Iterator[str]:
-    """The King James Bible, one document per chapter: a "Genesis 1" heading, then one verse per line
-    with its number. The data file abbreviates books ("Ge1:1 In the beginning..."); they come in canonical
-    order, so the n-th abbreviation met is the n-th book."""
-    with open(os.path.join(debian_package("bible-kjv-text"), "usr/lib/bible.data"), "rb") as f:
-        lines = brs_text(f.read()).decode("latin-1").splitlines()
-    chapters: dict[tuple[str, str], list[str]] = {}
-    for line in lines:
-        verse = re.match(r"(\w+?)(\d+):(\d+) (.*)", line)
-        if verse:  # the first line is the file's title, not a verse
-            book, chapter, number, text = verse.groups()
-            chapters.setdefault((book, chapter), []).append(f"{number} {text}")
-    names = dict(zip(dict.fromkeys(book for book, _ in chapters), BIBLE_BOOKS))
-    if len(names) != len(BIBLE_BOOKS):
-        raise DataError(f"bible.data holds {len(names)} books, expected {len(BIBLE_BOOKS)}: its format changed")
-    for (book, chapter), verses in chapters.items():
-        yield f"{names[book]} {chapter}\n\n" + "\n".join(verses)
-
-
-def brs_text(data: bytes) -> bytes:
-    """The text of a Bible Retrieval System data file: the magic "EC02" and a description, then from
-    byte 84 big-endian uint32s: the window size, the window count n, and n + 1 offsets. Window i is
-    the LZW code stream data[offset[i]:offset[i+1]]; the one `compress` header (3 bytes) that all
-    windows share sits just before the first."""
-    if data[:4] != b"EC02":
-        raise DataError("bible.data is not a Bible Retrieval System file (magic EC02)")
-    count = struct.unpack_from(">I", data, 88)[0]
-    offsets = struct.unpack_from(f">{count + 1}I", data, 92)
-    if offsets[-1] != len(data):
-        raise DataError("bible.data: the window table does not end at the end of the file")
-    header = data[offsets[0] - 3:offsets[0]]
-    return b"".join(unlzw(header + data[start:end]) for start, end in zip(offsets, offsets[1:]))
-
-
-def unlzw(data: bytes) -> bytes:
-    """Decompress Unix `compress` (.Z) data: LZW with codes of 9 bits growing to maxbits (at most 16),
-    packed little-endian. One quirk of the original program matters: it reads codes in groups of
-    eight (n_bits bytes), and when the code width grows, or the table is cleared (code 256 in block
-    mode), it skips the rest of the current group."""
-    if data[:2] != b"\x1f\x9d":
-        raise DataError("not compress (.Z) data")
-    maxbits, block_mode = data[2] & 0x1F, data[2] & 0x80
-    first_free = 257 if block_mode else 256
-    table = [bytes([i]) for i in range(256)] + [b""] * (first_free - 256)
-    n_bits, pos, group_start, end = 9, 24, 24, len(data) * 8
-    out, previous = [], b""
-    while pos + n_bits <= end:
-        if len(table) >= 1 << n_bits and n_bits < maxbits:  # the next code no longer fits: widen
-            pos = group_start = pos + (group_start - pos) % (n_bits * 8)
-            n_bits += 1
-            continue
-        byte = pos >> 3
-        code = (int.from_bytes(data[byte:byte + 3], "little") >> (pos & 7)) & ((1 << n_bits) - 1)
-        pos += n_bits
-        if block_mode and code == 256:  # CLEAR: start a fresh table with 9-bit codes
-            pos = group_start = pos + (group_start - pos) % (n_bits * 8)
-            del table[first_free:]
-            n_bits, previous = 9, b""
-            continue
-        if code < len(table):
-            entry = table[code]
-        elif code == len(table) and previous:  # the code being defined right now: previous + its 1st byte
-            entry = previous + previous[:1]
-        else:
-            raise DataError(f"corrupt compress data: code {code} with a table of {len(table)}")
-        if previous and len(table) < 1 << maxbits:
-            table.append(previous + entry[:1])
-        out.append(entry)
-        previous = entry
-    return b"".join(out)
-
-
-# --- Small text collections.
-
-def fortune_documents() -> Iterator[str]:
-    """Debian's fortune cookies (not the offensive set), one document per fortune: the files separate
-    them with lines holding only "%". The .dat files are indexes and the .u8 files links to the same
-    texts. Some fortunes use teletype overstriking ("_\\bx" for underlined x), which is removed."""
-    for path in package_files("fortunes", "usr/share/games/fortunes/*", skip=r"\.(dat|u8)$"):
-        with open(path, "rb") as f:
-            text = re.sub(r".\x08", "", decode(f.read()))
-        yield from (fortune.strip() for fortune in re.split(r"\n%\n", "\n" + text) if fortune.strip())
-
-
-# --- Music in ABC notation and in Humdrum **kern, from the music21 wheel's corpus.
-
-MUSIC21 = "music21==10.5.1"
-
-
-def wheel_files(spec: str, suffix: str) -> Iterator[tuple[str, str]]:
-    """(path, text) of each file in a wheel whose name ends with `suffix`, in sorted order."""
-    wheel = pypi_wheel(spec)
-    for name in sorted(n for n in wheel.namelist() if n.endswith(suffix)):
-        yield name, decode(wheel.read(name))
-
-
-def abc_documents() -> Iterator[str]:
-    """12,978 folk tunes in ABC notation (Essen, O'Neill's, Aird's, Ryan's Mammoth collections), one
-    tune per document, like the IrishMAN part of MusicPile."""
-    for _, text in wheel_files(MUSIC21, ".abc"):
-        yield from abc_tunes(text)
-
-
-def abc_tunes(text: str) -> Iterator[str]:
-    """Split an ABC file into tunes. A tune starts at a line beginning with "X:" (its reference
-    number) and runs to the next one, so its header lines (T: title, M: metre, L: unit note length,
-    K: key...) stay with it and every document is a complete, playable tune. The text before the
-    first X: (in music21's corpus, only % comments about the collection) is dropped."""
-    starts = [m.start() for m in re.finditer(r"^X:", text, flags=re.M)]
-    for start, end in zip(starts, starts[1:] + [len(text)]):
-        yield text[start:end].strip()
-
-
-def kern_documents() -> Iterator[str]:
-    """1,327 scores in Humdrum **kern (mostly Palestrina masses, some Bach and Beethoven), one score
-    per document: a tab-separated grid of spines, one per voice."""
-    for _, text in wheel_files(MUSIC21, ".krn"):
-        yield text
-
-
-# --- Chemistry: SMILES strings of drug-like molecules (ZINC, as curated by the MOSES benchmark).
-
-MOLSETS = "molsets==0.3.1"  # we never install it (its dependencies do not build on recent Pythons)
-MOSES_FILES = ("train", "test", "test_scaffolds")
-MOLECULES_PER_DOCUMENT = 32
-
-
-def smiles_documents() -> Iterator[str]:
-    """1.9M molecules from molsets' MOSES splits, 32 per document, one SMILES per line. One molecule
-    (~30 GPT-2 tokens) per document would spend a good share of the tokens on end-of-text markers;
-    32 make documents of ~1000 tokens while leaving ~60,000 documents for a fine-grained split. MOSES's
-    own train/test split is ignored: prepare() makes ours."""
-    wheel = pypi_wheel(MOLSETS)
-    for name in MOSES_FILES:
-        yield from group_lines(csv_smiles(wheel.read(f"moses/dataset/data/{name}.csv.gz")), MOLECULES_PER_DOCUMENT)
-
-
-def csv_smiles(csv_gz: bytes) -> Iterator[str]:
-    """The SMILES column of a gzip'd CSV whose header names it."""
-    rows = csv.reader(io.StringIO(gzip.decompress(csv_gz).decode("utf-8")))
-    column = next(rows).index("SMILES")
-    return (row[column] for row in rows)
-
-
-def group_lines(lines: Iterator[str], size: int) -> Iterator[str]:
-    """Documents of `size` lines each (the last one may be shorter)."""
-    lines = iter(lines)
-    while group := list(itertools.islice(lines, size)):
-        yield "\n".join(group)
-
-
-# --- Formal mathematics: Metamath's set.mm, HOL Light, the Coq standard library.
-
-METAMATH_COMPRESSED_PROOF = re.compile(r"\$=\s+\(.*?\$\.", re.S)
-# A section header is a comment opening with a rule line: #### (part), #*#* (chapter), =-=- (section), -.-. (subsection)
-METAMATH_SECTION = re.compile(r"^(?=\$\(\n[ \t]*(?:#{5,}|(?:#\*){5,}|(?:=-){5,}|(?:-\.){5,}))", re.M)
-
-
-def metamath_documents() -> Iterator[str]:
-    """set.mm, the Metamath database of ZFC set theory (Debian metamath-databases), cut into sections."""
-    with open(os.path.join(debian_package("metamath-databases"), "usr/share/metamath/databases/set.mm"), "rb") as f:
-        yield from metamath_sections(decode(f.read()))
-
-
-def metamath_sections(text: str) -> Iterator[str]:
-    """One document per section of a Metamath database (~1,500 in set.mm), each starting with its
-    header comment. Compressed proofs ("$= ( labels ) ABCXYZ... $.") are base-26 blobs that only a
-    proof checker can read, and more than half of set.mm's bytes; each becomes "$= ? $.", Metamath's
-    own notation for a proof still to be written. Statements, comments (the prose explaining each
-    theorem) and the rare uncompressed proofs are kept."""
-    text = METAMATH_COMPRESSED_PROOF.sub("$= ? $.", text)
-    yield from (section for section in METAMATH_SECTION.split(text) if section.strip())
-
-
-# --- Online: the paper's own corpora, streamed from the Hugging Face hub with `datasets`.
-
-CHARS_PER_TOKEN = 4  # GPT-2 BPE on English; only used to stop a stream near a token budget
-# ChemPile-Education is split into configs (e.g. LibreText_Chemistry-default: textbooks) with a `text`
-# column (if one lacks it, hf_documents names the fields it has); rather than pin a list that may
-# grow, we ask the hub for the configs and interleave them.
-ALL_CONFIGS = "*"
-# Proof-Pile's loading script does not run on datasets >= 4: read its JSON-lines shards directly.
-PROOF_PILE_FILES = "hf://datasets/hoskinson-center/proof-pile/train/proofpile_train_*.jsonl.gz"
-
-
-def hf_documents(path: str, config: str | None = None, *, budget_tokens: int, field: str = "text",
-                 data_files: str | None = None, split: str = "train") -> Iterator[str]:
-    """Stream `field` of a dataset through `datasets` (optional: imported here, not at the top) and stop
-    after ~CHARS_PER_TOKEN * 1.2 * budget_tokens characters; the 20% margin lets prepare() fill the
-    budget after the held-out split. `config=ALL_CONFIGS` interleaves every config of a dataset made
-    of several. `path` can also be a builder such as "json" with `data_files` (local files, or hub
-    files as hf://datasets/OWNER/NAME/GLOB when a dataset's loading script no longer runs)."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"online source {path} needs the `datasets` package: pip install datasets")
-    limit, chars = CHARS_PER_TOKEN * 1.2 * budget_tokens, 0
-    try:
-        configs = datasets.get_dataset_config_names(path) if config == ALL_CONFIGS else [config]
-        streams = [iter(datasets.load_dataset(path, c, data_files=data_files, split=split, streaming=True))
-                   for c in configs]
-        for row in round_robin(streams):
-            if field not in row:
-                raise DataError(f"{path}: rows have no {field!r} field, only {sorted(row)}")
-            yield row[field]
-            chars += len(row[field])
-            if chars >= limit:
-                return
-    except DataError:
-        raise
-    except Exception as e:  # network, authentication, unknown dataset or config: one line that says so
-        raise DataError(f"streaming {path} ({config or 'default config'}) failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}")
-
-
-def round_robin(iterators: list[Iterator]) -> Iterator:
-    """One item from each iterator in turn, dropping those that run out."""
-    while iterators:
-        for it in list(iterators):
-            try:
-                yield next(it)
-            except StopIteration:
-                iterators.remove(it)
-
-
-# --- The registry.
-
-def mix(*names: str) -> Callable[[], Iterator[str]]:
-    """All documents of several registry sources, one source after the other (prepare shuffles)."""
-    return lambda: (doc for name in names for doc in SOURCES[name].documents())
-
-
-ENGLISH = ("wiki", "austen", "bible", "fortunes", "pydocs", "perldocs", "kerneldocs")
-PROSE = ("wiki", "austen", "bible", "fortunes")
-
-SOURCES: dict[str, Source] = {s.name: s for s in [
-    Source("english", "general", "general English mix (~17M gpt2 tokens): " + "+".join(ENGLISH), mix(*ENGLISH)),
-    Source("prose", "general", "prose only (~3.3M tokens): " + "+".join(PROSE), mix(*PROSE)),
-    Source("wiki", "general", "106 Wikipedia articles, markup stripped (PyPI gensim)", wiki_documents),
-    Source("austen", "general", "Jane Austen's 6 novels, a chapter per doc (Debian r-cran-janeaustenr)",
-           austen_documents),
-    Source("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents),
-    Source("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents),
-    # [0-9]: the package's usr/share/doc/python3.11-doc/html is a link to the same files
-    Source("pydocs", "general", "Python 3.11 docs, reST sources (Debian python3.11-doc)",
-           functools.partial(file_documents, "python3.11-doc",
-                             "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
-    Source("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
-           functools.partial(file_documents, "perl-doc", "usr/share/perl/*/pod/*.pod")),
-    Source("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-6.1)",
-           functools.partial(file_documents, "linux-doc-6.1", "usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
-                             skip="/translations/")),
-    Source("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
-    Source("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
-    Source("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),
-    Source("rdkit", "domain", "RDKit book and guides, reST (Debian rdkit-doc)",
-           functools.partial(file_documents, "rdkit-doc", "usr/share/doc/rdkit/html/_sources/*.txt")),
-    Source("metamath", "domain", "Metamath set.mm, proofs elided, a section per doc (Debian metamath-databases)",
-           metamath_documents),
-    Source("hol", "domain", "HOL Light sources, a file per doc (Debian hol-light)",
-           functools.partial(file_documents, "hol-light", "usr/share/hol-light/**/*.[mh]l",
-                             skip=r"database[^/]*\.ml$")),  # generated theorem lists and their makers
-    Source("coq", "domain", "Coq standard library, a .v file per doc (Debian libcoq-stdlib)",
-           functools.partial(file_documents, "libcoq-stdlib", "usr/lib/ocaml/coq/**/*.v")),
-    Source("fineweb", "general", "FineWeb sample-10BT web text (hub, needs datasets)",
-           functools.partial(hf_documents, "HuggingFaceFW/fineweb", "sample-10BT"), online=True),
-    Source("musicpile", "domain", "MusicPile, the paper's music corpus (hub, needs datasets)",
-           functools.partial(hf_documents, "m-a-p/MusicPile"), online=True),
-    Source("chempile", "domain", "ChemPile-Education, all configs interleaved (hub, needs datasets)",
-           functools.partial(hf_documents, "jablonkagroup/chempile-education", ALL_CONFIGS), online=True),
-    Source("proofpile", "domain", "Proof-Pile, the paper's math corpus (hub, needs datasets)",
-           functools.partial(hf_documents, "json", data_files=PROOF_PILE_FILES), online=True),
-]}
-
-
-def resolve_source(spec: str) -> Source:
-    """A registry name, `local:PATH_OR_GLOB`, `hf:DATASET[:CONFIG]`, or a comma-separated list."""
-    if "," in spec:
-        parts = [resolve_source(s) for s in spec.split(",")]
-        return Source(spec, parts[0].kind, " + ".join(p.name for p in parts),
-                      lambda budget_tokens=None: (d for p in parts for d in p.read(budget_tokens)),
-                      any(p.online for p in parts))
-    if spec.startswith("local:"):
-        return Source(spec, "any", f"local files {spec[6:]}", lambda: local_documents(spec[6:]))
-    if spec.startswith("hf:"):
-        dataset, _, config = spec[3:].partition(":")
-        return Source(spec, "any", f"hosted dataset {dataset}",
-                      functools.partial(hf_documents, dataset, config or None), online=True)
-    if spec not in SOURCES:
-        raise DataError(f"unknown source {spec!r}: see `python data.py --list`, or use local:PATH or hf:DATASET")
-    return SOURCES[spec]
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare: documents -> document-level splits -> tokens -> token files + meta.json
-#
-# Built for corpora larger than memory. The documents stream once into a scratch file next to the
-# output, each with an 8-byte hash; deduplication and the seeded split then work on the hashes alone
-# (16 bytes of memory per document, about 40 while splitting), and each split is tokenized in its
-# shuffled order straight from the scratch file into its token file, stopping at the token budget.
-
-class DocumentSpool:
-    """Documents written once to a scratch file, then read back by index."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.file = open(path, "wb")
-        self.offsets, self.hashes = array.array("q", [0]), array.array("Q")
-
-    def add(self, doc: str):
-        raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
-        self.file.write(raw)
-        self.offsets.append(self.offsets[-1] + len(raw))
-        self.hashes.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little"))
-
-    def finish(self):
-        self.file.close()
-        self.file = open(self.path, "rb")
-
-    def nbytes(self, i: int) -> int:
-        return self.offsets[i + 1] - self.offsets[i]
-
-    def __getitem__(self, i: int) -> str:
-        return os.pread(self.file.fileno(), self.nbytes(i), self.offsets[i]).decode("utf-8")
-
-    def unique(self) -> np.ndarray:
-        """Indices of the first copy of every distinct document, in reading order. (Two different
-        documents share a 64-bit hash with odds of about n^2 / 2^65: for a billion, 3%; one is lost.)"""
-        _, first = np.unique(np.frombuffer(self.hashes, dtype=np.uint64), return_index=True)
-        return np.sort(first)
-
-
-def split_documents(unique: np.ndarray, holdout_frac: float, seed: int, salt: str):
-    """A seeded document-level split of the distinct documents: (rest, held out), both shuffled."""
-    rng = np.random.default_rng([seed, int.from_bytes(salt.encode()[:8], "little")])
-    order = unique[rng.permutation(len(unique))]
-    n_holdout = max(1, round(holdout_frac * len(unique))) if holdout_frac > 0 else 0
-    return order[n_holdout:], order[:n_holdout]
-
-
-def write_split(path: str, spool: DocumentSpool, indices: np.ndarray, enc: tiktoken.Encoding,
-                budget: int | None, desc: str, batch_docs: int = 2048) -> dict:
-    """Tokenize documents in the given order into a token file, each starting with the end-of-text
-    token so documents stay separable in the flat stream; stop after the document that reaches the
-    token budget. Each thread encodes a slice of the batch (tiktoken's Rust core releases the GIL;
-    its own encode_ordinary_batch hands out one document at a time, which costs more than encoding
-    short ones)."""
-    documents = nbytes = 0
-    n_threads = os.cpu_count() or 1
-    encode_slice = lambda texts: [enc.encode_ordinary(t) for t in texts]  # noqa: E731
-    with TokenWriter(path, enc.n_vocab) as writer, ThreadPoolExecutor(n_threads) as pool, \
-            tqdm(total=len(indices), desc=f"tokenize {desc}", unit="doc", leave=False) as bar:
-        for start in range(0, len(indices), batch_docs):
-            batch = indices[start:start + batch_docs]
-            texts = [spool[i] for i in batch]
-            step = -(-len(texts) // n_threads)
-            ids = [x for part in pool.map(encode_slice, [texts[i:i + step] for i in range(0, len(texts), step)])
-                   for x in part]
-            lengths = np.array([len(x) + 1 for x in ids])
-            if budget is not None and writer.count + lengths.sum() >= budget:  # keep the document that reaches it
-                keep = int(np.searchsorted(np.cumsum(lengths), budget - writer.count)) + 1
-                batch, ids, lengths = batch[:keep], ids[:keep], lengths[:keep]
-            flat = []
-            for x in ids:
-                flat.append(enc.eot_token)
-                flat.extend(x)
-            writer.append(np.array(flat, dtype=writer.dtype))
-            documents += len(batch)
-            nbytes += sum(spool.nbytes(i) for i in batch)
-            bar.update(len(batch))
-            if budget is not None and writer.count >= budget:
-                break
-    return {"tokens": writer.count, "documents": documents, "bytes": nbytes, "sha256": writer.sha256.hexdigest()}
-
-
-def check_seed(seed: int):
-    if seed < 0:  # numpy's seeded generators take non-negative integers only
-        raise DataError(f"seed {seed}: use a non-negative integer")
-
-
-def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
-            val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
-            general_tokens: int | None = None, seed: int = 0) -> dict:
-    t0 = time.time()
-    for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
-        if not 0 < frac < 1:
-            raise DataError(f"{flag} {frac} is outside (0, 1): it is the share of documents held out for evaluation")
-    for flag, budget in (("--general_tokens", general_tokens), ("--domain_tokens", domain_tokens)):
-        if budget is not None and budget <= 0:
-            raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
-    check_seed(seed)
-    enc = get_tokenizer(tokenizer)
-    groups = [("general", general, val_frac, general_tokens, "general_val")]
-    if domain:
-        groups.append(("domain", domain, test_frac, domain_tokens, "domain_test"))
-    sources = [resolve_source(spec) for _, spec, *_ in groups]  # a mistyped name fails before any work
-    os.makedirs(out_dir, exist_ok=True)
-    # What a prepare killed before its cleanup left behind (one prepare per folder at a time).
-    for stale in glob.glob(os.path.join(out_dir, ".*-documents.tmp*")) + glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")) \
-            + glob.glob(os.path.join(out_dir, "*.bin.partial")):
-        os.remove(stale)
-    meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
-            "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
-            "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
-            "splits": {}}
-    try:
-        for (group, spec, holdout_frac, budget, holdout_name), source in zip(groups, sources):
-            # An online source streams about enough for the budget plus the held-out share; others ignore it.
-            stream_budget = budget and math.ceil(budget / (1 - holdout_frac))
-            spool = DocumentSpool(os.path.join(out_dir, f".{group}-documents.tmp{os.getpid()}"))
-            try:
-                for doc in tqdm(source.read(stream_budget), desc=f"read {group} ({spec})", unit="doc", leave=False):
-                    if doc.strip():
-                        spool.add(doc)
-                spool.finish()
-                train, held = split_documents(spool.unique(), holdout_frac, seed, group)
-                if not len(train) or not len(held):
-                    raise DataError(f"{group} source {spec!r} has {len(train) + len(held)} distinct documents: "
-                                    f"too few to split off a held-out set of {holdout_frac:.0%}; use more data")
-                for name, indices, split_budget in ((f"{group}_train", train, budget), (holdout_name, held, None)):
-                    path = os.path.join(out_dir, f"{name}.bin.partial")
-                    meta["splits"][name] = write_split(path, spool, indices, enc, split_budget, name)
-            finally:
-                spool.file.close()
-                os.remove(spool.path)
-    except BaseException:  # the splits already written go too: a failed prepare leaves the folder as it was
-        for name in meta["splits"]:
-            os.remove(os.path.join(out_dir, f"{name}.bin.partial"))
-        raise
-    # Swap the new splits in only now that all are complete. Without meta.json the folder reads as
-    # "not prepared", so a crash during the swap cannot leave old metadata describing new files.
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    for name in meta["splits"]:
-        os.replace(os.path.join(out_dir, f"{name}.bin.partial"), os.path.join(out_dir, f"{name}.bin"))
-    meta["dataset_id"] = hashlib.sha256(json.dumps(
-        [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
-    atomic_write(meta_path, lambda f: json.dump(meta, f, indent=1), mode="w")
-    summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
-    print(f"prepared {out_dir} in {time.time() - t0:.0f}s: {summary} tokens")
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path} is not valid JSON: prepare the dataset again with `python data.py --out {data_dir}`")
+    if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
+        raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: prepare the dataset again "
+                        f"with `python data.py --out {data_dir}`")
     return meta
 
 
-def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
-    """train.py calls this so that `python train.py` works on a fresh machine."""
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        if os.path.abspath(data_dir) != os.path.abspath(DEFAULT_DATA_DIR):
-            raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
-        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
-        prepare(data_dir, **DEFAULT_PREPARE)
-    return data_dir
+class Tokens:
+    """A split as one array of tokens: its shards, memory-mapped, behind one index space. It has a
+    length, contiguous slices (which read only the shards they touch: a window may straddle two) and
+    np.asarray (which reads them all)."""
+
+    def __init__(self, shards: list[np.memmap]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(shard) for shard in shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, _ = index.indices(len(self))
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            piece = self.shards[k][start - self.starts[k]:stop - self.starts[k]]
+            pieces.append(piece)
+            start, k = start + len(piece), k + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [self.shards[0][:0]])
+
+    def __array__(self, dtype=None, copy=None):
+        tokens = self[:]
+        return tokens if dtype is None else tokens.astype(dtype)
 
 
-DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
+def open_split(data_dir: str, split: str, vocab_size: int | None = None) -> Tokens:
+    """A split of a prepared dataset, each shard checked against meta.json: a shard that is missing,
+    cut short, of another vocabulary (another tokenizer) or of another size (a file copied from another
+    dataset or split) is refused. `vocab_size`: the model's, which the dataset must match."""
+    meta = load_meta(data_dir)
+    if vocab_size is not None and meta["vocab_size"] != vocab_size:
+        raise DataError(f"{data_dir} was tokenized with {meta['tokenizer']} ({meta['vocab_size']} tokens) "
+                        f"but the model has vocab_size {vocab_size}: use a matching dataset or model")
+    info = meta["splits"].get(split)
+    if not info or info["tokens"] == 0:
+        raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
+    if "shards" in info:
+        files = [(os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin"), shard["tokens"])
+                 for k, shard in enumerate(info["shards"])]
+    else:  # a dataset prepared before shards: one file per split
+        files = [(os.path.join(data_dir, f"{split}.bin"), info["tokens"])]
+    shards = []
+    for path, count in files:
+        if not os.path.exists(path):
+            raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
+        shards.append(read_tokens(path, meta["vocab_size"]))
+        if len(shards[-1]) != count:
+            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says {count:,}: it "
+                            f"belongs to another dataset or split; prepare the dataset again")
+    return Tokens(shards)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1005,6 +292,12 @@ class Mixture:
     sequences is itself a seeded shuffle, so micro-batches and ranks all see the mix. Everything is a
     pure function of the step; the only state is where this mixture started reading each split
     (non-zero when a run continues from another, as in SCPT), which `state_dict` returns.
+
+    A split is read through `Tokens`, its shards memory-mapped as one index space, so a sharded split
+    gives the batches a single file would. Memory per rank: the shards are paged in by the OS as
+    batches touch them; what the Mixture holds is the current epoch's permutation of each split's
+    windows, 8 bytes per window (200B general tokens at seq_len 2048: 98M windows, 0.78 GB, twice that
+    for a moment when an epoch turns), whatever the number of shards.
     """
 
     def __init__(self, data_dir: str, domain_frac: float, batch_size: int, seq_len: int, seed: int = 0,
@@ -1015,15 +308,11 @@ class Mixture:
         check_seed(seed)
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
         self.general_start, self.domain_start = general_start, domain_start
-        meta = load_meta(data_dir)
-        if vocab_size is not None and meta["vocab_size"] != vocab_size:
-            raise DataError(f"{data_dir} was tokenized with {meta['tokenizer']} ({meta['vocab_size']} tokens) "
-                            f"but the model has vocab_size {vocab_size}: use a matching dataset or model")
         self.splits, self.windows = {}, {}
         for kind, split, needed in (("general", general_split, domain_frac < 1), ("domain", domain_split, domain_frac > 0)):
             if not needed:
                 continue
-            tokens = open_split(data_dir, split)
+            tokens = open_split(data_dir, split, vocab_size)
             n = (len(tokens) - 1) // seq_len
             most_per_step = math.ceil(batch_size * (domain_frac if kind == "domain" else 1 - domain_frac))
             if n < most_per_step:
@@ -1087,6 +376,290 @@ class Mixture:
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare: sources -> units -> tokens -> document-level splits -> shards + meta.json
+#
+# 1. Tokenize. A source (corpora.py) is a list of units: a package's texts, a 16 MiB range of a local
+#    file, a hosted file. Worker processes tokenize each unit into .work/<group>-<key>/<unit>.bin (its
+#    documents' tokens) and <unit>.npz (per document: a 64-bit hash of its text, its tokens and bytes).
+#    A unit with its .npz is done and never redone: a killed preparation loses only the units in flight,
+#    and N machines sharing the folder each take every N-th unit (--part i/N). The key names the source,
+#    the tokenizer and the units, so another preparation's work is never mixed in.
+# 2. Choose, from the .npz files alone, in one process (64 bytes of memory per document):
+#    - one copy of each distinct text: the first in reading order (unit, then place in the unit);
+#    - each document gets a place p, uniform in [0, 2^64), from its text's hash, the seed and the group,
+#      and is held out when p < holdout_frac * 2^64 (when none is, the one of lowest p is). Copies of
+#      a text share p, so they never straddle train and test, and no budget moves the held-out split;
+#    - a token budget keeps the training documents of lowest p, up to the one that reaches it: a random
+#      sample of the whole source, not its first files, and budgets nest. Falling short is an error;
+#    - an online source is read only as far as its budget needs: the first units, in order, whose
+#      training documents hold it (a few more may have been tokenized; they are left out).
+# 3. Assemble. The chosen documents' tokens are copied, in reading order, into shards in a new folder;
+#    meta.json, written last and atomically, switches the dataset over to them.
+
+@dataclass
+class Group:
+    """The general or the domain half of a dataset: a source, its train and held-out splits, a budget,
+    and once planned, the source's units and the folder they are tokenized into."""
+    name: str
+    spec: str
+    holdout_frac: float
+    budget: int | None
+    splits: tuple[str, str]
+    source: corpora.Source = None
+    units: list = field(default_factory=list)
+    work: str = ""
+
+    def path(self, u: int, suffix: str) -> str:
+        return os.path.join(self.work, f"{u:06d}{suffix}")
+
+
+def tokenize_unit(task: tuple) -> int:
+    """In a worker process: one unit's documents -> its .bin and .npz files. Returns its token count."""
+    path, unit, tokenizer = task
+    enc = get_tokenizer(tokenizer)
+    eot = np.array([enc.eot_token], dtype=np.uint32)
+    hashes, lengths, sizes, pending = bytearray(), [], [], []
+    with TokenWriter(path + ".bin", enc.n_vocab) as writer:
+        for doc in corpora.read_unit(unit):
+            if not doc or doc.isspace():
+                continue
+            try:
+                raw = doc.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
+                raw = doc.encode("utf-8", errors="replace")
+                doc = raw.decode("utf-8")
+            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" inside a text is text
+            hashes += hashlib.blake2b(raw, digest_size=8).digest()
+            lengths.append(len(ids) + 1)
+            sizes.append(len(raw))
+            pending += (eot, ids)
+            if len(pending) >= 512:  # a few MB at a time: memory does not grow with the unit
+                writer.append(np.concatenate(pending))
+                pending = []
+        writer.append(np.concatenate(pending or [eot[:0]]))
+    index = {"hashes": np.frombuffer(bytes(hashes), np.uint64), "tokens": np.array(lengths, np.uint32),
+             "bytes": np.array(sizes, np.uint32)}
+    atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
+    return sum(lengths)
+
+
+def tokenize(tasks: list[tuple], workers: int):
+    """tokenize_unit over the tasks, in a pool of worker processes (in this one, for one worker)."""
+    pool = ProcessPoolExecutor(min(workers, len(tasks))) if workers > 1 and len(tasks) > 1 else None
+    bar, total = tqdm(total=len(tasks), desc=f"tokenize ({workers} workers)", unit="unit", leave=False), 0
+    try:
+        for n in pool.map(tokenize_unit, tasks) if pool else map(tokenize_unit, tasks):
+            total += n
+            bar.update()
+            bar.set_postfix(tokens=f"{total:,}", refresh=False)
+    except BrokenProcessPool:
+        raise DataError("a worker process died (out of memory?): run the same command again with fewer "
+                        "--workers; finished units are kept")
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown(cancel_futures=True)  # after a failure, only the units already running finish
+
+
+def units_needed(g: Group, seed: int, first_round: int) -> int:
+    """How many units, from the first, to tokenize: all of an offline source. Of an online one: when the
+    finished units hold the budget, those it uses; else as many more as the training tokens per unit
+    seen so far say are missing (after a first round of one unit per machine, to see it)."""
+    if not g.source.online:
+        return len(g.units)
+    done = next((u for u in range(len(g.units)) if not os.path.exists(g.path(u, ".npz"))), len(g.units))
+    if not done:
+        return min(first_round, len(g.units))
+    have = choose(g, done, seed)
+    if have["train_tokens"] >= g.budget:
+        return have["used"]
+    missing = (g.budget - have["train_tokens"]) / max(1, have["train_tokens"] / done)
+    return min(len(g.units), done + math.ceil(missing * 1.02))
+
+
+def doc_places(hashes: np.ndarray, seed: int, group: str) -> np.ndarray:
+    """Each document's place in [0, 2^64): the finalizer of splitmix64 (a bijection that spreads every
+    input bit over all output bits) applied to its text's hash XOR a salt made from seed and group."""
+    salt = np.uint64(int.from_bytes(hashlib.blake2b(f"{seed}:{group}".encode(), digest_size=8).digest(), "little"))
+    x = hashes ^ salt
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def choose(g: Group, n: int, seed: int) -> dict:
+    """Which documents of units [0, n) go to which split, by the rules above."""
+    index = [np.load(g.path(u, ".npz")) for u in range(n)]
+    hashes, tokens, sizes = (np.concatenate([i[key] for i in index]) for key in ("hashes", "tokens", "bytes"))
+    unit_of = np.repeat(np.arange(n), [len(i["hashes"]) for i in index])
+    first = np.zeros(len(hashes), dtype=bool)
+    first[np.unique(hashes, return_index=True)[1]] = True
+    places = doc_places(hashes, seed, g.name)
+    low = places < np.uint64(int(g.holdout_frac * 2.0 ** 64))
+    used = n
+    if g.source.online:  # the first units whose training documents hold the budget
+        holding = np.cumsum(np.bincount(unit_of, weights=tokens * (first & ~low), minlength=n))
+        used = min(int(np.searchsorted(holding, g.budget)) + 1, n)
+        first &= unit_of < used
+    held = first & low
+    if not held.any() and first.any():
+        held[np.flatnonzero(first)[np.argmin(places[first])]] = True
+    train = first & ~held
+    if g.budget is not None:
+        order = np.flatnonzero(train)
+        order = order[np.argsort(places[order])]
+        reached = int(np.searchsorted(np.cumsum(tokens[order], dtype=np.int64), g.budget))
+        train = np.zeros_like(train)
+        train[order[:reached + 1]] = True
+    return {"masks": dict(zip(g.splits, (train, held))), "tokens": tokens, "bytes": sizes, "unit_of": unit_of,
+            "used": used, "distinct": int(first.sum()), "train_tokens": int(tokens[train].sum())}
+
+
+def check_choice(g: Group, choice: dict, allow_short: bool):
+    held = choice["masks"][g.splits[1]]
+    if not choice["distinct"]:
+        raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
+    if not choice["train_tokens"]:
+        raise DataError(f"{g.name} source {g.spec!r} has {choice['distinct']} distinct documents: too few to hold "
+                        f"out {g.holdout_frac:.0%} of them; use more data")
+    if g.budget and choice["train_tokens"] < g.budget and not allow_short:
+        raise DataError(f"{g.splits[0]}: {g.spec!r} holds {choice['train_tokens']:,} training tokens "
+                        f"({choice['distinct']:,} distinct documents, {held.sum():,} held out), short of the "
+                        f"{g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass --allow_short")
+
+
+def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tokens: int) -> dict:
+    """Copy each split's documents, in reading order, from the units' token files into its shards."""
+    writers = {split: SplitWriter(folder, split, vocab_size, shard_tokens) for split in g.splits}
+    first_doc = np.searchsorted(choice["unit_of"], np.arange(choice["used"] + 1))
+    for u in tqdm(range(choice["used"]), desc=f"assemble {g.name}", unit="unit", leave=False):
+        lo, hi = first_doc[u], first_doc[u + 1]
+        starts = np.concatenate([[0], np.cumsum(choice["tokens"][lo:hi], dtype=np.int64)])
+        tokens = read_tokens(g.path(u, ".bin"))
+        if len(tokens) != starts[-1]:
+            raise DataError(f"{g.path(u, '.bin')} does not match its .npz: delete both and run again")
+        for split, writer in writers.items():
+            kept = choice["masks"][split][lo:hi].view(np.int8)
+            runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # where runs of kept documents start, end
+            for a, b in runs.reshape(-1, 2):
+                writer.append(tokens[starts[a]:starts[b]])
+    return {split: {**writer.close(), "documents": int(choice["masks"][split].sum()),
+                    "bytes": int(choice["bytes"][choice["masks"][split]].sum())} for split, writer in writers.items()}
+
+
+def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
+    """Write the shards into a folder of their own, then switch meta.json over to them."""
+    staging = os.path.join(out_dir, f".assemble{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        for g, choice in zip(groups, choices):
+            meta["splits"].update(write_splits(g, choice, staging, meta["vocab_size"], shard_tokens))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    meta["splits"] = {split: meta["splits"][split] for split in SPLITS if split in meta["splits"]}
+    meta["dataset_id"] = hashlib.sha256(json.dumps(
+        [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
+    meta["shard_dir"] = f"shards-{meta['dataset_id']}"
+    if os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # this very dataset, assembled before
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
+    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
+    for name in os.listdir(out_dir):  # what earlier preparations left: shards, single-file splits, temporaries
+        path = os.path.join(out_dir, name)
+        if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
+            os.remove(path)
+    return meta
+
+
+def check_seed(seed: int):
+    if seed < 0:  # numpy's seeded generators take non-negative integers only
+        raise DataError(f"seed {seed}: use a non-negative integer")
+
+
+def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
+            val_frac: float = 0.01, test_frac: float = 0.05, domain_tokens: int | None = None,
+            general_tokens: int | None = None, seed: int = 0, *, allow_short: bool = False,
+            workers: int | None = None, part: str | None = None, shard_tokens: int = SHARD_TOKENS) -> dict | None:
+    """Prepare the dataset folder `out_dir` and return its meta.json. With `part` ("i/N"), tokenize only
+    that share of the units and return None: the same call without `part` then finishes the dataset."""
+    t0 = time.time()
+    for flag, frac in (("--val_frac", val_frac), ("--test_frac", test_frac)):
+        if not 0 < frac < 1:
+            raise DataError(f"{flag} {frac} is outside (0, 1): it is the share of documents held out for evaluation")
+    for flag, budget in (("--general_tokens", general_tokens), ("--domain_tokens", domain_tokens)):
+        if budget is not None and budget <= 0:
+            raise DataError(f"{flag} {budget}: a token budget must be positive (leave it out for no limit)")
+    check_seed(seed)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    if workers < 1:
+        raise DataError(f"--workers {workers}: use at least 1")
+    mine, n_parts = (int(x) if x.isdigit() else -1 for x in (part or "0/1").partition("/")[::2])
+    if not 0 <= mine < n_parts:
+        raise DataError(f"--part {part}: write it as i/N with 0 <= i < N (parts count from 0, as SLURM's do)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"--out {out_dir} is a file, not a folder: choose another path")
+    enc = get_tokenizer(tokenizer)
+    groups = [Group("general", general, val_frac, general_tokens, ("general_train", "general_val"))]
+    if domain:
+        groups.append(Group("domain", domain, test_frac, domain_tokens, ("domain_train", "domain_test")))
+    for g in groups:
+        g.source = resolve_source(g.spec)  # a mistyped name fails before any work
+    try:
+        for g in groups:  # an online source plans for its budget plus the held-out share
+            g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
+            key = hashlib.sha256(json.dumps([g.spec, tokenizer, g.units]).encode()).hexdigest()[:16]
+            g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
+            os.makedirs(g.work, exist_ok=True)
+        while True:  # (the units finished refine how many an online source needs)
+            wanted = {g.name: units_needed(g, seed, n_parts) for g in groups}
+            tasks = [(g.path(u, ""), g.units[u], tokenizer) for g in groups
+                     for u in range(mine, wanted[g.name], n_parts) if not os.path.exists(g.path(u, ".npz"))]
+            if not tasks:
+                break
+            tokenize(tasks, workers)
+        if part is not None:
+            print(f"part {part} is done; when all parts are, run the same command without --part to finish")
+            return None
+        choices = [choose(g, wanted[g.name], seed) for g in groups]
+        for g, choice in zip(groups, choices):
+            check_choice(g, choice, allow_short)
+        t1 = time.time()
+        meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
+                "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
+                "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
+                "splits": {}}
+        meta = assemble(out_dir, groups, choices, meta, shard_tokens)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"the disk holding {out_dir} is full: free some space and run the same command again "
+                            f"(the finished units in {out_dir}/.work are kept)") from None
+        raise
+    summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
+    print(f"prepared {out_dir} in {time.time() - t0:.0f}s (tokenize {t1 - t0:.1f}s, assemble {time.time() - t1:.1f}s): "
+          f"{summary} tokens")
+    return meta
+
+
+def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
+    """train.py calls this so that `python train.py` works on a fresh machine."""
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        if os.path.abspath(data_dir) != os.path.abspath(DEFAULT_DATA_DIR):
+            raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
+        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
+        prepare(data_dir, **DEFAULT_PREPARE)
+    return data_dir
+
+
+DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
@@ -1103,24 +676,24 @@ def main(argv=None):
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
     p.add_argument("--general", default=DEFAULT_PREPARE["general"], help="general source (name, local:PATH, a,b)")
     p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source (name, local:PATH, a,b)")
-    p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"])
+    p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"],
+                   help="gpt2 (BPE, 50,257 tokens) or byte (256 bytes + end-of-text)")
     p.add_argument("--name", default=None, help="dataset name: data/<name> (default: default)")
     p.add_argument("--out", default=None, help="output folder (overrides --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
     p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6, 3M)")
-    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens (2e9, 200B)")
+    p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
+    p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")
+    p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: one per CPU core)")
+    p.add_argument("--part", default=None, help="i/N: tokenize only the i-th of N shares (machines); 0 <= i < N")
     args = p.parse_args(argv)
     if args.list:
-        for s in SOURCES.values():
-            print(f"{s.name:14s} {s.kind:8s} {'online ' if s.online else ''}{s.description}")
-        print(f"{'local:PATH':14s} {'any':8s} a folder or glob of .txt / .jsonl (text field) / .parquet")
-        print(f"{'hf:ID[:CONFIG]':14s} {'any':8s} online a hosted dataset's text field, streamed (needs datasets)")
-        return
+        return print(corpora.describe())
     out = args.out or (os.path.join(ROOT, "data", args.name) if args.name else DEFAULT_DATA_DIR)
-    prepare(out, args.general, args.domain, args.tokenizer, args.val_frac, args.test_frac,
-            args.domain_tokens, args.general_tokens, args.seed)
+    prepare(out, args.general, args.domain, args.tokenizer, args.val_frac, args.test_frac, args.domain_tokens,
+            args.general_tokens, args.seed, allow_short=args.allow_short, workers=args.workers, part=args.part)
 
 
 if __name__ == "__main__":

@@ -401,7 +401,7 @@ def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval
 
 def make_evaluator(model, cfg, rt: Runtime, data_dir: str, seq_len: int, vocab_size: int):
     """The three losses of every log line, on fixed windows (see evaluate.py)."""
-    splits = {name: data.read_tokens(os.path.join(data_dir, f"{split}.bin"), vocab_size)
+    splits = {name: data.open_split(data_dir, split, vocab_size)
               for name, split in (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
                                   ("domain_test_loss", "domain_test"))}
 

@@ -1,6 +1,7 @@
 """Finetuning: untying keeps the function, early stopping finds the minimum, the grid resumes,
 replay is realised, and bad input fails in one line without writing anything."""
 import json
+import math
 import os
 
 import pytest
@@ -184,9 +185,9 @@ def test_replay_fraction_is_realised(ckpt, tiny_data, monkeypatch):
     out = os.path.join(os.path.dirname(ckpt), "ft_ckpt_8192_replay0.25")  # the default out_dir
     assert read_json(os.path.join(out, "finetune.json")) == result and result["replay"] == 0.25
     log = read_log(out)
-    assert len(seen) == log[-1]["step"] == 19  # 0.3 epochs of 371 windows at 6 per step
-    assert all(sum(batch) == 6 for batch in seen)  # 8 sequences, 2 of them general, at every step
     windows = (data.load_meta(tiny_data)["splits"]["domain_train"]["tokens"] - 1) // 32
+    assert len(seen) == log[-1]["step"] == math.ceil(0.3 * windows / 6)  # 0.3 epochs at 6 per step
+    assert all(sum(batch) == 6 for batch in seen)  # 8 sequences, 2 of them general, at every step
     assert log[-1]["domain_frac"] == 0.75
     assert log[-1]["domain_epochs"] == pytest.approx(6 * log[-1]["step"] / windows)  # epochs count domain only
 

@@ -1,12 +1,14 @@
-"""Tests of data.py's named sources: parsers on tiny self-made fixtures, the registry fetchers on a
+"""Tests of corpora.py's named sources: parsers on tiny self-made fixtures, the registry fetchers on a
 fake cache (nothing is downloaded), local files, and the online path on a local `datasets` dataset.
 
 Binary fixtures in tests/fixtures/ were made with ncompress's `compress` from the text that
 `lzw_sample_text()` and `bible_sample_lines()` below generate:
     sample_b10.Z       = compress -c -b 10 < lzw_sample_text()
     bible_sample.data  = the lines, cut into 2048-byte windows, each `compress -c -b 12`'d, behind a
-                         Bible Retrieval System header (see data.brs_text)
+                         Bible Retrieval System header (see corpora.brs_text)
 """
+import functools
+import glob
 import gzip
 import itertools
 import json
@@ -19,8 +21,10 @@ import sys
 import zipfile
 import zlib
 
+import numpy as np
 import pytest
 
+import corpora
 import data
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -35,11 +39,11 @@ def fixture(name: str, mode: str = "r"):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty CACHE_DIR; fetching is forbidden, so a test fails if a source tries to download."""
-    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpora, "CACHE_DIR", str(tmp_path / "cache"))
 
     def no_network(cmd, what, cwd=None):
         raise AssertionError(f"tried to run {cmd} ({what})")
-    monkeypatch.setattr(data, "run_command", no_network)
+    monkeypatch.setattr(corpora, "run_command", no_network)
     return tmp_path / "cache"
 
 
@@ -61,7 +65,7 @@ def fake_wheel(cache, filename: str, files: dict[str, str | bytes]):
 # --- music ------------------------------------------------------------------------------------
 
 def test_abc_file_splits_into_tunes_with_their_headers():
-    tunes = list(data.abc_tunes(fixture("three_tunes.abc")))
+    tunes = list(corpora.abc_tunes(fixture("three_tunes.abc")))
     assert len(tunes) == 3
     assert [t.splitlines()[0] for t in tunes] == ["X:1", "X:2", "X:3"]
     assert all("\nT:" in t and "\nM:" in t and "\nK:" in t for t in tunes)
@@ -78,14 +82,14 @@ def test_abc_and_kern_sources_read_the_music21_wheel(cache):
         "music21/corpus/c/score.krn": "**kern\n4c\n*-\n",
         "music21/corpus/c/notes.txt": "not music",
     })
-    assert len(list(data.SOURCES["abc"].documents())) == 4
-    assert list(data.SOURCES["kern"].documents()) == ["**kern\n4c\n*-\n"]
+    assert len(list(corpora.SOURCES["abc"].documents())) == 4
+    assert list(corpora.SOURCES["kern"].documents()) == ["**kern\n4c\n*-\n"]
 
 
 # --- formal mathematics -----------------------------------------------------------------------
 
 def test_metamath_compressed_proofs_become_placeholders_and_sections_split():
-    sections = list(data.metamath_sections(fixture("snippet.mm")))
+    sections = list(corpora.metamath_sections(fixture("snippet.mm")))
     assert len(sections) == 4  # file preamble, chapter, section, subsection
     assert sections[1].startswith("$(\n#*#*") and "Chapter one" in sections[1]
     text = "".join(sections)
@@ -104,9 +108,9 @@ def test_proof_assistant_sources_are_one_file_per_document(cache):
         "usr/share/hol-light/Multivariate/multivariate_database.ml": "generated",
         "usr/share/hol-light/README": "not a source file",
     })
-    assert sorted(data.SOURCES["hol"].documents()) == ["let x = 1;;", "let y = 2;;"]
+    assert sorted(corpora.SOURCES["hol"].documents()) == ["let x = 1;;", "let y = 2;;"]
     fake_debian(cache, "libcoq-stdlib", {"usr/lib/ocaml/coq/theories/Init/Logic.v": "Inductive True : Prop := I."})
-    assert list(data.SOURCES["coq"].documents()) == ["Inductive True : Prop := I."]
+    assert list(corpora.SOURCES["coq"].documents()) == ["Inductive True : Prop := I."]
 
 
 # --- Jane Austen: an R lazy-load database made here, byte by byte ------------------------------
@@ -164,22 +168,22 @@ def test_r_lazyload_reads_what_r_writes(tmp_path):
         "other": xdr(16, 2) + r_string("caf\xe9", latin1=True) + r_string("\u00e9t\u00e9"),
         "numbers": xdr(14, 2) + struct.pack(">2d", 1.5, -2.0),
     })
-    objects = data.r_lazyload(prefix)
+    objects = corpora.r_lazyload(prefix)
     assert objects == {"novel": NOVEL, "other": ["caf\xe9", "\u00e9t\u00e9"], "numbers": [1.5, -2.0]}
 
 
 def test_r_reader_rejects_what_it_does_not_know():
-    with pytest.raises(data.DataError, match="type 3 is not supported"):
-        data.r_unserialize(r_serialize(xdr(3)))  # a closure
-    with pytest.raises(data.DataError, match="XDR"):
-        data.r_unserialize(b"RDA2\n")
+    with pytest.raises(corpora.DataError, match="type 3 is not supported"):
+        corpora.r_unserialize(r_serialize(xdr(3)))  # a closure
+    with pytest.raises(corpora.DataError, match="XDR"):
+        corpora.r_unserialize(b"RDA2\n")
 
 
 def test_austen_chapters_unwrap_paragraphs(cache):
-    folder = cache / "debian" / "r-cran-janeaustenr" / os.path.dirname(data.AUSTEN_DB)
+    folder = cache / "debian" / "r-cran-janeaustenr" / os.path.dirname(corpora.AUSTEN_DB)
     folder.mkdir(parents=True)
-    write_r_lazyload(str(cache / "debian" / "r-cran-janeaustenr" / data.AUSTEN_DB), {"novel": r_strings(NOVEL)})
-    chapters = list(data.SOURCES["austen"].documents())
+    write_r_lazyload(str(cache / "debian" / "r-cran-janeaustenr" / corpora.AUSTEN_DB), {"novel": r_strings(NOVEL)})
+    chapters = list(corpora.SOURCES["austen"].documents())
     assert chapters == ["A NOVEL\n\nBy Somebody\n\nCHAPTER I\n\nIt was a dark and stormy night.\n\nThen it rained.",
                         "Chapter 2\n\nThe end came soon."]
 
@@ -212,7 +216,7 @@ def bible_sample_lines() -> list[str]:
 
 
 def test_unlzw_decodes_compress_output():
-    assert data.unlzw(fixture("sample_b10.Z", "rb")) == lzw_sample_text().encode()
+    assert corpora.unlzw(fixture("sample_b10.Z", "rb")) == lzw_sample_text().encode()
 
 
 @pytest.mark.skipif(shutil.which("gzip") is None, reason="gzip is not installed")
@@ -222,19 +226,19 @@ def test_unlzw_agrees_with_gzip_on_the_windows():
     offsets = struct.unpack_from(">4I", raw, 92)
     window = raw[offsets[0] - 3:offsets[0]] + raw[offsets[1]:offsets[2]]
     expected = subprocess.run(["gzip", "-dc"], input=window, capture_output=True, check=True).stdout
-    assert data.unlzw(window) == expected and len(expected) == 2048
+    assert corpora.unlzw(window) == expected and len(expected) == 2048
 
 
 def test_unlzw_rejects_garbage():
-    with pytest.raises(data.DataError, match="not compress"):
-        data.unlzw(b"PK\x03\x04")
-    with pytest.raises(data.DataError, match="corrupt"):
-        data.unlzw(b"\x1f\x9d\x90" + b"\xff" * 8)  # a first code far beyond the table
+    with pytest.raises(corpora.DataError, match="not compress"):
+        corpora.unlzw(b"PK\x03\x04")
+    with pytest.raises(corpora.DataError, match="corrupt"):
+        corpora.unlzw(b"\x1f\x9d\x90" + b"\xff" * 8)  # a first code far beyond the table
 
 
 def test_bible_chapters_with_book_names(cache):
     fake_debian(cache, "bible-kjv-text", {"usr/lib/bible.data": fixture("bible_sample.data", "rb")})
-    chapters = list(data.SOURCES["bible"].documents())
+    chapters = list(corpora.SOURCES["bible"].documents())
     assert len(chapters) == 67
     assert chapters[0] == ("Genesis 1\n\n1 Words of book 1, chapter 1, verse 1.\n"
                            "2 Words of book 1, chapter 1, verse 2.\n3 Words of book 1, chapter 1, verse 3.")
@@ -263,7 +267,7 @@ See [http://example.org the site] &amp;nbsp;now.
 
 
 def test_mediawiki_articles_strip_markup_and_skip_redirects():
-    assert list(data.mediawiki_articles(WIKI_XML.encode())) == [
+    assert list(corpora.mediawiki_articles(WIKI_XML.encode())) == [
         "Tune\n\nA tune is a melody played on a fiddle.\n\nHistory\n\nSee the site \xa0now."]
 
 
@@ -274,7 +278,7 @@ def test_fortunes_one_per_document_without_overstrikes(cache):
         "usr/share/games/fortunes/wisdom.dat": b"\x00\x00\x00\x02binary index",
     })
     os.symlink("wisdom", cache / "debian" / "fortunes" / "usr/share/games/fortunes/wisdom.u8")
-    assert list(data.SOURCES["fortunes"].documents()) == ["First fortune.", "Second, underlined.\n\t-- Someone"]
+    assert list(corpora.SOURCES["fortunes"].documents()) == ["First fortune.", "Second, underlined.\n\t-- Someone"]
 
 
 def test_kernel_docs_skip_translations(cache):
@@ -282,14 +286,15 @@ def test_kernel_docs_skip_translations(cache):
     fake_debian(cache, "linux-doc-6.1", {f"{sources}/process/howto.rst.txt": "HOWTO",
                                          f"{sources}/translations/it_IT/howto.rst.txt": "COME FARE",
                                          f"{sources}/index.rst.txt": "Index"})
-    assert list(data.SOURCES["kerneldocs"].documents()) == ["Index", "HOWTO"]
+    assert list(corpora.SOURCES["kerneldocs"].documents()) == ["Index", "HOWTO"]
 
 
 def test_mixes_chain_their_parts(cache, monkeypatch):
-    for name in data.ENGLISH:
-        monkeypatch.setitem(data.SOURCES, name, data.Source(name, "general", "", lambda n=name: iter([n])))
-    assert list(data.SOURCES["english"].documents()) == list(data.ENGLISH)
-    assert list(data.SOURCES["prose"].documents()) == ["wiki", "austen", "bible", "fortunes"]
+    for name in corpora.ENGLISH:
+        monkeypatch.setitem(corpora.GENERATORS, name, lambda n=name: iter([n]))
+    assert corpora.SOURCES["english"].plan() == [("registry", name) for name in corpora.ENGLISH]  # a unit each
+    assert list(corpora.SOURCES["english"].documents()) == list(corpora.ENGLISH)
+    assert list(corpora.SOURCES["prose"].documents()) == ["wiki", "austen", "bible", "fortunes"]
 
 
 # --- chemistry --------------------------------------------------------------------------------
@@ -305,29 +310,29 @@ def test_smiles_grouped_into_documents_of_32(cache):
         "moses/dataset/data/test.csv.gz": smiles_csv_gz(molecules[70:90]),
         "moses/dataset/data/test_scaffolds.csv.gz": smiles_csv_gz(molecules[90:]),
     })
-    docs = list(data.SOURCES["smiles"].documents())
+    docs = list(corpora.SOURCES["smiles"].documents())
     assert [len(d.split("\n")) for d in docs] == [32, 32, 6, 20, 10]  # groups never span two files
     assert "\n".join(docs).split("\n") == molecules
 
 
 def test_csv_smiles_finds_the_column():
     csv_gz = gzip.compress(b"ID,SMILES,SPLIT\n1,CCO,train\n2,c1ccccc1,test\n")
-    assert list(data.csv_smiles(csv_gz)) == ["CCO", "c1ccccc1"]
+    assert list(corpora.csv_smiles(csv_gz)) == ["CCO", "c1ccccc1"]
 
 
 # --- fetching ---------------------------------------------------------------------------------
 
 def test_run_command_failure_is_one_line_naming_the_command():
-    with pytest.raises(data.DataError) as e:
-        data.run_command([sys.executable, "-c", "import sys; print('noise'); sys.exit('it broke')"], "testing")
+    with pytest.raises(corpora.DataError) as e:
+        corpora.run_command([sys.executable, "-c", "import sys; print('noise'); sys.exit('it broke')"], "testing")
     assert "testing failed" in str(e.value) and "it broke" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(data.DataError, match="is not installed"):
-        data.run_command(["no-such-program-spt"], "testing")
+    with pytest.raises(corpora.DataError, match="is not installed"):
+        corpora.run_command(["no-such-program-spt"], "testing")
 
 
 def test_pypi_wheel_uses_the_cache(cache):
     fake_wheel(cache, "music21-10.5.1-py3-none-any.whl", {"x.txt": "hi"})
-    assert data.pypi_wheel("music21==10.5.1").read("x.txt") == b"hi"  # `cache` forbids running pip
+    assert corpora.pypi_wheel("music21==10.5.1").read("x.txt") == b"hi"  # `cache` forbids running pip
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed (not a Debian system)")
@@ -352,20 +357,20 @@ cp {deb} .
 """)
     (bin_dir / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
-    data.apt_get_update.cache_clear()
-    root = data.debian_package("spt-test")
+    monkeypatch.setattr(corpora, "CACHE_DIR", str(tmp_path / "cache"))
+    corpora.apt_get_update.cache_clear()
+    root = corpora.debian_package("spt-test")
     assert open(os.path.join(root, "usr/share/spt/hello.txt")).read() == "hello"
-    assert data.debian_package("spt-test") == root
+    assert corpora.debian_package("spt-test") == root
     assert log.read_text().split("\n") == ["download spt-test", "update", "download spt-test", ""]
     assert not any(name.endswith(".deb") for name in os.listdir(tmp_path / "cache" / "debian"))
-    data.apt_get_update.cache_clear()
+    corpora.apt_get_update.cache_clear()
 
 
 def test_a_package_without_the_expected_files_is_a_clear_error(cache):
     fake_debian(cache, "rdkit-doc", {"usr/share/doc/rdkit/README": "moved"})
-    with pytest.raises(data.DataError, match="rdkit-doc has no file matching"):
-        list(data.SOURCES["rdkit"].documents())
+    with pytest.raises(corpora.DataError, match="rdkit-doc has no file matching"):
+        list(corpora.SOURCES["rdkit"].documents())
 
 
 # --- local files ------------------------------------------------------------------------------
@@ -374,96 +379,171 @@ def test_local_txt_and_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("first document")
     (tmp_path / "b.jsonl").write_text('{"text": "second"}\n\n{"text": "third"}\n')
     (tmp_path / "ignored.csv").write_text("x")
-    assert list(data.resolve_source(f"local:{tmp_path}").read()) == ["first document", "second", "third"]
+    assert list(corpora.resolve_source(f"local:{tmp_path}").documents()) == ["first document", "second", "third"]
 
 
-def test_local_jsonl_bad_line_is_named(tmp_path):
+def test_local_files_become_units_of_about_unit_bytes(tmp_path, monkeypatch):
+    """A large JSON-lines file is cut into byte ranges, each line read by exactly one of them; .txt files
+    are grouped; the units together read every document once, in order."""
+    monkeypatch.setattr(corpora, "UNIT_BYTES", 100)
+    lines = [json.dumps({"text": f"line {i} " + "y" * (i % 23)}) for i in range(60)]
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    for i in range(7):
+        (tmp_path / f"t{i}.txt").write_text(f"text file {i} " + "z" * 40)
+    units = corpora.local_units(str(tmp_path))
+    ranges = [u for u in units if u[0] == "jsonl"]
+    assert len(ranges) == -(-os.path.getsize(tmp_path / "big.jsonl") // 100)
+    assert [u[2] for u in ranges] == list(range(0, os.path.getsize(tmp_path / "big.jsonl"), 100))
+    assert 1 < len([u for u in units if u[0] == "txt"]) < 7
+    docs = [doc for unit in units for doc in corpora.read_unit(unit)]
+    assert docs == [json.loads(line)["text"] for line in lines] + [f"text file {i} " + "z" * 40 for i in range(7)]
+    (tmp_path / "t0.txt").write_text("edited")  # an edited file is another unit (its work is not reused)
+    assert corpora.local_units(str(tmp_path)) != units
+
+
+def test_local_jsonl_bad_line_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora, "UNIT_BYTES", 40)
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
-    with pytest.raises(data.DataError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
-        list(data.local_documents(str(path)))
+    path.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": "still fine"}\n{"txt": "no text field"}\n')
+    with pytest.raises(corpora.DataError, match=r"bad.jsonl:4: expected a JSON object with a 'text' field"):
+        list(corpora.resolve_source(f"local:{path}").documents())
 
 
-def test_local_text_that_is_missing_undecodable_or_not_text(tmp_path):
+def test_local_text_that_is_missing_undecodable_or_not_text(tmp_path, capsys):
     """Scraped text is messy: a null text is an empty document (prepare drops it), bytes that are not
-    UTF-8 and half an emoji (a lone surrogate escape) become replacement characters, and a text that
-    is not a string is an error naming the line."""
+    UTF-8 and half an emoji (a lone surrogate escape) become replacement characters, with a warning that
+    says how many; a text that is not a string is an error naming the line."""
     (tmp_path / "a.jsonl").write_bytes(b'{"text": null}\n{"text": "caf\xe9"}\n{"text": "half \\ud83d emoji"}\n')
-    assert list(data.local_documents(str(tmp_path / "a.jsonl"))) == ["", "caf\ufffd", "half \ud83d emoji"]
+    source = corpora.resolve_source(f"local:{tmp_path / 'a.jsonl'}")
+    assert list(source.documents()) == ["", "caf\ufffd", "half \ud83d emoji"]
+    assert "1 bytes (1.61%) are not UTF-8 text and became U+FFFD" in capsys.readouterr().err
     out = str(tmp_path / "ds")
     data.prepare(out, f"local:{tmp_path / 'a.jsonl'}", None, tokenizer="byte", val_frac=0.4)
     splits = data.load_meta(out)["splits"]
     assert splits["general_train"]["documents"] + splits["general_val"]["documents"] == 2  # null: dropped
     (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": 42}\n')
-    with pytest.raises(data.DataError, match=r"b.jsonl:2: 'text' is a int, not a string"):
-        list(data.local_documents(str(tmp_path / "b.jsonl")))
+    with pytest.raises(corpora.DataError, match=r"b.jsonl:2: 'text' is a int, not a string"):
+        list(corpora.resolve_source(f"local:{tmp_path / 'b.jsonl'}").documents())
+
+
+def test_local_files_of_random_bytes_are_refused(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a real document " * 20)
+    (folder / "b.txt").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(corpora.DataError, match=r"b.txt: [\d,]+ of its 4,000 bytes are not UTF-8 text: convert it"):
+        data.prepare(str(tmp_path / "ds"), f"local:{folder}", None, tokenizer="byte")
+    (folder / "b.txt").write_text("hello\n".encode("utf-16").decode("latin-1"), encoding="latin-1")  # UTF-16
+    with pytest.raises(corpora.DataError, match="are not UTF-8 text"):
+        list(corpora.resolve_source(f"local:{folder}").documents())
 
 
 def test_local_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"text": ["one", None, "two"], "id": [1, 2, 3]}), tmp_path / "d.parquet")
-    assert list(data.local_documents(str(tmp_path / "*.parquet"))) == ["one", "", "two"]
+    assert list(corpora.resolve_source(f"local:{tmp_path}/*.parquet").documents()) == ["one", "", "two"]
 
 
 def test_unknown_source_is_a_clear_error():
-    with pytest.raises(data.DataError, match="unknown source 'nope'"):
-        data.resolve_source("nope")
+    with pytest.raises(corpora.DataError, match="unknown source 'nope'"):
+        corpora.resolve_source("nope")
 
 
-# --- online: the `datasets` code path, on local files -----------------------------------------
+# --- online: hosted files read with `datasets`, tested on local files --------------------------
 
 @pytest.fixture
 def local_hub(tmp_path):
-    """Local JSON-lines files that `datasets` streams like a hosted dataset: 200 documents of 100 chars."""
+    """Local files that `datasets` reads like a hosted dataset's: 6 JSON-lines files of 40 documents
+    of ~100 bytes, in two folders (as FineWeb keeps a crawl per folder)."""
     pytest.importorskip("datasets", reason="the optional `datasets` package is not installed")
-    path = tmp_path / "stream.jsonl"
-    path.write_text("".join(json.dumps({"text": f"{i:04d} " + "x" * 95, "n": i}) + "\n" for i in range(200)))
-    return str(path)
+    for f in range(6):
+        folder = tmp_path / "hub" / f"part{f % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write = "".join(json.dumps({"text": f"file {f} doc {i:02d} " + "x" * 80, "n": i}) + "\n" for i in range(40))
+        (folder / f"{f}.jsonl").write_text(write)
+    return str(tmp_path / "hub" / "*" / "*.jsonl")
 
 
-def test_online_stream_stops_near_the_budget(local_hub):
-    docs = list(data.hf_documents("json", data_files=local_hub, budget_tokens=500))
-    # 500 tokens * 4 chars * 1.2 margin = 2400 chars = 24 documents of 100 chars, in order
-    assert len(docs) == 24 and docs[0].startswith("0000 ") and docs[-1].startswith("0023 ")
-    assert len(list(data.hf_documents("json", data_files=local_hub, budget_tokens=10 ** 9))) == 200
+def test_hosted_files_are_units_interleaved_across_folders(local_hub):
+    units = corpora.hf_units("json", data_files=local_hub, budget_tokens=100)
+    assert [os.path.basename(u[1]) for u in units] == ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl", "5.jsonl"]
+    assert [os.path.basename(os.path.dirname(u[1])) for u in units] == ["part0", "part1"] * 3
+    docs = list(corpora.read_unit(units[1]))
+    assert len(docs) == 40 and docs[0].startswith("file 1 doc 00 ")
 
 
-def test_online_stream_errors(local_hub, monkeypatch):
-    with pytest.raises(data.DataError, match="no 'body' field, only \\['n', 'text'\\]"):
-        list(data.hf_documents("json", data_files=local_hub, budget_tokens=100, field="body"))
-    with pytest.raises(data.DataError, match="streaming json .* failed"):
-        list(data.hf_documents("json", data_files=local_hub + ".missing", budget_tokens=100))
+def test_hosted_files_of_other_formats(tmp_path):
+    pytest.importorskip("datasets", reason="the optional `datasets` package is not installed")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"body": ["one", "two"]}), tmp_path / "d.parquet")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write('{"text": "zipped"}\n')
+    assert list(corpora.hosted_documents(str(tmp_path / "d.parquet"), "body")) == ["one", "two"]
+    assert list(corpora.hosted_documents(str(tmp_path / "d.jsonl.gz"), "text")) == ["zipped"]
+    with pytest.raises(corpora.DataError, match="not a file type"):
+        list(corpora.hosted_documents(str(tmp_path / "d.bin"), "text"))
+
+
+def test_online_errors(local_hub, monkeypatch):
+    unit = corpora.hf_units("json", data_files=local_hub, budget_tokens=100)[0]
+    with pytest.raises(corpora.DataError, match="no 'body' field, only \\['n', 'text'\\]"):
+        list(corpora.hosted_documents(unit[1], "body"))
+    with pytest.raises(corpora.DataError, match="reading .* failed: .*run the same command again"):
+        list(corpora.hosted_documents(unit[1] + ".missing.jsonl", "text"))
+    with pytest.raises(corpora.DataError, match="has no files for split 'train'"):
+        corpora.hf_units("json", data_files=local_hub + ".missing", budget_tokens=100)
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
-    with pytest.raises(data.DataError, match="pip install datasets"):
-        list(data.hf_documents("json", data_files=local_hub, budget_tokens=100))
+    with pytest.raises(corpora.DataError, match="pip install datasets"):
+        corpora.hf_units("json", data_files=local_hub, budget_tokens=100)
 
 
 def test_online_sources_need_a_budget_and_hf_specs_resolve():
-    source = data.resolve_source("hf:someone/corpus:config")
-    assert source.online and source.documents.args == ("someone/corpus", "config")
-    with pytest.raises(data.DataError, match="token budget"):
-        data.SOURCES["fineweb"].read()
-    assert data.resolve_source("fineweb,abc").online
+    source = corpora.resolve_source("hf:someone/corpus:config")
+    assert source.online and source.units.args == ("someone/corpus", "config")
+    with pytest.raises(corpora.DataError, match="token budget"):
+        corpora.SOURCES["fineweb"].plan()
+    assert corpora.resolve_source("fineweb,abc").online
 
 
-def test_prepare_bounds_an_online_source_by_the_token_budget(local_hub, tmp_path, monkeypatch):
-    streamed = []
+def test_fineweb_takes_the_smallest_configuration_that_holds_the_budget(monkeypatch):
+    monkeypatch.setattr(corpora, "hf_units", lambda path, config, budget_tokens: [(path, config)])
+    chosen = {budget: corpora.SOURCES["fineweb"].plan(budget)[0][1] for budget in (2e9, 9e9, 50e9, 200e9, 1e12)}
+    assert chosen == {2e9: "sample-10BT", 9e9: "sample-10BT", 50e9: "sample-100BT", 200e9: "sample-350BT",
+                      1e12: "default"}
+    with pytest.raises(corpora.DataError, match="FineWeb holds about 15T tokens"):
+        corpora.SOURCES["fineweb"].plan(20e12)
 
-    def stream(budget_tokens):
-        for doc in data.hf_documents("json", data_files=local_hub, budget_tokens=budget_tokens):
-            streamed.append(doc)
-            yield doc
-    monkeypatch.setitem(data.SOURCES, "stream", data.Source("stream", "general", "local stream", stream, online=True))
+
+def test_prepare_reads_an_online_source_only_as_far_as_its_budget(local_hub, tmp_path, monkeypatch):
+    """Files 0, 1, 2... are read in order until their training documents hold the budget; file 1 is a
+    copy of file 0 (the estimate of how many files the budget needs is then short, and prepare reads
+    further). The held-out documents come from the files read."""
+    files = sorted(glob.glob(local_hub), key=os.path.basename)
+    shutil.copy(files[0], files[1])
+    monkeypatch.setitem(corpora.SOURCES, "web", corpora.Source(
+        "web", "general", "local files as a hosted dataset",
+        functools.partial(corpora.hf_units, "json", data_files=local_hub), online=True))
+    read = []
+    monkeypatch.setattr(data, "tokenize_unit", lambda task, tokenize_unit=data.tokenize_unit:
+                        read.append(task[1][0] == "hosted" and os.path.basename(task[1][1])) or tokenize_unit(task))
     folder = tmp_path / "dom"
     folder.mkdir()
     for i in range(40):
         (folder / f"{i}.txt").write_text(f"domain document {i}")
-    meta = data.prepare(str(tmp_path / "ds"), "stream", f"local:{folder}", tokenizer="byte",
-                        val_frac=0.1, general_tokens=2000)
-    # the stream is asked for 2000 / (1 - 0.1) tokens, ~4.8 chars each: ~10,700 chars = 107 documents
-    assert len(streamed) == 107
-    assert 2000 <= meta["splits"]["general_train"]["tokens"] < 2200
+    out = str(tmp_path / "ds")
+    meta = data.prepare(out, "web", f"local:{folder}", tokenizer="byte", val_frac=0.1, general_tokens=8000, workers=1)
+    assert [r for r in read if r] == ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl"]  # 1 to learn a file's size, then more
+    assert 8000 <= meta["splits"]["general_train"]["tokens"] < 8000 + 101
+    for split in ("general_train", "general_val"):
+        docs = [bytes(d[::2]).decode() for d in documents_of(np.asarray(data.open_split(out, split)), 256)]
+        assert {d.split()[1] for d in docs} <= {"0", "2", "3"}  # file 1's copies of file 0 are dropped
+
+
+def documents_of(tokens, eot):
+    cuts = np.flatnonzero(tokens == eot).tolist() + [len(tokens)]
+    return [tokens[a + 1:b].tobytes() for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -472,7 +552,7 @@ def test_list_names_every_source():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--list"], capture_output=True,
                          text=True, check=True).stdout
     names = [line.split()[0] for line in out.splitlines()]
-    assert names[:len(data.SOURCES)] == list(data.SOURCES)
+    assert names[:len(corpora.SOURCES)] == list(corpora.SOURCES)
     for name in ("english", "prose", "wiki", "austen", "bible", "fortunes", "pydocs", "perldocs", "kerneldocs",
                  "abc", "kern", "smiles", "rdkit", "metamath", "hol", "coq", "fineweb", "musicpile", "chempile",
                  "proofpile", "local:PATH", "hf:ID[:CONFIG]"):

@@ -357,10 +357,12 @@ def save_sharded(path: str, tensors: dict, info: dict, rt: Runtime):
         raise next((f[0] if isinstance(f, tuple) else f for f in failures
                     if isinstance(f[0] if isinstance(f, tuple) else f, OSError)), e) from None
     if rt.master:
-        if os.path.exists(path):
+        set_aside = os.path.exists(path)
+        if set_aside:
             os.rename(path, old)
         os.rename(tmp, path)
-        shutil.rmtree(old)
+        if set_aside:
+            shutil.rmtree(old)
     dist.barrier()  # no rank goes on (and might read it) before the folder is in place
 
 

@@ -545,8 +545,8 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, rt: Runtime):
                                           ("--parallel fsdp --act_ckpt", total(parallel="fsdp", act_ckpt=True)))
                 if fits <= budget and flags.split()[-1] not in (f"--{cfg.parallel}", "--act_ckpt" * cfg.act_ckpt)]
     fix = " or ".join(options) or "use more GPUs with --parallel fsdp --act_ckpt, or a smaller --model"
-    raise TrainError(f"the memory plan needs {plan['total'] / GB:.1f} GB per process but {budget / GB:.1f} GB is "
-                     f"available: {fix}")
+    raise TrainError(f"the memory plan needs {plan['total'] / GB:.3g} GB per process but "
+                     f"{'--memory_gb gives' if cfg.memory_gb else 'the GPU has'} {budget / GB:.3g} GB: {fix}")
 
 
 GB = 1e9

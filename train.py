@@ -511,12 +511,16 @@ def memory_plan(mc: GPTConfig, micro_batch: int, world_size: int, parallel: str,
         passes["loss chunk"] = min(tokens * V * a, 2 ** 28) + a * tokens * d + (a * V * d if weight_bytes > a else 0)
     else:  # the kernels' reference: 1024 tokens of fp32 logits, their gradient made in their place
         passes["loss chunk"] = min(tokens, 1024) * V * 4
-    if parallel == "fsdp":  # the root's weights (embedding) and two blocks' (one running, one prefetched)
-        passes["gathered weights"] = 0 if shards == 1 and a == 4 else a * (output_params + 2 * block_params)
+    if parallel == "fsdp":  # the root's weights (embedding) and two blocks' (one running, one prefetched),
+        # and the largest unit's whole gradient before it is reduce-scattered (in fp32 too)
+        passes["gathered weights"] = (0 if shards == 1 and a == 4 else a * (output_params + 2 * block_params)
+                                      + (a + 4) * max(block_params, output_params))
     elif a < 4:  # autocast's copies of the block weights, kept for backward
         passes["weight copies"] = a * L * block_params
     # AdamW is fused on a GPU; on a CPU it goes tensor by tensor, with two temporaries of the largest
     step = 0 if device_type == "cuda" else 2 * 4 * max(output_params, 2 * d * f) / shards
+    if device_type == "cuda":  # the CUDA context, kernels and NCCL's buffers (the allocator's slack is not counted)
+        whole_step["cuda runtime"] = 2e9
     plan = {**whole_step, **passes, "optimizer step": step}
     plan["total"] = sum(whole_step.values()) + max(sum(passes.values()), step)
     return plan
@@ -561,7 +565,7 @@ def format_plan(plan: dict, mc: GPTConfig, micro: int, cfg, rt: Runtime, budget:
     phase = {"optimizer step": "  (optimizer step)", "activations": "  (forward/backward)",
              "loss chunk": "  (forward/backward)", "gathered weights": "  (forward/backward)",
              "weight copies": "  (forward/backward)"}
-    rows = [f"  {key:<18}{value / unit:9.2f} {name}{phase.get(key, '')}" for key, value in plan.items() if key != "total"]
+    rows = [f"  {key:<18}{value / unit:9.2f} {name}{phase.get(key, '')}" for key, value in plan.items() if key != "total" and value]
     total = f"  {'total':<18}{plan['total'] / unit:9.2f} {name}" + (f" of {budget / unit:.1f} {name}" if budget else "")
     return "\n".join([head, *rows, "  " + "-" * 30, total])
 

@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -196,6 +198,26 @@ def test_activation_checkpointing_changes_nothing_but_memory(tiny_data, tmp_path
            [{k: v for k, v in r.items() if k not in timing} for r in read_log(ckpt)]
     a, b = (torch.load(os.path.join(d, "ckpt_latest.pt"), weights_only=False)["model"] for d in (plain, ckpt))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_metrics_are_optional_and_get_every_log_line(tiny_data, tmp_path, monkeypatch):
+    """--tensorboard or --wandb without its package: one line, nothing written. With one (here a
+    stand-in for wandb that records its calls), every log line's numbers arrive at their step."""
+    out = str(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    for flags, package in ((["--tensorboard"], "tensorboard"), (["--wandb", "spt"], "wandb")):
+        with pytest.raises(train.TrainError, match=f"^{flags[0]} needs the {package} package: pip install {package}"):
+            train.main(tiny_args(tiny_data, out, *flags))
+        assert not os.path.exists(out)
+    calls = []
+    run = types.SimpleNamespace(log=lambda numbers, step: calls.append((step, numbers)))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw) or run))
+    train.main(tiny_args(tiny_data, out, "--wandb", "spt", "--max_tokens", "4096"))
+    log = read_log(out)
+    assert calls[0]["project"] == "spt" and calls[0]["config"]["max_tokens"] == 4096
+    assert [step for step, _ in calls[1:]] == [r["step"] for r in log] == [0, 8, 16]
+    assert all(numbers["domain_test_loss"] == r["domain_test_loss"] for (_, numbers), r in zip(calls[1:], log))
 
 
 def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):

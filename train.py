@@ -420,7 +420,8 @@ def load_weights(model, ckpt: dict, path: str):
     """Load a checkpoint's weights into `model` (a GPT, sharded or not), after check_shape."""
     check_shape(model, ckpt, path)
     if os.path.isdir(path):
-        dcp.load({"model": model.state_dict()}, checkpoint_id=path)  # into the model's tensors, in place
+        # into the model's tensors, in place; collectively if this is one of several processes
+        dcp.load({"model": model.state_dict()}, checkpoint_id=path, no_dist=not dist.is_initialized())
     else:
         model.load_state_dict(ckpt["model"])
 

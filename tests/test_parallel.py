@@ -207,5 +207,5 @@ def test_a_run_that_cannot_fit_is_refused_with_a_fix_that_fits(tiny_data, tmp_pa
                                                "--grad_accum 2 or --act_ckpt"):
         train.main(tiny_args(tiny_data, out, "--grad_accum", "1", *budget))
     assert "memory plan per process" in capsys.readouterr().out and not os.path.exists(out)
-    train.main(tiny_args(tiny_data, out, "--grad_accum", "2", "--max_tokens", "512", *budget))
+    train.main(tiny_args(tiny_data, out, "--grad_accum", "2", "--max_tokens", "512", "--ckpt_tokens", "", *budget))
     assert read_log(out)[-1]["step"] == 2

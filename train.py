@@ -353,9 +353,9 @@ def save_sharded(path: str, tensors: dict, info: dict, rt: Runtime):
     except BaseException as e:
         if rt.master:
             shutil.rmtree(tmp, ignore_errors=True)
-        failures = getattr(e, "failures", {}).values()  # DCP gathers every rank's failure into one exception
-        raise next((f[0] if isinstance(f, tuple) else f for f in failures
-                    if isinstance(f[0] if isinstance(f, tuple) else f, OSError)), e) from None
+        # DCP gathers every rank's failure into one exception: raise the disk's own error (writes_in)
+        errors = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
+        raise next((error for error in errors if isinstance(error, OSError)), e) from None
     if rt.master:
         set_aside = os.path.exists(path)
         if set_aside:

@@ -545,10 +545,10 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, rt: Runtime):
     options = [f"--grad_accum {cfg.batch_size // m}" for m in range(micro - 1, 0, -1)
                if cfg.batch_size % m == 0 and (cfg.batch_size // m) % rt.world_size == 0
                and total(micro_batch=m) <= budget][:1]
-    options += [flags for flags, fits in (("--act_ckpt", total(act_ckpt=True)),
-                                          ("--parallel fsdp", total(parallel="fsdp")),
-                                          ("--parallel fsdp --act_ckpt", total(parallel="fsdp", act_ckpt=True)))
-                if fits <= budget and flags.split()[-1] not in (f"--{cfg.parallel}", "--act_ckpt" * cfg.act_ckpt)]
+    changes = (("--act_ckpt", dict(act_ckpt=True)), ("--parallel fsdp", dict(parallel="fsdp")),
+               ("--parallel fsdp --act_ckpt", dict(parallel="fsdp", act_ckpt=True)))
+    options += [flags for flags, change in changes  # the ones that change something and fit
+                if any(getattr(cfg, k) != v for k, v in change.items()) and total(**change) <= budget]
     fix = " or ".join(options) or "use more GPUs with --parallel fsdp --act_ckpt, or a smaller --model"
     raise TrainError(f"the memory plan needs {plan['total'] / GB:.3g} GB per process but "
                      f"{'--memory_gb gives' if cfg.memory_gb else 'the GPU has'} {budget / GB:.3g} GB: {fix}")

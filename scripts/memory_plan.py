@@ -10,7 +10,8 @@ measures the plan's accuracy: it counts, tensor by tensor, the bytes a few real 
 (build the model, forward, backward, clip, AdamW) and compares the peak with the plan. The count is
 exact and deterministic: a dispatch mode sees every tensor an operator creates and a weak reference
 tells when its memory goes, so the peak is what a GPU's allocator would have to hold, before its
-caching and fragmentation (add ~10% and ~1-2 GB of CUDA context, NCCL buffers and kernels on a GPU).
+caching and fragmentation (~10% more on a GPU; the plan adds 2 GB there for the CUDA context and
+NCCL's buffers). No GPU has checked the GPU terms yet (bf16 activations, fused AdamW, FSDP's buffers).
 """
 import argparse
 import json

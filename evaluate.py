@@ -47,7 +47,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
-from model import GPT, GPTConfig
 
 LOSS_SPLITS = (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
                ("domain_test_loss", "domain_test"))
@@ -73,14 +72,18 @@ def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, devi
     windows are shared out across ranks and the sums reduced, so every rank returns the same value."""
     was_training = model.training
     model.eval()
-    offsets = eval_offsets(len(tokens), seq_len, n_windows)[rank::world_size]
+    every = eval_offsets(len(tokens), seq_len, n_windows)
+    offsets = every[rank::world_size]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, number of tokens)
-    for start in range(0, len(offsets), batch_size):
-        rows = np.stack([tokens[o:o + seq_len + 1] for o in offsets[start:start + batch_size]]).astype(np.int64)
+    # Every rank runs as many batches (a sharded model's forward is a collective): one with no window
+    # of its own left evaluates the first window and counts nothing.
+    for start in range(0, len(every[::world_size]), batch_size):
+        batch = offsets[start:start + batch_size]
+        rows = np.stack([tokens[o:o + seq_len + 1] for o in (batch if len(batch) else every[:1])]).astype(np.int64)
         rows = torch.from_numpy(rows).to(device)
         with autocast():
             _, loss = model(rows[:, :-1], rows[:, 1:])
-        n = rows[:, 1:].numel()
+        n = rows[:, 1:].numel() if len(batch) else 0
         total += torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
     if world_size > 1:
         dist.all_reduce(total)
@@ -363,16 +366,7 @@ def first_crossing(points, target) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-def load_model(path: str, device="cpu"):
-    """A model and its checkpoint dict, from any checkpoint of train.py or finetune.py."""
-    import train  # here, not at the top: train.py imports this file for mean_loss
-    ckpt = train.load_checkpoint(path)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    train.load_weights(model, ckpt, path)
-    return model.to(device), ckpt
-
+# Checkpoints (read through train.load_model, the project's one loader)
 
 def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
     """The same token ids mean different things under another tokenizer: refuse, in one line."""
@@ -394,9 +388,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
     for the options, the rest for the prefix). `sample`: sample_text's prompt, n_tokens, temperature
     and top_k, to add what the model writes.
     """
-    import train  # see load_model
+    import train  # here, not at the top: train.py imports this file for mean_loss
     rt = train.setup_runtime(device)
-    model, ckpt = load_model(path, rt.device)
+    model, ckpt = train.load_model(path, rt.device)
     data_dir = data_dir or ckpt["config"]["data_dir"]
     meta = data.load_meta(data_dir)
     check_vocabulary(ckpt, meta, path, data_dir)
@@ -482,7 +476,7 @@ def check_writable(path: str):
 
 
 def main(argv=None):
-    import train  # see load_model
+    import train  # see evaluate_checkpoint
     p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")

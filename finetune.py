@@ -55,6 +55,7 @@ Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
 - ckpt_best.pt with --save_best: the weights at the best point over the grid, loadable by
   evaluate.py (and by this script or train.py --init_from, like any checkpoint).
 """
+import copy
 import dataclasses
 import json
 import math
@@ -263,20 +264,19 @@ def save_results(path: str, results: dict):
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
-def untied_model(ckpt: dict, pre: train.TrainConfig, rt: train.Runtime, path: str):
-    """The checkpoint's model with its own output layer (a copy of the embedding: same function)."""
-    model = train.build_model(pre, ckpt["model_config"]["vocab_size"])
-    train.load_weights(model, ckpt, path)
-    return model.untie().to(rt.device)
+def untied_model(pretrained, rt: train.Runtime):
+    """A fresh copy of the pretrained model (train.load_model's) with its own output layer (a copy of
+    the embedding: the same function)."""
+    return copy.deepcopy(pretrained).untie().to(rt.device)
 
 
-def run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
-    """Finetune one (lr, warmup) from the checkpoint until early stopping or the epoch cap.
+def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
+    """Finetune one (lr, warmup) from the pretrained model until early stopping or the epoch cap.
 
     on_progress(entry) receives the configuration's results after every eval. Returns the entry
     and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
     torch.manual_seed(cfg.seed)
-    raw = untied_model(ckpt, pre, rt, cfg.init)
+    raw = untied_model(pretrained, rt)
     optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
     run_cfg = train.TrainConfig(batch_size=plan.batch_size, grad_accum=plan.grad_accum, schedule=cfg.schedule,
                                 lr=lr, min_lr=lr * cfg.min_lr_frac, warmup_steps=warmup, decay_frac=cfg.decay_frac,
@@ -332,7 +332,7 @@ def run(cfg: FinetuneConfig) -> dict:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
     train.check_config(cfg, SCHEDULES)
     rt = train.setup_runtime(cfg.device, cfg.dtype)
-    ckpt = train.load_checkpoint(cfg.init)
+    pretrained, ckpt = train.load_model(cfg.init)  # read once; every configuration starts from a copy
     pre = pretrain_config(ckpt)
     plan = make_plan(cfg, ckpt, pre, rt.world_size)
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
@@ -364,7 +364,7 @@ def run(cfg: FinetuneConfig) -> dict:
                 # an interrupted attempt at this configuration leaves lines behind: drop them
                 train.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
             best = best_over([c for c in results.values() if c["finished"]])
-            entry, snapshot = run_config(cfg, ckpt, pre, plan, rt, mixture, lr, warmup, on_progress,
+            entry, snapshot = run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
                                          best["domain_test_loss"] if best else math.inf)
             if snapshot is not None:  # saved before the configuration is recorded as finished
                 model_config = {**ckpt["model_config"], "tie_embeddings": False}

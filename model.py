@@ -12,6 +12,9 @@ Choices, following OLMo-1B which the paper trains:
 - residual output projections initialised with std 0.02 / sqrt(2 * n_layer), so the residual stream
   does not grow with depth (GPT-2's scaled init).
 
+This is exactly the architecture of Hugging Face's OLMo (v1) (Llama's, with RMSNorm), which is why
+scripts/export_hf.py can hand a trained model to the ecosystem by renaming (and splitting) weights.
+
 Attention and the loss go through kernels/ (Triton on CUDA, the PyTorch reference elsewhere). The
 loss never materialises more than a chunk of the (tokens x vocab) logits.
 """
@@ -21,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from kernels import causal_attention, linear_cross_entropy
 
@@ -139,6 +143,10 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # train.py --act_ckpt: keep only each block's input and recompute the block in backward, one
+        # block's activations alive instead of all of them, for a third more compute. Not part of cfg:
+        # it changes memory and time, never the function.
+        self.act_ckpt = False
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # the two projections that write into the residual stream
@@ -167,7 +175,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds the model's seq_len {self.cfg.seq_len}")
         x = self.wte(idx)
         for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
+            if self.act_ckpt and torch.is_grad_enabled():
+                x = checkpoint(block, x, self.rope_cos, self.rope_sin, use_reentrant=False)
+            else:
+                x = block(x, self.rope_cos, self.rope_sin)
         return self.norm_f(x)
 
     def forward(self, idx, targets=None):

@@ -3,6 +3,7 @@
     python train.py --domain_frac 0.05                   # CPU miniature on CPU, 124M on a GPU
     python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02
     torchrun --nproc_per_node 8 train.py --config configs/olmo-1b.json --domain_frac 0.05
+    torchrun --nproc_per_node 8 train.py --config configs/olmo-3b.json --domain_frac 0.05   # FSDP
     python train.py --out_dir out/d0.02 --resume          # continue an interrupted run exactly
     python train.py --init_from out/npt/ckpt_90M.pt --domain_frac 0.05 --max_tokens 100e6   # SCPT
 
@@ -14,8 +15,19 @@ the same run on one process with accumulation see identical data and give the sa
 At every eval the loop measures the general validation loss, the domain *train* loss (on a fixed
 subset of the training split) and the domain *test* loss, and appends one JSON line to
 out_dir/log.jsonl; the gap between the last two is the overfitting that fit_laws.py models.
-Checkpoints (model, optimizer, mixture position, config) are written atomically: ckpt_latest.pt at
-every eval, plus one per requested token milestone, which finetune.py then starts from.
+Checkpoints are written atomically: ckpt_latest.pt (model, optimizer, mixture position, config) every
+ckpt_interval steps, for --resume, and once per requested token milestone ckpt_<tokens>.pt with the
+weights alone, which finetune.py, evaluate.py and scripts/export_hf.py start from.
+
+Two engines spread a run over processes, both PyTorch's own (README "Scaling up" says which preset
+needs which; a memory plan printed at start-up says what each process holds):
+- --parallel ddp (the default): every process keeps the whole model, gradients are all-reduced;
+  checkpoints are one file written by rank 0.
+- --parallel fsdp: FSDP2 (torch.distributed.fsdp.fully_shard) shards parameters, gradients and
+  optimizer state over the processes, gathering one block's weights at a time (in bf16 on GPUs,
+  reducing gradients in fp32); checkpoints are folders of shards (torch.distributed.checkpoint), each
+  rank writing its part, that resume on any number of processes.
+--act_ckpt recomputes each block in backward instead of keeping its activations, with either.
 
 A run killed at any moment goes on exactly with the same command plus --resume: log lines written
 after its last checkpoint are dropped (a cut-off last line too, with a warning) and made again. A run
@@ -23,7 +35,8 @@ killed before its first checkpoint holds nothing worth keeping and starts again,
 --resume. A full disk stops the run in one line that says the last checkpoint is intact. Every
 setting is checked before anything is written, so a bad value leaves the folder as it was.
 
-finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`).
+finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`), and every
+script loads checkpoints through this file's load_model.
 """
 import argparse
 import contextlib
@@ -34,6 +47,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import types
@@ -41,12 +55,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
 from evaluate import mean_loss
-from model import GPT, PRESETS, config_from_preset
+from model import GPT, PRESETS, GPTConfig, config_from_preset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -86,12 +104,18 @@ class TrainConfig:
     eval_interval: int = 25  # steps
     eval_windows: int = 64  # fixed windows per split and eval
     eval_batch_size: int = 32
-    ckpt_tokens: str = ""  # comma-separated token milestones, e.g. "250e3,500e3,1e6"
+    ckpt_tokens: str = ""  # comma-separated token milestones, e.g. "250e3,500e3,1e6" (weights only)
+    ckpt_interval: int = 0  # steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)
     log_interval: int = 5
+    tensorboard: bool = False  # also write the log's numbers to out_dir/tensorboard (needs tensorboard)
+    wandb: str = ""  # also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline works)
     seed: int = 0
     # system
     device: str = "auto"
     dtype: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    parallel: str = "ddp"  # ddp: a replica per process | fsdp: parameters, gradients, optimizer sharded
+    act_ckpt: bool = False  # activation checkpointing: recompute each block in backward
+    memory_gb: float = 0.0  # memory per process the plan must fit (0: the GPU's own; on CPU: no check)
     compile: bool = False
     init_from: str = ""
     resume: bool = False
@@ -109,6 +133,7 @@ class Diverged(TrainError):
 # Settings: every value is checked before anything is written (finetune.py's too)
 
 SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
+PARALLEL = ("ddp", "fsdp")
 
 # What each numeric setting must be, by name: check_config applies the entries a config has, so
 # train.py and finetune.py share them (finetune.py's lr and warmup are grids, checked where parsed).
@@ -131,6 +156,8 @@ RANGES = {
     "eval_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
     "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "ckpt_interval": (lambda v: v >= 0, "an integer >= 0 (0: at every eval)"),
+    "memory_gb": (lambda v: 0 <= v < math.inf, "a number of GB >= 0 (0: the GPU's memory)"),
     **{name: (lambda v: v >= 1, "a positive integer") for name in (
         "batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size", "log_interval",
         "patience", "n_layer", "n_head", "d_model", "d_ff", "seq_len")},
@@ -154,6 +181,11 @@ def check_config(cfg, schedules=SCHEDULES):
         return
     if cfg.model not in PRESETS:
         raise TrainError(f"--model {cfg.model}: use one of the presets {', '.join(PRESETS)}")
+    if cfg.parallel not in PARALLEL:
+        raise TrainError(f"--parallel {cfg.parallel}: use {' or '.join(PARALLEL)}")
+    if cfg.ckpt_interval % cfg.eval_interval:
+        raise TrainError(f"--ckpt_interval {cfg.ckpt_interval} is not a multiple of --eval_interval "
+                         f"{cfg.eval_interval}: checkpoints are written at evals")
     if cfg.min_lr > cfg.lr:
         raise TrainError(f"--min_lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: the schedule decays from lr to min_lr")
     seq_len = cfg.seq_len or PRESETS[cfg.model]["seq_len"]
@@ -222,13 +254,34 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
 def teardown_runtime(rt: Runtime):
     """Leave the process group together: a rank that tears down while rank 0 is still writing its
     last checkpoint can abort at exit (seen with gloo in PyTorch 2.11)."""
-    if rt.world_size > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
+def shard_model(model: GPT, rt: Runtime, compile_blocks: bool = False):
+    """FSDP2, applied as torchtitan does: each block is its own unit (its weights are gathered just
+    before it runs and freed after), then the root holds the rest (embedding, output layer). Weights
+    stay fp32 shards (the optimizer updates those); on a GPU each block computes with bf16 copies and
+    gradients are reduced in fp32. The last block keeps its weights after forward, since backward
+    starts there. Inputs are not cast: the residual stream stays fp32 as under DDP's autocast, and the
+    RoPE tables keep their precision. The model is sharded in place: still a GPT, with DTensor
+    parameters. torch.compile, if asked, compiles each block (compiling across the hooks would not)."""
+    if not dist.is_initialized():  # one process: a group of one, so that the same code and checkpoints run
+        dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+    mesh = init_device_mesh(rt.device.type, (rt.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=None if rt.dtype == torch.float32 else rt.dtype,
+                                  reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for i, block in enumerate(model.blocks):
+        if compile_blocks:
+            block.compile()
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < len(model.blocks) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
 # ---------------------------------------------------------------------------------------------
-# Optimizer, schedule, checkpoints: shared with finetune.py
+# Optimizer and schedule: shared with finetune.py
 
 def configure_optimizer(model, lr, betas, eps, weight_decay):
     """AdamW with weight decay on matrices only (biases and norms, if any, are not decayed)."""
@@ -261,6 +314,22 @@ def lr_at(step: int, total_steps: int, cfg) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one file or a folder of shards, and the one loader every script uses
+#
+# A checkpoint is ckpt_<name>.pt either way. With --parallel ddp it is one torch.save file written by
+# rank 0. With --parallel fsdp it is a folder: every rank writes its shards of the weights (and
+# optimizer state) through torch.distributed.checkpoint (DCP), which reads them back on any number of
+# processes, and rank 0 adds info.pt with the rest. ckpt_latest.pt holds everything --resume needs;
+# a milestone ckpt_<tokens>.pt holds the weights and what the run was (the keys CHECKPOINT_KEYS
+# names), which is all that finetuning, evaluation and export read. Both kinds are written under a
+# temporary name and renamed once complete, so a kill or a full disk never leaves half a checkpoint
+# under the real name; a folder cannot be renamed over another one, so the old folder steps aside
+# first (NAME.old<step>) and is put back by the next start if a kill came between the two renames.
+
+CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position"}
+
+
 def save_checkpoint(path: str, state: dict):
     """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
     def write(f):
@@ -273,24 +342,69 @@ def save_checkpoint(path: str, state: dict):
     data.atomic_write(path, write)
 
 
-CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position"}
+def save_sharded(path: str, tensors: dict, info: dict, rt: Runtime):
+    """Every rank writes its shards of `tensors` ({"model": ..., "optimizer": ...} state dicts) through
+    DCP; rank 0 writes `info` (the rest of the checkpoint) and renames the folder into place."""
+    tmp, old = f"{path}.tmp{info['step']}", f"{path}.old{info['step']}"
+    try:
+        dcp.save(tensors, checkpoint_id=tmp)
+        if rt.master:
+            save_checkpoint(os.path.join(tmp, "info.pt"), info)
+    except BaseException as e:
+        if rt.master:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # DCP gathers every rank's failure into one exception: raise the disk's own error (writes_in)
+        errors = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
+        raise next((error for error in errors if isinstance(error, OSError)), e) from None
+    if rt.master:
+        set_aside = os.path.exists(path)
+        if set_aside:
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if set_aside:
+            shutil.rmtree(old)
+    dist.barrier()  # no rank goes on (and might read it) before the folder is in place
+
+
+def shard_contents(path: str) -> set[str]:
+    """The tensors a checkpoint folder holds ("model.wte.weight", ...), once every file its index names
+    is there in full: a shard that is missing or cut short fails here, in one line, not inside DCP."""
+    try:
+        index = dcp.FileSystemReader(path).read_metadata()
+    except Exception:
+        raise TrainError(f"{path} is not a complete checkpoint folder (its .metadata is missing or damaged): "
+                         f"copy the whole folder again, or use another checkpoint")
+    for where in index.storage_data.values():
+        shard = os.path.join(path, where.relative_path)
+        if not os.path.isfile(shard) or os.path.getsize(shard) < where.offset + where.length:
+            raise TrainError(f"{shard} is missing or cut short: checkpoint {path} is damaged; copy the whole "
+                             f"folder again (every rank's shard), or use another checkpoint")
+    return set(index.state_dict_metadata)
 
 
 def load_checkpoint(path: str) -> dict:
+    """A checkpoint's dict. Of a folder: what info.pt holds, the tensors staying on disk until
+    load_weights or load_training_state reads them into a model (any number of processes)."""
     if not os.path.exists(path):
         raise TrainError(f"checkpoint {path} does not exist")
+    sharded = os.path.isdir(path)
+    if sharded and not os.path.exists(os.path.join(path, "info.pt")):
+        raise TrainError(f"{path} is a folder but not a checkpoint (it has no info.pt): give a ckpt_<tokens>.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(os.path.join(path, "info.pt") if sharded else path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint")
-    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+    keys = set(ckpt) if isinstance(ckpt, dict) else set()
+    if sharded and any(k.startswith("model.") for k in shard_contents(path)):
+        keys.add("model")
+    missing = CHECKPOINT_KEYS - keys
     if missing:
         raise TrainError(f"{path} is not a checkpoint of train.py or finetune.py (it lacks {', '.join(sorted(missing))})")
     return ckpt
 
 
-def load_weights(model, ckpt: dict, path: str):
-    """Load a checkpoint's weights into `model`, with a one-line error if the shapes differ."""
+def check_shape(model, ckpt: dict, path: str):
+    """A one-line error if the checkpoint holds another shape than `model`; unties `model` if it is untied."""
     expected, found = model.config_dict(), ckpt["model_config"]
     diff = {k: (found.get(k), v) for k, v in expected.items() if k != "tie_embeddings" and found.get(k) != v}
     if diff:
@@ -300,7 +414,41 @@ def load_weights(model, ckpt: dict, path: str):
                          + f": use {fix}")
     if not found.get("tie_embeddings", True):
         model.untie()
-    model.load_state_dict(ckpt["model"])
+
+
+def load_weights(model, ckpt: dict, path: str):
+    """Load a checkpoint's weights into `model` (a GPT, sharded or not), after check_shape."""
+    check_shape(model, ckpt, path)
+    if os.path.isdir(path):
+        # into the model's tensors, in place; collectively if this is one of several processes
+        dcp.load({"model": model.state_dict()}, checkpoint_id=path, no_dist=not dist.is_initialized())
+    else:
+        model.load_state_dict(ckpt["model"])
+
+
+def load_model(path: str, device="cpu") -> tuple[GPT, dict]:
+    """The project's one checkpoint loader: the model of any checkpoint (a file or a folder of shards,
+    of train.py or finetune.py, untied if it was), in fp32 on `device`, and the checkpoint's dict."""
+    ckpt = load_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    load_weights(model, ckpt, path)
+    return model.to(device), ckpt
+
+
+def load_training_state(model, optimizer, ckpt: dict, path: str):
+    """What --resume reads besides the weights: the optimizer state and the random state. A folder's
+    optimizer state is resharded by DCP to this run's processes; a run saved before its first step has
+    none (an AdamW state of zeros would count a step that never happened)."""
+    if os.path.isdir(path):
+        state = {"model": model.state_dict()}
+        if any(k.startswith("optimizer.") for k in shard_contents(path)):
+            state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+        dcp.load(state, checkpoint_id=path)
+        if "optimizer" in state:
+            set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"])
 
 
 def format_tokens(n: float) -> str:
@@ -321,6 +469,157 @@ def peak_flops(device: torch.device) -> float | None:
         if key in name:
             return flops
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory plan: what each process holds at the peak of a step, known before anything is allocated
+#
+# Per parameter: fp32 weights (4 bytes), fp32 gradients (4) and AdamW's two moments (8), each split
+# over the processes by FSDP. Per token of a micro-batch, the activations that backward needs, counted
+# tensor by tensor from model.py (a = bytes of the compute dtype: 2 under bf16 autocast, 4 in fp32):
+#   block input x and attention output x + attn (fp32 residual stream)        8 d
+#   normed inputs of qkv and gate_up, qkv (v keeps it whole), RoPE'd q and k,
+#   attention output and its (B, T, d) copy for proj                          9 a d
+#   gate_up output (silu keeps it whole), silu(gate), the product for proj     4 a f
+#   softmax statistics (4 per head), norm statistics (2 x 2 x 4)              4 h + 16
+# With --act_ckpt a block keeps only x (4 d) and one block's activations live again during backward.
+# After the last block: the final residual (4 d), the fused loss's d loss/d hidden (4 d, saved from
+# the forward) and d loss/d W (the output layer's size, in the weights' dtype).
+
+def count_params(mc: GPTConfig) -> int:
+    block = 4 * mc.d_model ** 2 + 3 * mc.d_model * mc.d_ff  # qkv, proj; gate_up, proj
+    return mc.n_layer * block + mc.padded_vocab * mc.d_model * (1 if mc.tie_embeddings else 2)
+
+
+def memory_plan(mc: GPTConfig, micro_batch: int, world_size: int, parallel: str, act_ckpt: bool,
+                dtype: torch.dtype, device_type: str) -> dict[str, float]:
+    """Bytes per process by what holds them. "total" is the plan: what lives through the whole step,
+    plus the larger of what forward and backward hold and what the optimizer step adds."""
+    d, f, h, L, V = mc.d_model, mc.d_ff, mc.n_head, mc.n_layer, mc.padded_vocab
+    params, block_params, output_params = count_params(mc), 4 * d * d + 3 * d * f, V * d
+    shards = world_size if parallel == "fsdp" else 1
+    a = 2 if dtype in (torch.bfloat16, torch.float16) else 4
+    tokens = micro_batch * mc.seq_len
+    per_block = tokens * (8 * d + 9 * a * d + 4 * a * f + 4 * h + 16)
+    blocks = L * tokens * 4 * d + per_block if act_ckpt else L * per_block
+    weight_bytes = a if parallel == "fsdp" else 4  # FSDP gathers the weights in the compute dtype
+    whole_step = {"parameters": 4 * params / shards, "gradients": 4 * params / shards,
+                  "optimizer": 8 * params / shards}
+    if parallel == "ddp" and world_size > 1:
+        whole_step["gradient buckets"] = 4 * params  # DDP all-reduces a flat copy of the gradients
+    passes = {"activations": blocks + tokens * 8 * d + weight_bytes * output_params}
+    if device_type == "cuda":  # kernels/cross_entropy.py: <= 256 MiB of logits, inputs in the compute dtype
+        passes["loss chunk"] = min(tokens * V * a, 2 ** 28) + a * tokens * d + (a * V * d if weight_bytes > a else 0)
+    else:  # the kernels' reference: 1024 tokens of fp32 logits, their gradient made in their place
+        passes["loss chunk"] = min(tokens, 1024) * V * 4
+    if parallel == "fsdp":  # the root's weights (embedding) and two blocks' (one running, one prefetched),
+        # and the largest unit's whole gradient before it is reduce-scattered (in fp32 too)
+        passes["gathered weights"] = (0 if shards == 1 and a == 4 else a * (output_params + 2 * block_params)
+                                      + (a + 4) * max(block_params, output_params))
+    elif a < 4:  # autocast's copies of the block weights, kept for backward
+        passes["weight copies"] = a * L * block_params
+    # AdamW is fused on a GPU; on a CPU it goes tensor by tensor, with two temporaries of the largest
+    step = 0 if device_type == "cuda" else 2 * 4 * max(output_params, 2 * d * f) / shards
+    if device_type == "cuda":  # the CUDA context, kernels and NCCL's buffers (the allocator's slack is not counted)
+        whole_step["cuda runtime"] = 2e9
+    plan = {**whole_step, **passes, "optimizer step": step}
+    plan["total"] = sum(whole_step.values()) + max(sum(passes.values()), step)
+    return plan
+
+
+def check_memory(cfg: TrainConfig, mc: GPTConfig, rt: Runtime):
+    """Print the plan (rank 0) and refuse, in one line with the fix, a run that cannot fit its memory:
+    --memory_gb, or else the GPU's own. On a CPU without --memory_gb nothing is checked."""
+    micro = cfg.batch_size // cfg.grad_accum
+
+    def total(parallel=cfg.parallel, act_ckpt=cfg.act_ckpt, micro_batch=micro):
+        return memory_plan(mc, micro_batch, rt.world_size, parallel, act_ckpt, rt.dtype, rt.device.type)["total"]
+
+    plan = memory_plan(mc, micro, rt.world_size, cfg.parallel, cfg.act_ckpt, rt.dtype, rt.device.type)
+    budget = cfg.memory_gb * GB or (torch.cuda.get_device_properties(rt.device).total_memory
+                                     if rt.device.type == "cuda" else 0)
+    if rt.master:
+        print(format_plan(plan, mc, micro, cfg, rt, budget))
+    if not budget or plan["total"] <= budget:
+        return
+    options = [f"--grad_accum {cfg.batch_size // m}" for m in range(micro - 1, 0, -1)
+               if cfg.batch_size % m == 0 and (cfg.batch_size // m) % rt.world_size == 0
+               and total(micro_batch=m) <= budget][:1]
+    changes = (("--act_ckpt", dict(act_ckpt=True)), ("--parallel fsdp", dict(parallel="fsdp")),
+               ("--parallel fsdp --act_ckpt", dict(parallel="fsdp", act_ckpt=True)))
+    options += [flags for flags, change in changes  # the ones that change something and fit
+                if any(getattr(cfg, k) != v for k, v in change.items()) and total(**change) <= budget]
+    fix = " or ".join(options) or "use more GPUs with --parallel fsdp --act_ckpt, or a smaller --model"
+    raise TrainError(f"the memory plan needs {plan['total'] / GB:.3g} GB per process but "
+                     f"{'--memory_gb gives' if cfg.memory_gb else 'the GPU has'} {budget / GB:.3g} GB: {fix}")
+
+
+GB = 1e9
+
+
+def format_plan(plan: dict, mc: GPTConfig, micro: int, cfg, rt: Runtime, budget: float) -> str:
+    unit, name = (GB, "GB") if plan["total"] >= GB else (1e6, "MB")
+    head = (f"memory plan per process: {count_params(mc) / 1e6:.1f}M parameters, {cfg.parallel} on {rt.world_size} "
+            f"x {rt.device.type}, micro-batch {micro} x {mc.seq_len} ({cfg.grad_accum // rt.world_size} micro-steps "
+            f"per step of {cfg.batch_size}), {str(rt.dtype).removeprefix('torch.')} compute, activation "
+            f"checkpointing {'on' if cfg.act_ckpt else 'off'}")
+    phase = {"optimizer step": "  (optimizer step)", "activations": "  (forward/backward)",
+             "loss chunk": "  (forward/backward)", "gathered weights": "  (forward/backward)",
+             "weight copies": "  (forward/backward)"}
+    rows = [f"  {key:<18}{value / unit:9.2f} {name}{phase.get(key, '')}" for key, value in plan.items() if key != "total" and value]
+    total = f"  {'total':<18}{plan['total'] / unit:9.2f} {name}" + (f" of {budget / unit:.1f} {name}" if budget else "")
+    return "\n".join([head, *rows, "  " + "-" * 30, total])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics beside log.jsonl, where people look: optional, imported only when asked for
+
+def import_metrics(cfg: TrainConfig) -> dict:
+    """The packages --tensorboard and --wandb need (neither is a requirement of this project), imported
+    before anything is written, so that a missing one is a one-line error that leaves the folder as it was."""
+    modules = {}
+    if cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard, or drop the flag")
+        modules["tensorboard"] = SummaryWriter
+    if cfg.wandb:
+        try:
+            import wandb
+        except ImportError:
+            raise TrainError("--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline runs without "
+                             "an account), or drop the flag")
+        modules["wandb"] = wandb
+    return modules
+
+
+def open_metrics(modules: dict, cfg: TrainConfig, out_dir: str, run_info: dict):
+    """A function that sends a log record's numbers to TensorBoard (out_dir/tensorboard) and W&B, or
+    None. A resumed run sends the evals after its checkpoint again: TensorBoard shows a step's last
+    value, and W&B counts each start of the run as a run of its own."""
+    sinks = []
+    if "tensorboard" in modules:
+        writer = modules["tensorboard"](os.path.join(out_dir, "tensorboard"))
+
+        def to_tensorboard(step, numbers):
+            for name, value in numbers.items():
+                writer.add_scalar(name, value, step)
+            writer.flush()
+        sinks.append(to_tensorboard)
+    if "wandb" in modules:
+        run = modules["wandb"].init(project=cfg.wandb, name=os.path.basename(os.path.abspath(out_dir)), dir=out_dir,
+                                    config=run_info)
+        sinks.append(lambda step, numbers: run.log(numbers, step=step))
+    if not sinks:
+        return None
+
+    def log(record):
+        numbers = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in sinks:
+            sink(record["step"], numbers)
+    return log
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,9 +756,22 @@ def filter_log(path: str, keep):
 
 
 def remove_temporary_files(out_dir: str):
-    """What killed atomic writes left (NAME.tmp<pid>): a kill -9 gives them no chance to clean up."""
+    """What killed atomic writes left (NAME.tmp<pid>, a checkpoint folder's NAME.tmp<step>): a kill -9
+    gives them no chance to clean up."""
     for stale in glob.glob(os.path.join(out_dir, "*.tmp[0-9]*")):
-        os.remove(stale)
+        shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)
+
+
+def restore_set_aside(out_dir: str):
+    """A kill between save_sharded's two renames leaves the previous checkpoint folder set aside as
+    NAME.old<step> and no NAME: put it back (it is intact) before anything looks for NAME. One left
+    beside NAME (a kill after the second rename) is removed."""
+    for old in glob.glob(os.path.join(out_dir, "*.old[0-9]*")):
+        name = old[:old.rindex(".old")]
+        if os.path.exists(name):
+            shutil.rmtree(old)
+        else:
+            os.rename(old, name)
 
 
 @contextlib.contextmanager
@@ -490,8 +802,9 @@ def run_folder(out_dir: str, resume: bool) -> str:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
     if glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
-        raise TrainError(f"{out_dir} has checkpoints but no ckpt_latest.pt: copy the newest ckpt_<tokens>.pt to "
-                         f"{latest} and add --resume to continue from it, or pick another --out_dir")
+        raise TrainError(f"{out_dir} has milestone checkpoints but no ckpt_latest.pt, and milestones hold weights only: "
+                         f"go on from the newest with --init_from and another --out_dir, or move the folder away "
+                         f"to start over")
     evals = 0
     if os.path.exists(log_path):
         with open(log_path, "rb") as f:
@@ -508,10 +821,14 @@ def run_folder(out_dir: str, resume: bool) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
     overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "d_model", "d_ff", "seq_len", "norm")}
+    return config_from_preset(cfg.model, vocab_size=vocab_size, **overrides)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
     try:
-        return GPT(config_from_preset(cfg.model, vocab_size=vocab_size, **overrides))
+        return GPT(model_config(cfg, vocab_size))
     except ValueError as e:
         raise TrainError(str(e))
 
@@ -537,25 +854,39 @@ def check_geometry(batch_size: int, grad_accum: int, world_size: int):
 
 def pretrain(cfg: TrainConfig):
     check_config(cfg)
+    metrics_modules = import_metrics(cfg)  # before anything is written: a missing package is one line
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
+    sharded = cfg.parallel == "fsdp"
+    if rt.master:
+        restore_set_aside(out_dir)
+    if rt.world_size > 1:
+        dist.barrier()
     folder = run_folder(out_dir, cfg.resume)  # every rank decides before rank 0 writes (the barrier below)
     resume = folder == "resume"
+    if resume and os.path.isdir(latest) != sharded:
+        raise TrainError(f"the run in {out_dir} wrote {'sharded' if os.path.isdir(latest) else 'single-file'} "
+                         f"checkpoints: resume it with --parallel {'fsdp' if os.path.isdir(latest) else 'ddp'}"
+                         f"{' (on any number of processes)' if os.path.isdir(latest) else ''}")
     if rt.master and folder == "restart":
         print(f"note: {out_dir} holds a run killed before its first checkpoint: starting it again", file=sys.stderr)
     data_dir = data.ensure_default_dataset(cfg.data_dir) if rt.master else cfg.data_dir
     if rt.world_size > 1:
         dist.barrier()  # rank 0 may have prepared the default dataset
     meta = data.load_meta(data_dir)
+    check_memory(cfg, model_config(cfg, meta["vocab_size"]), rt)
 
     model = build_model(cfg, meta["vocab_size"])
     seq_len = model.cfg.seq_len
     ckpt, start_step, mixture_step0, tokens_offset, general_start = None, 0, 0, 0, 0
     if resume:
         ckpt = load_checkpoint(latest)
+        if "mixture" not in ckpt:
+            raise TrainError(f"{latest} holds weights only (a milestone's), not the optimizer and data position an "
+                             f"exact resume needs: start a new run from it with --init_from in another --out_dir")
         before = ckpt["config"]
         changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
         if changed:
@@ -565,7 +896,10 @@ def pretrain(cfg: TrainConfig):
         if ckpt.get("dataset_id") != meta["dataset_id"]:
             raise TrainError(f"--resume on dataset {meta['dataset_id']} ({data_dir}), but the run in {out_dir} "
                              f"trained on {ckpt.get('dataset_id')}: give its --data_dir")
-        load_weights(model, ckpt, latest)
+        if sharded:  # the shards are read once the model is sharded like this run's (load_training_state)
+            check_shape(model, ckpt, latest)
+        else:
+            load_weights(model, ckpt, latest)
         start_step, mixture_step0, tokens_offset = ckpt["step"], ckpt["mixture_step0"], ckpt["tokens_offset"]
         general_start = ckpt["mixture"]["general_start"]
     elif cfg.init_from:
@@ -590,14 +924,16 @@ def pretrain(cfg: TrainConfig):
                          f"that wrote --init_from: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
+    model.act_ckpt = cfg.act_ckpt
+    if sharded:
+        shard_model(model, rt, compile_blocks=cfg.compile)
     optimizer = configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
+        load_training_state(model, optimizer, ckpt, latest)
     raw = model
-    if cfg.compile:
+    if cfg.compile and not sharded:
         model = torch.compile(model)
-    if rt.world_size > 1:
+    if rt.world_size > 1 and not sharded:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     evaluate = make_evaluator(model, cfg, rt, data_dir, seq_len, meta["vocab_size"])
 
@@ -606,6 +942,7 @@ def pretrain(cfg: TrainConfig):
             return f"{latest} is intact", "rerun the same command with --resume"
         return "no checkpoint was written yet", "rerun the same command"
 
+    log_metrics = None
     if rt.master:
         run_info = {**dataclasses.asdict(cfg), "out_dir": out_dir, "data_dir": data_dir,
                     "dataset_id": meta["dataset_id"], "model_config": raw.config_dict(),
@@ -619,26 +956,38 @@ def pretrain(cfg: TrainConfig):
             remove_temporary_files(out_dir)
             data.atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run_info, f, indent=1),
                               mode="w")
+            log_metrics = open_metrics(metrics_modules, cfg, out_dir, run_info)
         print(f"{raw.num_params() / 1e6:.2f}M parameters, {cfg.batch_size} x {seq_len} tokens per step, "
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 
-    def checkpoint_state(step):
-        return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "mixture": mixture.state_dict(),
-                "step": step, "mixture_step0": mixture_step0, "tokens_offset": tokens_offset,
-                "tokens": tokens_offset + (step - mixture_step0) * tokens_per_step,
-                "general_position": mixture.position(step - mixture_step0)["general"],
-                "model_config": raw.config_dict(), "config": dataclasses.asdict(cfg),
-                "dataset_id": meta["dataset_id"], "rng": torch.get_rng_state()}
+    def save(path, step, resumable):
+        """A checkpoint of the run at `step`: resumable (ckpt_latest.pt) or the weights alone (a milestone)."""
+        state = {"step": step, "mixture_step0": mixture_step0, "tokens_offset": tokens_offset,
+                 "tokens": tokens_offset + (step - mixture_step0) * tokens_per_step,
+                 "general_position": mixture.position(step - mixture_step0)["general"],
+                 "model_config": raw.config_dict(), "config": dataclasses.asdict(cfg), "dataset_id": meta["dataset_id"]}
+        if resumable:
+            state.update(mixture=mixture.state_dict(), rng=torch.get_rng_state())
+        if sharded:
+            tensors = {"model": raw.state_dict()}
+            if resumable and optimizer.state:  # before the first step there is none (load_training_state)
+                tensors["optimizer"] = get_optimizer_state_dict(raw, optimizer)
+            save_sharded(path, tensors, state, rt)
+        elif rt.master:
+            save_checkpoint(path, {"model": raw.state_dict(), **state,
+                                   **({"optimizer": optimizer.state_dict()} if resumable else {})})
 
     def on_eval(step, record):
-        if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
-            with writes_in(out_dir, recovery):
+        with writes_in(out_dir, recovery):
+            if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
                 append_jsonl(log_path, record)
-                state = checkpoint_state(step)
-                for tokens, milestone_step in milestones.items():
-                    if milestone_step == step:
-                        save_checkpoint(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), state)
-                save_checkpoint(latest, state)
+                if log_metrics:
+                    log_metrics(record)
+            for tokens, milestone_step in milestones.items():
+                if milestone_step == step:
+                    save(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), step, resumable=False)
+            if cfg.ckpt_interval == 0 or step % cfg.ckpt_interval == 0 or step == total_steps:
+                save(latest, step, resumable=True)
         return False
 
     train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,

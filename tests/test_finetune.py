@@ -41,11 +41,8 @@ def read_log(out_dir):
 
 
 def test_untying_keeps_the_function(ckpt, tiny_data):
-    state = train.load_checkpoint(ckpt)
-    pre = finetune.pretrain_config(state)
-    tied = train.build_model(pre, 257)
-    train.load_weights(tied, state, ckpt)
-    untied = finetune.untied_model(state, pre, train.setup_runtime("cpu"), ckpt)
+    tied, _ = train.load_model(ckpt)
+    untied = finetune.untied_model(tied, train.setup_runtime("cpu"))
     assert tied.lm_head is None and untied.lm_head is not None
     assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()  # two matrices now
     x = torch.randint(0, 257, (2, 32))

@@ -120,14 +120,16 @@ def assert_halfway(out_dir, name):
 
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
-    """Uninterrupted runs: (pretraining folder, finetuning folder of its step-16 milestone)."""
+    """Uninterrupted runs: (pretraining folder, finetuning folder of its step-16 milestone), and the
+    ckpt_latest.pt of step 16 that the run keeps until step 24 (milestones hold the weights alone)."""
     root = tmp_path_factory.mktemp("reference")
-    pre, ft = str(root / "pre"), str(root / "ft")
+    pre, ft, killed = str(root / "pre"), str(root / "ft"), str(root / "killed")
     for script, args in (("train.py", train_args(tiny_data, pre)),
                          ("finetune.py", finetune_args(os.path.join(pre, "ckpt_4096.pt"), ft))):
         done = run(script, args)
         assert done.returncode == 0, done.stderr[-2000:]
-    return pre, ft
+    assert run("train.py", train_args(tiny_data, killed), ("log.jsonl", 4)).returncode == -signal.SIGKILL
+    return pre, ft, os.path.join(killed, "ckpt_latest.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +192,11 @@ def last_line(stderr):
 
 
 def test_a_full_disk_stops_training_in_one_line_and_the_run_resumes(reference, tiny_data, tmp_path):
-    """Room for 2.5 checkpoints: the step-16 milestone fits, the ckpt_latest.pt after it does not. The
-    run stops in one line; once there is room, --resume ends as the uninterrupted run."""
-    checkpoint = os.path.getsize(os.path.join(reference[0], "ckpt_latest.pt"))
-    with small_disk(str(tmp_path / "disk"), int(2.5 * checkpoint)) as resize:
+    """Room for two ckpt_latest.pt (one and its replacement) and half a milestone: the step-16
+    milestone fits, the ckpt_latest.pt after it does not. The run stops in one line; once there is
+    room, --resume ends as the uninterrupted run."""
+    latest, milestone = (os.path.getsize(os.path.join(reference[0], f)) for f in ("ckpt_latest.pt", "ckpt_4096.pt"))
+    with small_disk(str(tmp_path / "disk"), int(2 * latest + milestone / 2)) as resize:
         out = str(tmp_path / "disk" / "run")
         full = run("train.py", train_args(tiny_data, out))
         assert full.returncode == 1
@@ -232,10 +235,10 @@ def test_a_full_disk_stops_finetuning_in_one_line_and_the_rerun_completes(refere
 # Run folders and damaged files
 
 def killed_run(reference, out):
-    """A run folder as a kill right after the step-16 checkpoint leaves it: ckpt_latest.pt of step 16
-    (the reference's milestone), log lines up to step 16."""
+    """A run folder as a kill right after the step-16 checkpoint leaves it: ckpt_latest.pt of step 16,
+    log lines up to step 16."""
     os.makedirs(out)
-    shutil.copy(os.path.join(reference[0], "ckpt_4096.pt"), os.path.join(out, "ckpt_latest.pt"))
+    shutil.copy(reference[2], os.path.join(out, "ckpt_latest.pt"))
     shutil.copy(os.path.join(reference[0], "config.json"), out)
     with open(os.path.join(reference[0], "log.jsonl")) as f:
         lines = f.readlines()[:3]
@@ -276,7 +279,7 @@ def test_a_run_folder_is_resumable_or_says_how_to_recover(reference, tiny_data, 
     for rerun in ([], ["--resume"]):
         status, err = refusal("train.py", train_args(tiny_data, out, *rerun), capsys)
         assert (status, err.count("\n")) == (1, 1)
-        assert "has checkpoints but no ckpt_latest.pt: copy the newest ckpt_<tokens>.pt to" in err
+        assert "has milestone checkpoints but no ckpt_latest.pt, and milestones hold weights only: go on" in err
     status, err = refusal("train.py", train_args(tiny_data, str(tmp_path / "typo"), "--resume"), capsys)
     assert "--resume: " in err and "holds no run to continue; start it without --resume" in err
     assert snapshot(str(tmp_path)) == before
@@ -285,11 +288,17 @@ def test_a_run_folder_is_resumable_or_says_how_to_recover(reference, tiny_data, 
     status, err = refusal("train.py", train_args(tiny_data, out, "--resume"), capsys)
     assert "log.jsonl holds 3 evals but there is no checkpoint" in err and "move the folder away" in err
     assert snapshot(str(tmp_path)) == before
-    # the first advice works: the newest milestone as ckpt_latest.pt resumes exactly
+    # a milestone is no ckpt_latest.pt: it has no optimizer state or data position to resume exactly
     shutil.copy(os.path.join(reference[0], "ckpt_4096.pt"), os.path.join(out, "ckpt_latest.pt"))
-    again = run("train.py", train_args(tiny_data, out, "--resume"))
+    before = snapshot(str(tmp_path))
+    status, err = refusal("train.py", train_args(tiny_data, out, "--resume"), capsys)
+    assert (status, err.count("\n")) == (1, 1) and "holds weights only" in err and "--init_from" in err
+    assert snapshot(str(tmp_path)) == before
+    # the advice works: a new run from the newest milestone goes on from its tokens
+    other = str(tmp_path / "other")
+    again = run("train.py", train_args(tiny_data, other, "--init_from", os.path.join(reference[0], "ckpt_4096.pt")))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert read_log(out) == read_log(reference[0])
+    assert [r["tokens"] for r in read_log(other)] == [6144, 8192]
 
 
 def test_damaged_files_are_refused_in_one_line_and_kept(reference, tiny_data, tmp_path, capsys):
@@ -344,6 +353,12 @@ TRAIN_CASES = [
     ("--dtype", "int8", "--dtype int8: use auto, float32, bfloat16, float16"),
     ("--dtype", "nosuch", "--dtype nosuch: use auto, float32, bfloat16, float16"),
     ("--compile", "maybe", "argument --compile: expected true or false, got 'maybe'"),
+    ("--parallel", "zero3", "--parallel zero3: use ddp or fsdp"),
+    ("--act_ckpt", "sometimes", "argument --act_ckpt: expected true or false, got 'sometimes'"),
+    ("--ckpt_interval", "12", "--ckpt_interval 12 is not a multiple of --eval_interval 8"),
+    ("--ckpt_interval", "-8", "--ckpt_interval -8: must be an integer >= 0"),
+    ("--memory_gb", "-1", "--memory_gb -1.0: must be a number of GB >= 0"),
+    ("--memory_gb", "0.0001", "the memory plan needs"),
     ("--config", "BAD_JSON", "--config BAD_JSON is not valid JSON"),
     ("--config", "LIST_JSON", "--config LIST_JSON: expected a JSON object of settings"),
     ("--config", "BAD_VALUE_JSON", "--config BAD_VALUE_JSON: argument --lr: invalid float value: '[0.1]'"),

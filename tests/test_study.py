@@ -1,14 +1,30 @@
 """The study driver end to end at a micro size: every stage runs and the report is filled from real runs."""
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
 import torch
 
+import train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILL_AT_LAST_MILESTONE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import data, train
+atomic_write = data.atomic_write
+def killing_atomic_write(path, *args, **kwargs):
+    if os.path.basename(path) == "ckpt_8192.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return atomic_write(path, *args, **kwargs)
+data.atomic_write = killing_atomic_write
+train.main({args!r})
+"""
 
 
 def table_rows(report: str, heading: str) -> list[list[str]]:
@@ -45,13 +61,20 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     for png in ("pretraining.png", "fit_results_curves.png", "fit_results_recommendation.png"):
         assert os.path.getsize(os.path.join(results, png)) > 1000
 
-    # Restartable. Pretend the run of delta 0.2 was killed after logging its last eval but before writing
-    # that eval's checkpoints: its latest checkpoint is then an earlier one, and the last milestone is missing.
+    # Restartable. The run of delta 0.2 is killed after logging its last eval but before writing that
+    # eval's checkpoints: its latest checkpoint is then an earlier one, and the last milestone is missing.
+    # (Its own command again, SIGKILLed as it starts writing the last milestone.)
     run = os.path.join(out, "runs", "d0.2")
     last = os.path.join(run, "ckpt_8192.pt")
     weights = torch.load(last, weights_only=False)["model"]
-    shutil.copy(os.path.join(run, "ckpt_4096.pt"), os.path.join(run, "ckpt_latest.pt"))
-    os.remove(last)
+    config = json.load(open(os.path.join(run, "config.json")))
+    args = [f"--{f.name}={config[f.name]}" for f in dataclasses.fields(train.TrainConfig)
+            if config[f.name] not in (None, "")]
+    shutil.rmtree(run)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_LAST_MILESTONE.format(root=ROOT, args=args)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and not os.path.exists(last), killed.stderr[-3000:]
+    assert torch.load(os.path.join(run, "ckpt_latest.pt"), weights_only=False)["step"] == 24
     outputs = [os.path.join(root, f) for root, _, files in os.walk(out) for f in files
                if f in ("finetune.json", "log.jsonl", "eval.jsonl") and root != run]
     before = {f: open(f).read() for f in outputs}

@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -37,17 +39,21 @@ def test_run_learns_logs_and_checkpoints(tiny_data, tmp_path):
     assert log[-1]["domain_epochs"] == pytest.approx(8192 * 0.25 / json.load(
         open(os.path.join(out, "config.json")))["domain_train_tokens"], rel=0.05)
     assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["ckpt_2048.pt", "ckpt_4096.pt", "ckpt_latest.pt"]
-    ckpt = torch.load(os.path.join(out, "ckpt_4096.pt"), weights_only=False)
-    assert ckpt["step"] == 16 and ckpt["tokens"] == 4096 and {"model", "optimizer", "mixture"} <= set(ckpt)
+    milestone, latest = (torch.load(os.path.join(out, f), weights_only=False) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
+    assert milestone["step"] == 16 and milestone["tokens"] == 4096 and latest["step"] == 32
+    assert not {"optimizer", "mixture", "rng"} & set(milestone)  # a milestone is the weights, for finetuning
+    assert {"model", "optimizer", "mixture", "rng"} <= set(latest)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     train.main(tiny_args(tiny_data, full, "--ckpt_tokens", "4096"))
     # Interrupt after step 16: what a crash would leave is the step-16 checkpoint as the latest one,
     # plus log lines written after it (which resume must drop).
-    os.makedirs(resumed)
-    shutil.copy(os.path.join(full, "ckpt_4096.pt"), os.path.join(resumed, "ckpt_latest.pt"))
+    save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, state: state["step"] <= 16 and save(path, state))
+    train.main(tiny_args(tiny_data, resumed, "--ckpt_tokens", "4096"))
+    monkeypatch.undo()
     with open(os.path.join(resumed, "log.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in read_log(full)[:4])  # up to step 24: one line too many
     open(os.path.join(resumed, "ckpt_latest.pt.tmp4242"), "wb").write(b"half a checkpoint")  # cut off by a kill
@@ -180,6 +186,38 @@ def test_flags_accept_both_spellings_and_config_files(tmp_path):
     for name in os.listdir(os.path.join(ROOT, "configs")):
         if name.endswith(".json"):  # every training preset parses
             train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tiny_data, tmp_path):
+    """Recomputing each block in backward gives the same gradients: the same log, the same weights."""
+    plain, ckpt = str(tmp_path / "plain"), str(tmp_path / "ckpt")
+    train.main(tiny_args(tiny_data, plain, "--max_tokens", "2048"))
+    train.main(tiny_args(tiny_data, ckpt, "--max_tokens", "2048", "--act_ckpt"))
+    timing = ("tokens_per_s", "mfu", "elapsed_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(plain)] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in read_log(ckpt)]
+    a, b = (torch.load(os.path.join(d, "ckpt_latest.pt"), weights_only=False)["model"] for d in (plain, ckpt))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_metrics_are_optional_and_get_every_log_line(tiny_data, tmp_path, monkeypatch):
+    """--tensorboard or --wandb without its package: one line, nothing written. With one (here a
+    stand-in for wandb that records its calls), every log line's numbers arrive at their step."""
+    out = str(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    for flags, package in ((["--tensorboard"], "tensorboard"), (["--wandb", "spt"], "wandb")):
+        with pytest.raises(train.TrainError, match=f"^{flags[0]} needs the {package} package: pip install {package}"):
+            train.main(tiny_args(tiny_data, out, *flags))
+        assert not os.path.exists(out)
+    calls = []
+    run = types.SimpleNamespace(log=lambda numbers, step: calls.append((step, numbers)))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw) or run))
+    train.main(tiny_args(tiny_data, out, "--wandb", "spt", "--max_tokens", "4096"))
+    log = read_log(out)
+    assert calls[0]["project"] == "spt" and calls[0]["config"]["max_tokens"] == 4096
+    assert [step for step, _ in calls[1:]] == [r["step"] for r in log] == [0, 8, 16]
+    assert all(numbers["domain_test_loss"] == r["domain_test_loss"] for (_, numbers), r in zip(calls[1:], log))
 
 
 def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):

@@ -23,7 +23,11 @@ starting from the same checkpoint, and the best point over the grid reported. Th
   train loss (overfitting: train falls while test turns up) and general validation loss (forgetting).
   A configuration stops once the domain test loss has not improved for `patience` evals, or at
   `max_epochs`. Its best point is the eval with the lowest domain test loss; the general loss
-  *at that point* is the forgetting the paper reports. Selecting on test loss is what the paper
+  *at that point* is the forgetting the paper reports. A configuration that is the grid's best so
+  far and still improving at `max_epochs` has not found its minimum yet: it goes on, max_epochs at
+  a time, until it stops improving or reaches `extend_epochs`; if it is still improving there, its
+  point is recorded as "unconverged" (finetune.json's best["converged"] is false), so that nobody
+  mistakes a capped run for the protocol's answer. Selecting on test loss is what the paper
   does (there is no separate validation split); the same selection is applied to every run, so the
   comparison between NPT and SPT stays fair, but the absolute numbers are slightly optimistic.
 - The best over the grid (including step 0, so finetuning can never be reported as hurting) is the
@@ -82,7 +86,7 @@ class FinetuneConfig:
     data_dir: str = ""  # default: the dataset the checkpoint was pretrained on
     # the grid: comma-separated; an "x" suffix means times the checkpoint's pretraining peak LR
     lr: str = "0.1x,0.3x,1x"
-    warmup: str = "10,20,40"  # steps
+    warmup: str = "10,20,40"  # steps; an "e" suffix means a fraction of an epoch (0.33e)
     schedule: str = "constant"  # constant | wsd
     decay_frac: float = 0.2  # wsd: decay over the last decay_frac of the epoch cap ...
     min_lr_frac: float = 0.1  # ... to this fraction of the LR
@@ -100,6 +104,7 @@ class FinetuneConfig:
     eval_epochs: float = 0.25
     patience: int = 4  # evals without a new lowest domain test loss before stopping
     max_epochs: float = 10.0
+    extend_epochs: float = 40.0  # the grid's best, still improving at max_epochs, goes on up to this
     eval_windows: int | None = None  # default: the pretraining run's, so losses are comparable
     eval_batch_size: int | None = None
     log_interval: int = 5
@@ -134,16 +139,19 @@ def grid_values(value) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def parse_grid(cfg: FinetuneConfig, pretrain_lr: float) -> list[tuple[float, int]]:
+def parse_grid(cfg: FinetuneConfig, pretrain_lr: float, steps_per_epoch: float) -> list[tuple[float, int]]:
     """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR (rounded to 12
-    digits, so that 0.1 x 3e-3 is recorded as 3e-4, not 0.00030000000000000003)."""
+    digits, so that 0.1 x 3e-3 is recorded as 3e-4, not 0.00030000000000000003); "0.33e" is a warmup
+    of a third of an epoch, in steps."""
     try:
         lrs = [float(f"{float(s[:-1]) * pretrain_lr:.12g}") if s.endswith("x") else float(s)
                for s in grid_values(cfg.lr)]
-        warmups = [int(float(s)) for s in grid_values(cfg.warmup)]
+        warmups = [round(float(s[:-1]) * steps_per_epoch) if s.endswith("e") else train.integer(s)
+                   for s in grid_values(cfg.warmup)]
     except ValueError:
         raise train.TrainError(f"--lr {cfg.lr!r} / --warmup {cfg.warmup!r}: give comma-separated numbers "
-                               f"like --lr 3e-4,1e-3 (or 0.1x,1x of the pretraining LR) --warmup 10,20")
+                               f"like --lr 3e-4,1e-3 (or 0.1x,1x of the pretraining LR) --warmup 10,20 (or "
+                               f"0.33e, a third of an epoch)")
     if not lrs or not warmups:
         raise train.TrainError("the grid is empty: give at least one --lr and one --warmup")
     if not all(0 < lr < math.inf for lr in lrs) or min(warmups) < 0:
@@ -194,11 +202,14 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     if ckpt.get("dataset_id") != meta["dataset_id"]:
         print(f"note: {cfg.init} was pretrained on dataset {ckpt.get('dataset_id')}, finetuning on "
               f"{meta['dataset_id']} ({data_dir})", file=sys.stderr)
-    grid = parse_grid(cfg, pre.lr)
     batch, accum = batch_geometry(cfg, pre, world_size)
     seq_len = ckpt["model_config"]["seq_len"]
     domain_windows = (meta["splits"]["domain_train"]["tokens"] - 1) // seq_len
     steps_per_epoch = domain_windows / (batch * (1 - cfg.replay))
+    grid = parse_grid(cfg, pre.lr, steps_per_epoch)
+    if cfg.extend_epochs < cfg.max_epochs:
+        raise train.TrainError(f"--extend_epochs {cfg.extend_epochs:g} is below --max_epochs {cfg.max_epochs:g}: "
+                               f"it is how far the best configuration may go on past the cap")
     eval_interval = cfg.eval_interval or max(1, round(cfg.eval_epochs * steps_per_epoch))
     total_steps = max(1, math.ceil(cfg.max_epochs * steps_per_epoch))
     out_dir = cfg.out_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.init)),
@@ -209,7 +220,7 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
                 "pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
                 "dataset_id": meta["dataset_id"], "batch_size": batch, "seq_len": seq_len,
                 "eval_interval": eval_interval, "eval_windows": cfg.eval_windows or pre.eval_windows,
-                "max_epochs": cfg.max_epochs, "total_steps": total_steps,
+                "max_epochs": cfg.max_epochs, "extend_epochs": cfg.extend_epochs, "total_steps": total_steps,
                 **{k: getattr(cfg, k) for k in ("replay", "schedule", "decay_frac", "min_lr_frac", "beta1", "beta2",
                                                 "eps", "weight_decay", "grad_clip", "patience", "seed",
                                                 "save_best")}}
@@ -244,9 +255,11 @@ def point_of(record: dict) -> dict:
 
 
 def best_over(configs) -> dict | None:
-    """The point with the lowest domain test loss over all configurations, with its lr and warmup."""
+    """The point with the lowest domain test loss over all configurations, with its lr, warmup and
+    whether its configuration converged (stopped early, not still improving at --extend_epochs)."""
     best = min(configs, key=lambda c: c["best"]["domain_test_loss"], default=None)
-    return None if best is None else {"lr": best["lr"], "warmup": best["warmup"], **best["best"]}
+    return None if best is None else {"lr": best["lr"], "warmup": best["warmup"], **best["best"],
+                                      "converged": best["stopped"] != "unconverged"}
 
 
 def results_json(cfg: FinetuneConfig, ckpt: dict, plan: Plan, configs: list[dict]) -> dict:
@@ -307,11 +320,23 @@ def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
         on_progress(entry)
         return stop
 
+    def early():
+        return len(curve) - 1 - stopper.best_index >= cfg.patience
+
     try:
-        train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, plan.total_steps,
+        done, chunk = plan.total_steps, plan.total_steps
+        extend_to = math.ceil(plan.total_steps * cfg.extend_epochs / cfg.max_epochs)
+        train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, done,
                          desc=f"finetune lr={lr:.3g} warmup={warmup}")
-        early = len(curve) - 1 - stopper.best_index >= cfg.patience
-        entry.update(finished=True, stopped="early" if early else "epoch_cap")
+        # The grid's best so far, still improving at the cap, has not shown its best yet: it goes on,
+        # max_epochs at a time (at a constant LR the loop simply continues), up to extend_epochs.
+        while not early() and curve[stopper.best_index]["domain_test_loss"] < best_so_far and \
+                cfg.schedule == "constant" and done < extend_to:
+            train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, done,
+                             min(done + chunk, extend_to), desc=f"finetune lr={lr:.3g} warmup={warmup}, extended")
+            done = min(done + chunk, extend_to)
+        improving = curve[stopper.best_index]["domain_test_loss"] < best_so_far
+        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving else "epoch_cap")
     except train.Diverged as e:  # too high a learning rate: its best point so far still counts
         print(f"lr={lr:g} warmup={warmup}: {e}; going on with the grid", file=sys.stderr)
         entry.update(finished=True, stopped="diverged")

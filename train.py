@@ -153,6 +153,7 @@ RANGES = {
     "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
     "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: no clipping)"),
     "max_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "extend_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
     "eval_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
     "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),

@@ -27,7 +27,7 @@ def ckpt(tiny_data, tmp_path_factory):
 def ft_args(ckpt, out_dir, *extra):
     """0.3 epochs (14 steps of 8 x 32 tokens), an eval every 4 steps."""
     return ["--init", ckpt, "--out_dir", out_dir, "--batch_size", "8", "--lr", "3e-3", "--warmup", "2",
-            "--max_epochs", "0.3", "--eval_interval", "4", "--patience", "3", *extra]
+            "--max_epochs", "0.3", "--extend_epochs", "0.3", "--eval_interval", "4", "--patience", "3", *extra]
 
 
 def read_json(path):
@@ -69,7 +69,8 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
         assert c["best"] == min(c["curve"], key=lambda p: p["domain_test_loss"])
         assert c["best"]["domain_test_loss"] < result["pretrained"]["domain_test_loss"]  # it learned
     best = min((c for c in result["configs"]), key=lambda c: c["best"]["domain_test_loss"])
-    assert result["best"] == {"lr": best["lr"], "warmup": best["warmup"], **best["best"]}
+    assert result["best"] == {"lr": best["lr"], "warmup": best["warmup"], **best["best"],
+                              "converged": best["stopped"] != "unconverged"}
     log = read_log(out)
     assert {"step", "tokens", "domain_epochs", "train_loss", "domain_test_loss", "ft_lr", "ft_warmup"} <= set(log[-1])
     assert len(log) == sum(len(c["curve"]) for c in result["configs"])
@@ -83,11 +84,17 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
 
 
 def test_grid_values_absolute_relative_and_from_python():
-    cfg = finetune.FinetuneConfig()  # the default: 0.1x, 0.3x, 1x the pretraining LR, 3 warmups
-    assert finetune.parse_grid(cfg, 3e-3) == [(lr, w) for lr in (3e-4, 9e-4, 3e-3) for w in (10, 20, 40)]
+    cfg = finetune.FinetuneConfig(lr="0.1x,0.3x,1x", warmup="10,20,40")  # relative to the pretraining LR
+    assert finetune.parse_grid(cfg, 3e-3, 50) == [(lr, w) for lr in (3e-4, 9e-4, 3e-3) for w in (10, 20, 40)]
     cfg = finetune.FinetuneConfig(lr="1e-5, 4e-5,1e-4", warmup="50,100,200")  # the paper's grid, as is
-    assert len(finetune.parse_grid(cfg, 4e-4)) == 9 and finetune.parse_grid(cfg, 4e-4)[0] == (1e-5, 50)
-    assert finetune.parse_grid(finetune.FinetuneConfig(lr=[1e-3, "2x"], warmup=5), 1e-3) == [(1e-3, 5), (2e-3, 5)]
+    assert len(finetune.parse_grid(cfg, 4e-4, 300)) == 9 and finetune.parse_grid(cfg, 4e-4, 300)[0] == (1e-5, 50)
+    cfg = finetune.FinetuneConfig(lr=[1e-3, "2x"], warmup=5)
+    assert finetune.parse_grid(cfg, 1e-3, 50) == [(1e-3, 5), (2e-3, 5)]
+    # the paper's warmups as fractions of an epoch: 1/6, 1/3 and 2/3 of 300 steps are its 50, 100, 200
+    cfg = finetune.FinetuneConfig(lr="1e-4", warmup="0.1667e,0.3333e,0.6667e")
+    assert [w for _, w in finetune.parse_grid(cfg, 4e-4, 300)] == [50, 100, 200]
+    with pytest.raises(train.TrainError, match="--warmup"):
+        finetune.parse_grid(finetune.FinetuneConfig(warmup="2.5"), 1e-3, 50)  # steps are whole
 
 
 def test_early_stopping_stops_at_the_true_minimum():
@@ -117,6 +124,29 @@ def test_run_stops_at_the_minimum_of_a_constructed_curve(ckpt, tmp_path, monkeyp
     assert [p["step"] for p in config["curve"]] == [0, 2, 4, 6, 8, 10, 12]
     assert config["best"]["step"] == 6 and config["best"]["domain_test_loss"] == 2.0
     assert config["stopped"] == "early" and result["best"]["step"] == 6
+
+
+def test_the_best_configuration_goes_on_past_the_cap_until_it_stops_improving(ckpt, tmp_path, monkeypatch):
+    """Curves replayed per configuration (an eval every 2 steps, --extend_epochs twice the cap): the first
+    still improves at the cap, goes on and stops 3 evals after its minimum; the second is worse at its cap,
+    so it ends there; the third beats the first and still improves where the extension ends: its point is
+    reported unconverged."""
+    curves = iter([[3.0 - 0.1 * i for i in range(11)] + [2.1, 2.2, 2.3], [4.0 - 0.05 * i for i in range(20)], [2.5 - 0.07 * i for i in range(30)]])
+
+    def fake_evaluator(*args):
+        losses = iter(next(curves))
+        return lambda: {"general_val_loss": 1.0, "domain_train_loss": 1.0, "domain_test_loss": next(losses)}
+    monkeypatch.setattr(train, "make_evaluator", fake_evaluator)
+    result = finetune.main(ft_args(ckpt, str(tmp_path / "ft"), "--lr", "1e-3,2e-3,3e-3", "--eval_interval", "2",
+                                   "--extend_epochs", "0.6"))
+    cap = result["settings"]["total_steps"]
+    first, second, third = result["configs"]
+    assert first["stopped"] == "early" and first["best"] == first["curve"][10] and len(first["curve"]) == 14
+    assert first["best"]["step"] > cap
+    assert second["stopped"] == "epoch_cap" and second["curve"][-1]["step"] == cap
+    assert third["stopped"] == "unconverged" and third["curve"][-1] == third["best"]
+    assert third["best"]["step"] == 2 * cap
+    assert result["best"]["lr"] == 3e-3 and result["best"]["converged"] is False
 
 
 def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
@@ -164,7 +194,7 @@ def test_a_diverging_configuration_is_recorded_and_the_grid_goes_on(ckpt, tmp_pa
                                    "--grad_clip", "0"))
     diverged, fine = result["configs"]
     assert diverged["lr"] == 1e30 and diverged["finished"] and diverged["stopped"] == "diverged"
-    assert fine["lr"] == 3e-3 and fine["finished"] and fine["stopped"] in ("early", "epoch_cap")
+    assert fine["lr"] == 3e-3 and fine["finished"] and fine["stopped"] in ("early", "unconverged")
     assert result["best"]["lr"] == 3e-3
 
 
@@ -177,7 +207,7 @@ def test_replay_fraction_is_realised(ckpt, tiny_data, monkeypatch):
         seen.append(is_domain.tolist())
         return x, y, is_domain
     monkeypatch.setattr(data.Mixture, "get_batch", spy)
-    result = finetune.finetune(ckpt, replay=0.25, batch_size=8, lr="3e-3", warmup="2", max_epochs=0.3,
+    result = finetune.finetune(ckpt, replay=0.25, batch_size=8, lr="3e-3", warmup="2", max_epochs=0.3, extend_epochs=0.3,
                                eval_interval=4, patience=100)
     out = os.path.join(os.path.dirname(ckpt), "ft_ckpt_8192_replay0.25")  # the default out_dir
     assert read_json(os.path.join(out, "finetune.json")) == result and result["replay"] == 0.25

@@ -37,7 +37,7 @@ def train_args(data_dir, out_dir, *extra):
 def finetune_args(init, out_dir, *extra):
     """Two configurations of 14 steps, an eval (log line and finetune.json) every 4, the best one kept."""
     return ["--init", init, "--out_dir", out_dir, "--batch_size", "8", "--lr", "1e-3,3e-3", "--warmup", "2",
-            "--max_epochs", "0.3", "--eval_interval", "4", "--patience", "3", "--save_best", *extra]
+            "--max_epochs", "0.3", "--extend_epochs", "0.3", "--eval_interval", "4", "--patience", "3", "--save_best", *extra]
 
 
 KILL_HOOK = '''

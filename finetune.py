@@ -140,7 +140,8 @@ def grid_values(value) -> list[str]:
 
 
 def parse_grid(cfg: FinetuneConfig, pretrain_lr: float, steps_per_epoch: float) -> list[tuple[float, int]]:
-    """(lr, warmup) pairs, lr-major. "0.3x" is 0.3 times the pretraining peak LR (rounded to 12
+    """(lr, warmup) pairs, the highest lr first: it finishes soonest, and the bar it sets decides which
+    slower configurations are worth extending past the epoch cap. "0.3x" is 0.3 times the pretraining peak LR (rounded to 12
     digits, so that 0.1 x 3e-3 is recorded as 3e-4, not 0.00030000000000000003); "0.33e" is a warmup
     of a third of an epoch, in steps."""
     try:
@@ -156,7 +157,7 @@ def parse_grid(cfg: FinetuneConfig, pretrain_lr: float, steps_per_epoch: float) 
         raise train.TrainError("the grid is empty: give at least one --lr and one --warmup")
     if not all(0 < lr < math.inf for lr in lrs) or min(warmups) < 0:
         raise train.TrainError(f"--lr must be numbers > 0 and --warmup integers >= 0 (got {lrs}, {warmups})")
-    return [(lr, w) for lr in lrs for w in warmups]
+    return [(lr, w) for lr in sorted(lrs, reverse=True) for w in warmups]
 
 
 def batch_geometry(cfg: FinetuneConfig, pre: train.TrainConfig, world_size: int) -> tuple[int, int]:

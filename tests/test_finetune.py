@@ -63,7 +63,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     train.load_weights(tied, train.load_checkpoint(ckpt), ckpt)
     test_loss = mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
-    assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(1e-3, 2), (3e-3, 2)]
+    assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(3e-3, 2), (1e-3, 2)]
     for c in result["configs"]:
         assert c["finished"] and c["curve"][0]["step"] == 0
         assert c["best"] == min(c["curve"], key=lambda p: p["domain_test_loss"])
@@ -85,11 +85,11 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
 
 def test_grid_values_absolute_relative_and_from_python():
     cfg = finetune.FinetuneConfig(lr="0.1x,0.3x,1x", warmup="10,20,40")  # relative to the pretraining LR
-    assert finetune.parse_grid(cfg, 3e-3, 50) == [(lr, w) for lr in (3e-4, 9e-4, 3e-3) for w in (10, 20, 40)]
+    assert finetune.parse_grid(cfg, 3e-3, 50) == [(lr, w) for lr in (3e-3, 9e-4, 3e-4) for w in (10, 20, 40)]
     cfg = finetune.FinetuneConfig(lr="1e-5, 4e-5,1e-4", warmup="50,100,200")  # the paper's grid, as is
-    assert len(finetune.parse_grid(cfg, 4e-4, 300)) == 9 and finetune.parse_grid(cfg, 4e-4, 300)[0] == (1e-5, 50)
+    assert len(finetune.parse_grid(cfg, 4e-4, 300)) == 9 and finetune.parse_grid(cfg, 4e-4, 300)[0] == (1e-4, 50)
     cfg = finetune.FinetuneConfig(lr=[1e-3, "2x"], warmup=5)
-    assert finetune.parse_grid(cfg, 1e-3, 50) == [(1e-3, 5), (2e-3, 5)]
+    assert finetune.parse_grid(cfg, 1e-3, 50) == [(2e-3, 5), (1e-3, 5)]
     # the paper's warmups as fractions of an epoch: 1/6, 1/3 and 2/3 of 300 steps are its 50, 100, 200
     cfg = finetune.FinetuneConfig(lr="1e-4", warmup="0.1667e,0.3333e,0.6667e")
     assert [w for _, w in finetune.parse_grid(cfg, 4e-4, 300)] == [50, 100, 200]
@@ -137,7 +137,7 @@ def test_the_best_configuration_goes_on_past_the_cap_until_it_stops_improving(ck
         losses = iter(next(curves))
         return lambda: {"general_val_loss": 1.0, "domain_train_loss": 1.0, "domain_test_loss": next(losses)}
     monkeypatch.setattr(train, "make_evaluator", fake_evaluator)
-    result = finetune.main(ft_args(ckpt, str(tmp_path / "ft"), "--lr", "1e-3,2e-3,3e-3", "--eval_interval", "2",
+    result = finetune.main(ft_args(ckpt, str(tmp_path / "ft"), "--lr", "3e-3,2e-3,1e-3", "--eval_interval", "2",
                                    "--extend_epochs", "0.6"))
     cap = result["settings"]["total_steps"]
     first, second, third = result["configs"]
@@ -146,7 +146,7 @@ def test_the_best_configuration_goes_on_past_the_cap_until_it_stops_improving(ck
     assert second["stopped"] == "epoch_cap" and second["curve"][-1]["step"] == cap
     assert third["stopped"] == "unconverged" and third["curve"][-1] == third["best"]
     assert third["best"]["step"] == 2 * cap
-    assert result["best"]["lr"] == 3e-3 and result["best"]["converged"] is False
+    assert result["best"]["lr"] == 1e-3 and result["best"]["converged"] is False
 
 
 def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
@@ -163,13 +163,13 @@ def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
     real = finetune.run_config
     monkeypatch.setattr(finetune, "run_config", lambda *a: runs.append(a[6:8]) or real(*a))
     second = finetune.main(args)
-    assert runs == [(3e-3, 2)]
+    assert runs == [(1e-3, 2)]
     assert second["configs"] == first["configs"] and second["best"] == first["best"]  # deterministic on CPU
     assert len(read_log(out)) == sum(len(c["curve"]) for c in first["configs"])  # no duplicated lines
     finetune.main(args)
-    assert runs == [(3e-3, 2)]  # all finished: nothing runs
+    assert runs == [(1e-3, 2)]  # all finished: nothing runs
     finetune.main(ft_args(ckpt, out, "--lr", "1e-3,3e-3,1e-2"))  # a wider grid runs only the new value
-    assert runs == [(3e-3, 2), (1e-2, 2)]
+    assert runs == [(1e-3, 2), (1e-2, 2)]
     with pytest.raises(train.TrainError, match="other settings.*patience"):
         finetune.main(args + ["--patience", "5"])
     with pytest.raises(train.TrainError, match=r"other settings \(save_best\)"):  # no best checkpoint was kept

@@ -100,6 +100,16 @@ def test_metamath_compressed_proofs_become_placeholders_and_sections_split():
     assert "wi $a wff ( ph -> ps ) $." in sections[1]
 
 
+def test_metamath_statements_one_per_document():
+    statements = [s for section in corpora.metamath_sections(fixture("snippet.mm"))
+                  for s in corpora.statements_of(section)]
+    assert len(statements) == 4  # the declarations ending in wi, idi, idu, th2: headers and prose left out
+    assert statements[0].endswith("wi $a wff ( ph -> ps ) $.") and "Chapter one" not in statements[0]
+    assert statements[1].strip().startswith("${") and "idi $p |- ph $= ? $." in statements[1]
+    assert statements[2].strip().startswith("$( The same") and "idu $p |- ph $= idu.1 $." in statements[2]
+    assert statements[3].strip() == "th2 $p |- ( ph -> ph ) $= ? $."
+
+
 def test_proof_assistant_sources_are_one_file_per_document(cache):
     fake_debian(cache, "hol-light", {
         "usr/share/hol-light/lib.ml": "let x = 1;;",
@@ -554,6 +564,6 @@ def test_list_names_every_source():
     names = [line.split()[0] for line in out.splitlines()]
     assert names[:len(corpora.SOURCES)] == list(corpora.SOURCES)
     for name in ("english", "prose", "wiki", "austen", "bible", "fortunes", "pydocs", "perldocs", "kerneldocs",
-                 "abc", "kern", "smiles", "rdkit", "metamath", "hol", "coq", "fineweb", "musicpile", "chempile",
+                 "abc", "kern", "smiles", "rdkit", "metamath", "metamath-thm", "hol", "coq", "fineweb", "musicpile", "chempile",
                  "proofpile", "local:PATH", "hf:ID[:CONFIG]"):
         assert name in names

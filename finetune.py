@@ -73,9 +73,8 @@ from tqdm import tqdm
 
 import data
 import train
-from evaluate import LOSS_SPLITS, check_vocabulary
 
-LOSS_KEYS = tuple(name for name, _ in LOSS_SPLITS)
+LOSS_KEYS = tuple(name for name, _ in train.LOSS_SPLITS)
 SCHEDULES = ("constant", "wsd")
 
 
@@ -196,8 +195,8 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     and derive the run's geometry. Raises before anything is written."""
     data_dir = cfg.data_dir or pre.data_dir
     meta = data.load_meta(data_dir)
-    check_vocabulary(ckpt, meta, cfg.init, data_dir)
-    for _, split in LOSS_SPLITS:
+    train.check_vocabulary(ckpt, meta, cfg.init, data_dir)
+    for _, split in train.LOSS_SPLITS:
         data.open_split(data_dir, split)  # a dataset without a domain fails here, in one line
     if ckpt.get("dataset_id") != meta["dataset_id"]:
         print(f"note: {cfg.init} was pretrained on dataset {ckpt.get('dataset_id')}, finetuning on "
@@ -300,7 +299,8 @@ def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
     model = torch.compile(raw) if cfg.compile else raw
     if rt.world_size > 1:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = train.make_evaluator(model, run_cfg, rt, plan.data_dir, raw.cfg.seq_len, plan.meta["vocab_size"])
+    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, run_cfg.eval_windows,
+                                   run_cfg.eval_batch_size)
     stopper, entry, snapshot = EarlyStopping(cfg.patience), None, None
     curve = []
     log_path = os.path.join(plan.out_dir, "log.jsonl")

@@ -53,6 +53,7 @@ import time
 import types
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -63,7 +64,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from evaluate import mean_loss
 from model import GPT, PRESETS, GPTConfig, config_from_preset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -404,6 +404,15 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
+    """Where a checkpoint meets a dataset (--resume, --init_from, finetune.py, evaluate.py): the same
+    token ids mean different things under another tokenizer, so refuse, in one line."""
+    vocab = ckpt["model_config"]["vocab_size"]
+    if vocab != meta["vocab_size"]:
+        raise data.DataError(f"{ckpt_path} has a {vocab}-token vocabulary but {data_dir} holds {meta['tokenizer']} "
+                             f"tokens ({meta['vocab_size']}): use the dataset the model was trained on")
+
+
 def check_shape(model, ckpt: dict, path: str):
     """A one-line error if the checkpoint holds another shape than `model`; unties `model` if it is untied."""
     expected, found = model.config_dict(), ckpt["model_config"]
@@ -624,6 +633,66 @@ def open_metrics(modules: dict, cfg: TrainConfig, out_dir: str, run_info: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# Losses on fixed windows: the three numbers of every log line (evaluate.py measures checkpoints with
+# the same function, so its losses match the log's)
+#
+# Every loss is the mean next-token loss over a *fixed* set of windows of a split: the same windows
+# at every eval of every run, so that curves are smooth and comparable across runs (they are the raw
+# material of fit_laws.py). The windows are evenly spaced over the whole split, which covers all of a
+# small held-out split and a representative sample of a large one.
+
+LOSS_SPLITS = (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
+               ("domain_test_loss", "domain_test"))
+
+
+def eval_offsets(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
+    """Start offsets of up to n_windows windows of seq_len + 1 tokens, evenly spread over the file."""
+    n_possible = (n_tokens - 1) // seq_len
+    if n_possible < 1:
+        raise ValueError(f"a split of {n_tokens} tokens is shorter than one window of {seq_len + 1}")
+    if n_windows >= n_possible:  # small split: every non-overlapping window, i.e. all of it
+        return np.arange(n_possible) * seq_len
+    return np.linspace(0, n_tokens - seq_len - 1, n_windows).astype(np.int64)
+
+
+@torch.no_grad()
+def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, device,
+              autocast=contextlib.nullcontext, rank: int = 0, world_size: int = 1) -> float:
+    """Mean token loss of `model` over the fixed windows of `tokens` (a split). Under torchrun the
+    windows are shared out across ranks and the sums reduced, so every rank returns the same value."""
+    was_training = model.training
+    model.eval()
+    every = eval_offsets(len(tokens), seq_len, n_windows)
+    offsets = every[rank::world_size]
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, number of tokens)
+    # Every rank runs as many batches (a sharded model's forward is a collective): one with no window
+    # of its own left evaluates the first window and counts nothing.
+    for start in range(0, len(every[::world_size]), batch_size):
+        batch = offsets[start:start + batch_size]
+        rows = np.stack([tokens[o:o + seq_len + 1] for o in (batch if len(batch) else every[:1])]).astype(np.int64)
+        rows = torch.from_numpy(rows).to(device)
+        with autocast():
+            _, loss = model(rows[:, :-1], rows[:, 1:])
+        n = rows[:, 1:].numel() if len(batch) else 0
+        total += torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if world_size > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows: int, eval_batch_size: int):
+    """A function that measures the three losses of a log line (general val, domain train, domain test)."""
+    splits = {name: data.open_split(data_dir, split) for name, split in LOSS_SPLITS}
+
+    def evaluate():
+        return {name: mean_loss(model, tokens, seq_len, eval_windows, eval_batch_size, rt.device, rt.autocast,
+                                rt.rank, rt.world_size)
+                for name, tokens in splits.items()}
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval, start_step: int,
@@ -697,19 +766,6 @@ def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval
             if on_eval(done, record):
                 break
     bar.close()
-
-
-def make_evaluator(model, cfg, rt: Runtime, data_dir: str, seq_len: int, vocab_size: int):
-    """The three losses of every log line, on fixed windows (see evaluate.py)."""
-    splits = {name: data.open_split(data_dir, split, vocab_size)
-              for name, split in (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
-                                  ("domain_test_loss", "domain_test"))}
-
-    def evaluate():
-        return {name: mean_loss(model, tokens, seq_len, cfg.eval_windows, cfg.eval_batch_size, rt.device,
-                                rt.autocast, rt.rank, rt.world_size)
-                for name, tokens in splits.items()}
-    return evaluate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -936,7 +992,7 @@ def pretrain(cfg: TrainConfig):
         model = torch.compile(model)
     if rt.world_size > 1 and not sharded:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = make_evaluator(model, cfg, rt, data_dir, seq_len, meta["vocab_size"])
+    evaluate = make_evaluator(model, rt, data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size)
 
     def recovery():  # what a failed write leaves intact, and the command that goes on from there
         if os.path.exists(latest):

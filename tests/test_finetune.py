@@ -11,7 +11,6 @@ import data
 import finetune
 import train
 from conftest import one_process_and_two_ranks
-from evaluate import mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     # step 0 is the checkpoint itself, untied: the same losses as the tied model
     tied = train.build_model(finetune.pretrain_config(train.load_checkpoint(ckpt)), 257)
     train.load_weights(tied, train.load_checkpoint(ckpt), ckpt)
-    test_loss = mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
+    test_loss = train.mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
     assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(1e-3, 2), (3e-3, 2)]
     for c in result["configs"]:
@@ -79,7 +78,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert kept["finetune"]["step"] == result["best"]["step"] and kept["finetune"]["lr"] == result["best"]["lr"]
     model = train.build_model(finetune.pretrain_config(kept), 257)
     train.load_weights(model, kept, "best")
-    assert mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
+    assert train.mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
         result["best"]["domain_test_loss"], rel=1e-5)
 
 

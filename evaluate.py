@@ -427,7 +427,7 @@ def check_writable(path: str):
 
 
 def main(argv=None):
-    p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
     p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")

@@ -276,67 +276,60 @@ def save_results(path: str, results: dict):
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
-def untied_model(pretrained, rt: train.Runtime):
-    """A fresh copy of the pretrained model (train.load_model's) with its own output layer (a copy of
-    the embedding: the same function)."""
-    return copy.deepcopy(pretrained).untie().to(rt.device)
-
-
 def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
     """Finetune one (lr, warmup) from the pretrained model until early stopping or the epoch cap.
 
     on_progress(entry) receives the configuration's results after every eval. Returns the entry
     and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
     torch.manual_seed(cfg.seed)
-    raw = untied_model(pretrained, rt)
+    raw = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
     optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
-    run_cfg = train.TrainConfig(batch_size=plan.batch_size, grad_accum=plan.grad_accum, schedule=cfg.schedule,
-                                lr=lr, min_lr=lr * cfg.min_lr_frac, warmup_steps=warmup, decay_frac=cfg.decay_frac,
-                                grad_clip=cfg.grad_clip, eval_interval=plan.eval_interval,
-                                eval_windows=plan.settings["eval_windows"],
-                                eval_batch_size=cfg.eval_batch_size or pre.eval_batch_size,
-                                log_interval=cfg.log_interval)
+    schedule = train.Schedule(cfg.schedule, lr, lr * cfg.min_lr_frac, warmup, plan.total_steps,
+                              decay_frac=cfg.decay_frac)
     model = torch.compile(raw) if cfg.compile else raw
     if rt.world_size > 1:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, run_cfg.eval_windows,
-                                   run_cfg.eval_batch_size)
-    stopper, entry, snapshot = EarlyStopping(cfg.patience), None, None
-    curve = []
+    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, plan.settings["eval_windows"],
+                                    cfg.eval_batch_size or pre.eval_batch_size)
+    stopper, curve, snapshot = EarlyStopping(cfg.patience), [], None
+    entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None, "best": None, "curve": curve}
     log_path = os.path.join(plan.out_dir, "log.jsonl")
 
-    def on_eval(step, record):
-        nonlocal entry, snapshot
-        curve.append(point_of(record))
-        stop = stopper.update(curve[-1]["domain_test_loss"])
-        best = curve[stopper.best_index]
-        new_best = stopper.best_index == len(curve) - 1 and best["domain_test_loss"] < best_so_far
-        if cfg.save_best and rt.master and new_best:
-            snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
-        entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None,
-                 "best": best, "curve": curve}
-        if rt.master:
-            train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
-        on_progress(entry)
-        return stop
+    def train_steps(steps: range, desc: str):
+        """Train over `steps`, recording every eval; returns early once the domain test loss stops improving."""
+        nonlocal snapshot
+        for record in train.train_loop(model, optimizer, mixture, rt, schedule, steps, evaluate,
+                                       lambda step: step % plan.eval_interval == 0, grad_accum=plan.grad_accum,
+                                       grad_clip=cfg.grad_clip, log_interval=cfg.log_interval, desc=desc):
+            curve.append(point_of(record))
+            stop = stopper.update(curve[-1]["domain_test_loss"])
+            entry["best"] = curve[stopper.best_index]
+            new_best = stopper.best_index == len(curve) - 1 and entry["best"]["domain_test_loss"] < best_so_far
+            if cfg.save_best and rt.master and new_best:
+                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
+            if rt.master:
+                train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
+            on_progress(entry)
+            if stop:
+                return
 
     def early():
         return len(curve) - 1 - stopper.best_index >= cfg.patience
 
+    def improving():  # the grid's best so far
+        return entry["best"]["domain_test_loss"] < best_so_far
+
     try:
         done, chunk = plan.total_steps, plan.total_steps
         extend_to = math.ceil(plan.total_steps * cfg.extend_epochs / cfg.max_epochs)
-        train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, done,
-                         desc=f"finetune lr={lr:.3g} warmup={warmup}")
+        desc = f"finetune lr={lr:.3g} warmup={warmup}"
+        train_steps(range(0, done), desc)
         # The grid's best so far, still improving at the cap, has not shown its best yet: it goes on,
         # max_epochs at a time (at a constant LR the loop simply continues), up to extend_epochs.
-        while not early() and curve[stopper.best_index]["domain_test_loss"] < best_so_far and \
-                cfg.schedule == "constant" and done < extend_to:
-            train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, done,
-                             min(done + chunk, extend_to), desc=f"finetune lr={lr:.3g} warmup={warmup}, extended")
+        while not early() and improving() and cfg.schedule == "constant" and done < extend_to:
+            train_steps(range(done, min(done + chunk, extend_to)), desc + ", extended")
             done = min(done + chunk, extend_to)
-        improving = curve[stopper.best_index]["domain_test_loss"] < best_so_far
-        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving else "epoch_cap")
+        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving() else "epoch_cap")
     except train.Diverged as e:  # too high a learning rate: its best point so far still counts
         print(f"lr={lr:g} warmup={warmup}: {e}; going on with the grid", file=sys.stderr)
         entry.update(finished=True, stopped="diverged")
@@ -363,7 +356,7 @@ def run(cfg: FinetuneConfig) -> dict:
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)
     mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
-                           general_start=ckpt["general_position"], vocab_size=plan.meta["vocab_size"])
+                           general_start=ckpt["general_position"])
 
     results = dict(done)  # (lr, warmup) -> entry, finished ones first
 

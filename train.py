@@ -195,7 +195,7 @@ def check_config(cfg, schedules=SCHEDULES):
                          f"tokens): raise it or lower --batch_size")
     beyond = [m for m in parse_milestones(cfg.ckpt_tokens) if m > cfg.max_tokens]
     if beyond:
-        raise TrainError(f"--ckpt_tokens {format_tokens(beyond[0])} is beyond --max_tokens {cfg.max_tokens:g}: "
+        raise TrainError(f"--ckpt_tokens {data.format_tokens(beyond[0])} is beyond --max_tokens {cfg.max_tokens:g}: "
                          f"the run never gets there; lower it or raise --max_tokens")
 
 
@@ -293,26 +293,35 @@ def configure_optimizer(model, lr, betas, eps, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
-def lr_at(step: int, total_steps: int, cfg) -> float:
-    """Learning rate at `step`. All schedules warm up linearly over cfg.warmup_steps, then:
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate at each step. Every kind warms up linearly over warmup_steps, then:
     cosine_truncated: the paper's cosine from lr to min_lr over horizon_mult x the run, stopped at
       the end of the run, so every checkpoint is nearly un-annealed and shorter budgets are simply
       earlier checkpoints of one run; cosine: the same cosine over exactly the run; constant;
       wsd: warmup-stable-decay, linear decay to min_lr over the last decay_frac of the run."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "wsd":
-        decay_start = total_steps * (1 - cfg.decay_frac)
-        if step < decay_start:
-            return cfg.lr
-        return cfg.lr + (cfg.min_lr - cfg.lr) * min(1.0, (step - decay_start) / max(1.0, total_steps - decay_start))
-    if cfg.schedule not in ("cosine", "cosine_truncated"):
-        raise TrainError(f"unknown schedule {cfg.schedule!r}: use cosine_truncated, cosine, constant or wsd")
-    horizon = total_steps * (cfg.horizon_mult if cfg.schedule == "cosine_truncated" else 1.0)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1.0, horizon - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    kind: str
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+    horizon_mult: float = 10.0
+    decay_frac: float = 0.2
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "wsd":
+            decay_start = self.total_steps * (1 - self.decay_frac)
+            if step < decay_start:
+                return self.lr
+            return self.lr + (self.min_lr - self.lr) * min(1.0, (step - decay_start) /
+                                                           max(1.0, self.total_steps - decay_start))
+        horizon = self.total_steps * (self.horizon_mult if self.kind == "cosine_truncated" else 1.0)
+        progress = min(1.0, (step - self.warmup_steps) / max(1.0, horizon - self.warmup_steps))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,11 +426,9 @@ def check_shape(model, ckpt: dict, path: str):
     """A one-line error if the checkpoint holds another shape than `model`; unties `model` if it is untied."""
     expected, found = model.config_dict(), ckpt["model_config"]
     diff = {k: (found.get(k), v) for k, v in expected.items() if k != "tie_embeddings" and found.get(k) != v}
-    if diff:
-        fix = ("a dataset with the tokenizer of the run that wrote it (--data_dir)" if "vocab_size" in diff
-               else "the same --model/overrides as the run that wrote it")
+    if diff:  # (a vocabulary of another tokenizer is refused before: check_vocabulary)
         raise TrainError(f"{path} holds a model with " + ", ".join(f"{k}={a} (not {b})" for k, (a, b) in diff.items())
-                         + f": use {fix}")
+                         + ": use the same --model/overrides as the run that wrote it")
     if not found.get("tie_embeddings", True):
         model.untie()
 
@@ -459,15 +466,6 @@ def load_training_state(model, optimizer, ckpt: dict, path: str):
     else:
         optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
-
-
-def format_tokens(n: float) -> str:
-    """Exact, short names for checkpoint files: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
-    n = int(n)
-    for unit, scale in (("B", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -695,77 +693,81 @@ def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows
 # ---------------------------------------------------------------------------------------------
 # The loop
 
-def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval, start_step: int,
-               total_steps: int, mixture_step0: int = 0, tokens_offset: int = 0, desc: str = "train",
-               extra_eval_steps=()):
-    """Run optimizer steps start_step .. total_steps - 1 and evaluate along the way.
+def train_loop(model, optimizer, mixture, rt: Runtime, schedule: Schedule, steps: range, evaluate, eval_at, *,
+               grad_accum: int, grad_clip: float, log_interval: int, desc: str, mixture_step0: int = 0,
+               tokens_offset: int = 0):
+    """Take the optimizer steps in `steps` and yield a log record at every eval: before the first step
+    of a new run (steps from 0), after every step for which eval_at(step) holds, and after the last.
+    The caller writes the record, and stops the run by breaking out of the loop.
 
-    evaluate_fn() returns a dict of eval losses; on_eval(step, record) receives the log record after
-    the step (step = optimizer steps done) and returns True to stop early. Evals happen every
-    cfg.eval_interval steps, at extra_eval_steps, at the end, and before the first step of a new run. The step's batch comes from
-    mixture step (step - mixture_step0), which is what makes resume and SCPT continuation exact.
+    Step s takes the global batch s - mixture_step0 of the mixture (an --init_from run counts its steps
+    on from its parent's, which is what keeps its schedule going, while its mixture starts at 0), in
+    grad_accum micro-batches shared by the processes, at the learning rate schedule(s), with gradients
+    clipped to norm grad_clip (0: not clipped). A record counts tokens from tokens_offset, the tokens
+    the run had seen at mixture_step0; evaluate() gives its losses (make_evaluator).
     """
-    check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
-    n_micro = cfg.grad_accum // rt.world_size
+    n_micro = grad_accum // rt.world_size
     ddp = isinstance(model, DDP)
     raw = model.module if ddp else model
-    tokens_per_step = cfg.batch_size * mixture.seq_len
+    tokens_per_step = mixture.batch_size * mixture.seq_len
     flops_per_token = raw.flops_per_token()
     peak = peak_flops(rt.device)
-    loss_sum = torch.zeros((), device=rt.device)
     t_start = time.time()
-    meter = {"count": 0, "time": t_start, "step": start_step}  # the train loss and speed since the last eval
+    # the train loss and the speed between evals: summed over n_steps steps since the eval after last_step
+    loss_sum, n_steps, since, last_step = torch.zeros((), device=rt.device), 0, t_start, steps.start
 
-    def eval_record(done):
+    def record(done: int) -> dict:
         train_loss = loss_sum.clone()
         if rt.world_size > 1:
             dist.all_reduce(train_loss)
-        train_loss = train_loss.item() / max(1, meter["count"]) / rt.world_size if meter["count"] else None
+        train_loss = train_loss.item() / n_steps / rt.world_size if n_steps else None
         if train_loss is not None and not math.isfinite(train_loss):
             raise Diverged(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
-        dt = time.time() - meter["time"]
-        tokens_per_s = (done - meter["step"]) * tokens_per_step / dt if dt > 0 else 0.0
-        record = {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
-                  "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
-                  "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate_fn(),
-                  "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
-                  "elapsed_s": time.time() - t_start}
-        loss_sum.zero_()
-        meter.update(count=0, time=time.time(), step=done)
-        return record
+        dt = time.time() - since
+        tokens_per_s = (done - last_step) * tokens_per_step / dt if dt > 0 else 0.0
+        return {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
+                "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
+                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate(),
+                "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
+                "elapsed_s": time.time() - t_start}
 
-    if start_step == 0 and on_eval(0, eval_record(0)):
-        return
-    bar = tqdm(range(start_step, total_steps), desc=desc, disable=not rt.master, dynamic_ncols=True)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
-        for micro in range(n_micro):
-            x, y, _ = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
-            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-            sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
-            with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
-                _, loss = model(x, y)
-            (loss / n_micro).backward()
-            loss_sum += loss.detach() / n_micro
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        meter["count"] += 1
-        done = step + 1
-        if rt.master and done % cfg.log_interval == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / meter['count']:.3f}",
-                            E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
-        if done % cfg.eval_interval == 0 or done == total_steps or done in extra_eval_steps:
-            record = eval_record(done)
-            mfu = {"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", dom_test=f"{record['domain_test_loss']:.3f}",
-                            E=f"{record['domain_epochs']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}", **mfu,
-                            refresh=False)
-            if on_eval(done, record):
-                break
-    bar.close()
+    if steps.start == 0:
+        first = record(0)
+        since = time.time()
+        yield first
+    bar = tqdm(steps, desc=desc, disable=not rt.master, dynamic_ncols=True)
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(step)
+            for micro in range(n_micro):
+                x, y = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
+                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+                sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
+                with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
+                    _, loss = model(x, y)
+                (loss / n_micro).backward()
+                loss_sum += loss.detach() / n_micro
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_steps += 1
+            done = step + 1
+            if rt.master and done % log_interval == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}",
+                                E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
+            if eval_at(done) or done == steps.stop:
+                line = record(done)
+                loss_sum.zero_()
+                n_steps, since, last_step = 0, time.time(), done
+                mfu = {"mfu": f"{line['mfu']:.1%}"} if line["mfu"] is not None else {}
+                bar.set_postfix(loss=f"{line['train_loss']:.3f}", dom_test=f"{line['domain_test_loss']:.3f}",
+                                E=f"{line['domain_epochs']:.2f}", tok_s=f"{line['tokens_per_s']:.0f}", **mfu,
+                                refresh=False)
+                yield line
+    finally:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -963,13 +965,13 @@ def pretrain(cfg: TrainConfig):
         # A new run from old weights: it continues the old run's token count, schedule position and
         # general data (so SCPT's last 10% sees no general window twice), with a fresh optimizer.
         init = load_checkpoint(cfg.init_from)
+        check_vocabulary(init, meta, cfg.init_from, data_dir)
         load_weights(model, init, cfg.init_from)
         start_step = mixture_step0 = init["step"]
         tokens_offset = init["tokens"]
         general_start = init["general_position"]
     model.to(rt.device)
-    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed,
-                           general_start=general_start, vocab_size=meta["vocab_size"])
+    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start)
     tokens_per_step = cfg.batch_size * seq_len
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
@@ -1034,7 +1036,15 @@ def pretrain(cfg: TrainConfig):
             save_checkpoint(path, {"model": raw.state_dict(), **state,
                                    **({"optimizer": optimizer.state_dict()} if resumable else {})})
 
-    def on_eval(step, record):
+    schedule = Schedule(cfg.schedule, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps, cfg.horizon_mult,
+                        cfg.decay_frac)
+    milestone_steps = set(milestones.values())
+    for record in train_loop(model, optimizer, mixture, rt, schedule, range(start_step, total_steps), evaluate,
+                             lambda step: step % cfg.eval_interval == 0 or step in milestone_steps,
+                             grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, log_interval=cfg.log_interval,
+                             desc=f"pretrain d={cfg.domain_frac:g}", mixture_step0=mixture_step0,
+                             tokens_offset=tokens_offset):
+        step = record["step"]
         with writes_in(out_dir, recovery):
             if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
                 append_jsonl(log_path, record)
@@ -1042,14 +1052,9 @@ def pretrain(cfg: TrainConfig):
                     log_metrics(record)
             for tokens, milestone_step in milestones.items():
                 if milestone_step == step:
-                    save(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), step, resumable=False)
+                    save(os.path.join(out_dir, f"ckpt_{data.format_tokens(tokens)}.pt"), step, resumable=False)
             if cfg.ckpt_interval == 0 or step % cfg.ckpt_interval == 0 or step == total_steps:
                 save(latest, step, resumable=True)
-        return False
-
-    train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,
-               mixture_step0, tokens_offset, desc=f"pretrain d={cfg.domain_frac:g}",
-               extra_eval_steps=set(milestones.values()))
     if rt.master:
         print(f"done: log {log_path}, checkpoints {out_dir}/ckpt_*.pt")
     teardown_runtime(rt)
@@ -1082,17 +1087,10 @@ def integer(text: str) -> int:
     return int(value)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors in one line: its usage block of every flag would bury the message."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
     """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6, token counts 1M;
     bools accept `--flag`, `--flag true` or `--flag=false`."""
-    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
     for f in dataclasses.fields(config_cls):
         kind = field_type(f)

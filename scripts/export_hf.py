@@ -117,7 +117,7 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
 
 
 def main(argv=None):
-    p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", help="a ckpt_<tokens>.pt (file or folder of shards) or a finetuned ckpt_best.pt")
     p.add_argument("out_dir", help="the model folder to write (must not exist)")
     p.add_argument("--no_tokenizer", action="store_true", help="write the model without a tokenizer (byte-level)")

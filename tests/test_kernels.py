@@ -301,5 +301,23 @@ def test_gpu_bench_script_runs_end_to_end_at_smoke_sizes():
     out = result.stdout
     assert "FAIL" not in out and out.rstrip().endswith("all checks passed"), out[-3000:]
     table = out[out.index("benchmark  "):]
-    for name in ("attention", "fwd TFLOP/s", "bwd TFLOP/s", "linear CE", "peak GB", "train step", "tokens/s", "loss @ 3"):
+    for name in ("attention", "fwd TFLOP/s", "bwd TFLOP/s", "linear CE", "peak GB"):
+        assert name in table, f"{name!r} missing from the table:\n{table}"
+
+
+def test_training_step_benchmark_runs_with_the_kernels_on_and_off():
+    """scripts/bench.py --kernels, the kernels inside a whole training step (a GPU session runs it after
+    kernels/bench.py): at tiny sizes on the interpreter the losses with kernels on and off must agree
+    and every row of its table must be there."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join("scripts", "bench.py"), "--kernels", "--model", "cpu-tiny", "--vocab_size",
+           "256", "--batch_size", "2", "--seq_len", "64", "--steps", "2", "--warm_steps", "1"]
+    result = subprocess.run(cmd, cwd=root, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "FAIL" not in out and "ok   loss @ 3: kernels on" in out, out[-3000:]
+    table = out[out.index("loop "):]
+    for name in ("tokens/s", "MFU", "peak GB", "loss @ 3", "bare PyTorch loop", "train.py loop", "SPT_KERNELS=triton",
+                 "SPT_KERNELS=torch"):
         assert name in table, f"{name!r} missing from the table:\n{table}"

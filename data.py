@@ -683,7 +683,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):  # argparse's own hook for this (ArgumentDefaultsHelpFormatter's)
         text = action.help or ""
-        if not action.option_strings or action.default in (None, "", False) or "default" in text:
+        if not action.option_strings or action.default is None or action.default is False \
+                or action.default in ("", argparse.SUPPRESS) or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -700,18 +701,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
-    p.add_argument("--general", default=DEFAULT_PREPARE["general"], help="general source (name, local:PATH, a,b)")
-    p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source (name, local:PATH, a,b)")
+    p.add_argument("--general", default=DEFAULT_PREPARE["general"],
+                   help="general source: a name from --list, local:PATH, or several joined by commas")
+    p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source, the same way ('': none)")
     p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"],
                    help="gpt2 (BPE, 50,257 tokens) or byte (256 bytes + end-of-text)")
-    p.add_argument("--name", default=None, help="dataset name: data/<name> (default: default)")
-    p.add_argument("--out", default=None, help="output folder (overrides --name)")
+    p.add_argument("--name", default=None, help="dataset name: data/<name> (default: data/default)")
+    p.add_argument("--out", default=None, help="output folder (instead of --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6, 3M)")
-    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens (2e9, 200B)")
+    p.add_argument("--domain_tokens", type=token_count, default=None,
+                   help="keep a random sample of N domain training tokens: 3e6, 3M (default: all)")
+    p.add_argument("--general_tokens", type=token_count, default=None,
+                   help="keep a random sample of N general training tokens: 2e9, 200B (default: all)")
     p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
     p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")
     p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: one per CPU core)")

@@ -428,24 +428,26 @@ def check_writable(path: str):
 
 def main(argv=None):
     p = data.ArgumentParser(description=__doc__)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints to evaluate: ckpt_<tokens>.pt, ckpt_best.pt")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
-    p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")
-    p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="a paper benchmark (online)")
-    p.add_argument("--out", default=None, help="write one JSON line per checkpoint here")
-    p.add_argument("--eval_windows", type=positive_int, default=None, help="default: the checkpoint's run's")
-    p.add_argument("--n_items", type=positive_int, default=200, help="continuation task items")
-    p.add_argument("--prefix_tokens", type=positive_int, default=None, help="default: 64, less for short contexts")
+    p.add_argument("--mcqa", default=None, help="also score this JSONL file of {question, choices, answer} rows")
+    p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="also score a paper benchmark (online)")
+    p.add_argument("--out", default=None, help="write one JSON line per checkpoint to this file")
+    p.add_argument("--eval_windows", type=positive_int, default=None,
+                   help="fixed windows per split (default: the checkpoint's run's, so losses match its log)")
+    p.add_argument("--n_items", type=positive_int, default=200, help="questions of the continuation task")
+    p.add_argument("--prefix_tokens", type=positive_int, default=None,
+                   help="tokens a continuation question shows (default: 64, less for short contexts)")
     p.add_argument("--continuation_tokens", type=positive_int, default=None,
-                   help="default: 32, less for short contexts")
+                   help="tokens of each option (default: 32, less for short contexts)")
     p.add_argument("--sample", type=non_negative_int, default=0, metavar="N",
                    help="also print N tokens the model writes")
     p.add_argument("--prompt", default="", help="what the sample continues (default: a new document)")
-    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--temperature", type=positive_float, default=0.8, help="sampling temperature")
     p.add_argument("--top_k", type=non_negative_int, default=200, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the continuation task and the sample")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="windows or options per forward pass")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
     args = p.parse_args(argv)
     if args.out:
         check_writable(args.out)

@@ -75,44 +75,52 @@ import data
 import train
 
 LOSS_KEYS = tuple(name for name, _ in train.LOSS_SPLITS)
-SCHEDULES = ("constant", "wsd")
 
 
 @dataclass
 class FinetuneConfig:
-    init: str = ""  # the checkpoint to finetune (required)
-    out_dir: str = ""  # default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>]
-    data_dir: str = ""  # default: the dataset the checkpoint was pretrained on
-    # the grid: comma-separated; an "x" suffix means times the checkpoint's pretraining peak LR
-    lr: str = "0.1x,0.3x,1x"
-    warmup: str = "10,20,40"  # steps; an "e" suffix means a fraction of an epoch (0.33e)
-    schedule: str = "constant"  # constant | wsd
-    decay_frac: float = 0.2  # wsd: decay over the last decay_frac of the epoch cap ...
-    min_lr_frac: float = 0.1  # ... to this fraction of the LR
-    replay: float = 0.0  # share of general sequences in every finetuning batch
-    batch_size: int | None = None  # default: the pretraining batch / 4 (paper: 512 vs 2048)
-    grad_accum: int | None = None  # default: keep the pretraining micro-batch size
+    init: str = train.setting("", "the checkpoint to finetune, a ckpt_<tokens>.pt (required)")
+    out_dir: str = train.setting("", "results folder (default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>])")
+    data_dir: str = train.setting("", "dataset folder (default: the one the checkpoint was pretrained on)")
+    # the grid
+    lr: str = train.setting("0.1x,0.3x,1x", "learning rates of the grid, comma-separated; 0.3x is 0.3 times the "
+                                            "checkpoint's pretraining peak")
+    warmup: str = train.setting("10,20,40", "warmups of the grid in steps, comma-separated; 0.33e is a third of "
+                                            "an epoch")
+    schedule: str = train.setting("constant", "learning rate after warmup: constant, or wsd's linear decay over "
+                                              "the end of the epoch cap", choices=("constant", "wsd"))
+    decay_frac: float = train.setting(0.2, "wsd: decays over this last share of max_epochs ...")
+    min_lr_frac: float = train.setting(0.1, "... to this share of the learning rate")
+    replay: float = train.setting(0.0, "share of general sequences in every batch, read from where pretraining "
+                                       "stopped")
+    batch_size: int | None = train.setting(None, "sequences per step (default: the pretraining batch / 4, as "
+                                                 "the paper's 512 vs 2048)")
+    grad_accum: int | None = train.setting(None, "micro-batches per step (default: keeps pretraining's "
+                                                 "micro-batch size, known to fit)")
     # AdamW (paper)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-5
-    weight_decay: float = 1e-7
-    grad_clip: float = 1.0
+    beta1: float = train.setting(0.9, "AdamW beta1")
+    beta2: float = train.setting(0.95, "AdamW beta2")
+    eps: float = train.setting(1e-5, "AdamW epsilon")
+    weight_decay: float = train.setting(1e-7, "AdamW weight decay (paper: practically none)")
+    grad_clip: float = train.setting(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation and early stopping
-    eval_interval: int | None = None  # steps; default: eval_epochs of an epoch
-    eval_epochs: float = 0.25
-    patience: int = 4  # evals without a new lowest domain test loss before stopping
-    max_epochs: float = 10.0
-    extend_epochs: float = 40.0  # the grid's best, still improving at max_epochs, goes on up to this
-    eval_windows: int | None = None  # default: the pretraining run's, so losses are comparable
-    eval_batch_size: int | None = None
-    log_interval: int = 5
-    save_best: bool = False
-    seed: int = 0
+    eval_interval: int | None = train.setting(None, "steps between evals (default: eval_epochs of an epoch)")
+    eval_epochs: float = train.setting(0.25, "epochs between evals, unless eval_interval is given")
+    patience: int = train.setting(4, "evals without a new lowest domain test loss before a configuration stops")
+    max_epochs: float = train.setting(10.0, "epoch cap of every configuration")
+    extend_epochs: float = train.setting(40.0, "the grid's best, still improving at max_epochs, goes on up to this")
+    eval_windows: int | None = train.setting(None, "fixed windows per split and eval (default: the pretraining "
+                                                   "run's, so losses compare)")
+    eval_batch_size: int | None = train.setting(None, "windows per forward pass of an eval (default: the "
+                                                      "pretraining run's)")
+    log_interval: int = train.setting(5, "steps between updates of the progress bar's loss")
+    save_best: bool = train.setting(False, "keep the weights of the best point over the grid as ckpt_best.pt")
+    seed: int = train.setting(0, "seed of the data order and of every configuration's start")
     # system
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
+    device: str = train.setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    dtype: str = train.setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)",
+                               choices=train.DTYPES)
+    compile: bool = train.setting(False, "torch.compile the model")
 
 
 class EarlyStopping:
@@ -348,7 +356,7 @@ def best_checkpoint(ckpt: dict, raw_state: dict, model_config: dict, dataset_id:
 def run(cfg: FinetuneConfig) -> dict:
     if not cfg.init:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
-    train.check_config(cfg, SCHEDULES)
+    train.check_config(cfg)
     rt = train.setup_runtime(cfg.device, cfg.dtype)
     pretrained, ckpt = train.load_model(cfg.init)  # read once; every configuration starts from a copy
     pre = pretrain_config(ckpt)
@@ -408,14 +416,6 @@ def print_summary(results: dict, path: str):
     print(f"best: domain test {best['domain_test_loss']:.4f} (lr {best['lr']:.3g}, warmup {best['warmup']}, "
           f"{best['epochs']:.2f} epochs), forgetting: general val {pre['general_val_loss']:.4f} -> "
           f"{best['general_val_loss']:.4f}; {path}")
-
-
-def finetune(init_path: str, out_dir: str | None = None, **overrides) -> dict:
-    """The importable entry point: finetune.json's content for one checkpoint (see FinetuneConfig)."""
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(FinetuneConfig)}
-    if unknown:
-        raise train.TrainError(f"unknown finetune settings {sorted(unknown)}")
-    return run(FinetuneConfig(init=init_path, out_dir=out_dir or "", **overrides))
 
 
 def main(argv=None):

@@ -51,7 +51,7 @@ import shutil
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -66,59 +66,74 @@ from tqdm import tqdm
 import data
 from model import GPT, PRESETS, GPTConfig, config_from_preset
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+def setting(default, help: str, choices=None):
+    """A config field: its default, its one-line meaning for --help and, for an enumeration, the values
+    it takes, in one place (build_parser turns each field into a flag)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class TrainConfig:
     # data and output
-    data_dir: str = data.DEFAULT_DATA_DIR
-    out_dir: str = ""  # default: out/d<domain_frac>
-    domain_frac: float = 0.0
+    data_dir: str = setting(data.DEFAULT_DATA_DIR, "dataset folder made by data.py (the default one is "
+                            "prepared on first use)")
+    out_dir: str = setting("", "run folder for log.jsonl and the checkpoints (default: out/d<domain_frac>)")
+    domain_frac: float = setting(0.0, "delta: the share of domain sequences in every batch (0: NPT, general "
+                                      "data only)")
     # model: a preset plus optional overrides
-    model: str = "cpu-mini"
-    n_layer: int | None = None
-    n_head: int | None = None
-    d_model: int | None = None
-    d_ff: int | None = None
-    seq_len: int | None = None
-    norm: str | None = None
+    model: str = setting("cpu-mini", "model preset (model.py); the five flags below override one of its sizes",
+                         choices=tuple(PRESETS))
+    n_layer: int | None = setting(None, "blocks (default: the preset's)")
+    n_head: int | None = setting(None, "attention heads (default: the preset's)")
+    d_model: int | None = setting(None, "width of the residual stream (default: the preset's)")
+    d_ff: int | None = setting(None, "hidden size of the MLP (default: the preset's)")
+    seq_len: int | None = setting(None, "context length in tokens (default: the preset's)")
+    norm: str | None = setting(None, "norm (default: the preset's, layernorm)", choices=("layernorm", "rmsnorm"))
     # batch: global sequences per optimizer step, split into grad_accum micro-steps (shared by ranks)
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_tokens: float = 1e6
+    batch_size: int = setting(32, "sequences per optimizer step, whatever the number of processes")
+    grad_accum: int = setting(1, "micro-batches per step, shared by the processes (a multiple of their number)")
+    max_tokens: float = setting(1e6, "length of the run in tokens (1e6, 1M)")
     # learning rate schedule
-    schedule: str = "cosine_truncated"  # cosine_truncated | cosine | constant | wsd
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 20
-    horizon_mult: float = 10.0  # cosine_truncated: the cosine spans horizon_mult x max_tokens (paper: 2T/200B)
-    decay_frac: float = 0.2  # wsd: linear decay over the last decay_frac of the run
+    schedule: str = setting("cosine_truncated", "learning rate after warmup: the paper's cosine over horizon_mult "
+                                                "x the run, stopped at its end; a cosine over the run; constant; "
+                                                "warmup-stable-decay", choices=SCHEDULES)
+    lr: float = setting(3e-3, "peak learning rate")
+    min_lr: float = setting(3e-4, "learning rate the cosines and wsd decay to")
+    warmup_steps: int = setting(20, "steps of linear warmup to lr")
+    horizon_mult: float = setting(10.0, "cosine_truncated: the cosine spans horizon_mult x the run (paper: 2T/200B)")
+    decay_frac: float = setting(0.2, "wsd: decays linearly over this last share of the run")
     # AdamW (paper defaults)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-5
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-5, "AdamW epsilon")
+    weight_decay: float = setting(0.1, "AdamW weight decay, of matrices only")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation, logging and checkpoints
-    eval_interval: int = 25  # steps
-    eval_windows: int = 64  # fixed windows per split and eval
-    eval_batch_size: int = 32
-    ckpt_tokens: str = ""  # comma-separated token milestones, e.g. "250e3,500e3,1e6" (weights only)
-    ckpt_interval: int = 0  # steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)
-    log_interval: int = 5
-    tensorboard: bool = False  # also write the log's numbers to out_dir/tensorboard (needs tensorboard)
-    wandb: str = ""  # also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline works)
-    seed: int = 0
+    eval_interval: int = setting(25, "steps between evals, one log.jsonl line each")
+    eval_windows: int = setting(64, "fixed windows of each split an eval measures")
+    eval_batch_size: int = setting(32, "windows per forward pass of an eval")
+    ckpt_tokens: str = setting("", "token milestones for weights-only checkpoints ckpt_<tokens>.pt: 250K,500K,1M")
+    ckpt_interval: int = setting(0, "steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)")
+    log_interval: int = setting(5, "steps between updates of the progress bar's loss")
+    tensorboard: bool = setting(False, "also write the log's numbers to out_dir/tensorboard (needs tensorboard)")
+    wandb: str = setting("", "also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline "
+                             "runs without an account)")
+    seed: int = setting(0, "seed of the initial weights and of the data order")
     # system
-    device: str = "auto"
-    dtype: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
-    parallel: str = "ddp"  # ddp: a replica per process | fsdp: parameters, gradients, optimizer sharded
-    act_ckpt: bool = False  # activation checkpointing: recompute each block in backward
-    memory_gb: float = 0.0  # memory per process the plan must fit (0: the GPU's own; on CPU: no check)
-    compile: bool = False
-    init_from: str = ""
-    resume: bool = False
+    device: str = setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)", choices=DTYPES)
+    parallel: str = setting("ddp", "ddp: a replica of the model per process; fsdp: parameters, gradients and "
+                                   "optimizer state sharded over them", choices=("ddp", "fsdp"))
+    act_ckpt: bool = setting(False, "activation checkpointing: recompute each block in backward")
+    memory_gb: float = setting(0.0, "memory per process the plan must fit (0: the GPU's own; on a CPU: no check)")
+    compile: bool = setting(False, "torch.compile the model")
+    init_from: str = setting("", "start from this checkpoint's weights, going on with its tokens, schedule and "
+                                 "general data (SCPT)")
+    resume: bool = setting(False, "continue the run in out_dir exactly, from its ckpt_latest.pt")
 
 
 class TrainError(Exception):
@@ -131,9 +146,6 @@ class Diverged(TrainError):
 
 # ---------------------------------------------------------------------------------------------
 # Settings: every value is checked before anything is written (finetune.py's too)
-
-SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
-PARALLEL = ("ddp", "fsdp")
 
 # What each numeric setting must be, by name: check_config applies the entries a config has, so
 # train.py and finetune.py share them (finetune.py's lr and warmup are grids, checked where parsed).
@@ -165,25 +177,20 @@ RANGES = {
 }
 
 
-def check_config(cfg, schedules=SCHEDULES):
+def check_config(cfg):
     """Every setting of a TrainConfig (or of finetune.py's FinetuneConfig), checked before anything is
     written: a bad value fails at once in one line, not after warmup, and nonsense (a negative min_lr
-    trains by gradient ascent) never runs. setup_runtime checks the device and dtype, check_geometry
-    the batch split once the number of processes is known. None means "not given": a default applies."""
+    trains by gradient ascent) never runs. The flags' parser has checked types and choices (the
+    config's own), setup_runtime checks the device, check_geometry the batch split once the number of
+    processes is known. None means "not given": a default applies."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in RANGES and field_type(f) in (int, float) and value is not None:
             ok, what = RANGES[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise TrainError(f"--{f.name} {value}: must be {what}")
-    if cfg.schedule not in schedules:
-        raise TrainError(f"--schedule {cfg.schedule}: use {', '.join(schedules)}")
     if not isinstance(cfg, TrainConfig):
         return
-    if cfg.model not in PRESETS:
-        raise TrainError(f"--model {cfg.model}: use one of the presets {', '.join(PRESETS)}")
-    if cfg.parallel not in PARALLEL:
-        raise TrainError(f"--parallel {cfg.parallel}: use {' or '.join(PARALLEL)}")
     if cfg.ckpt_interval % cfg.eval_interval:
         raise TrainError(f"--ckpt_interval {cfg.ckpt_interval} is not a multiple of --eval_interval "
                          f"{cfg.eval_interval}: checkpoints are written at evals")
@@ -219,16 +226,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     """One process, or one of torchrun's (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPUs. Every script
-    turns its --device and --dtype into torch's here, before it writes anything, so they are checked here."""
+    turns its --device into torch's here, before it writes anything, so it is checked here (a dtype is
+    one of DTYPES, which the flag's parser has checked)."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
         raise TrainError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
-    if dtype not in DTYPES:
-        raise TrainError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
     if device.startswith("cuda") and int(device[5:] or 0) >= torch.cuda.device_count():
         raise TrainError(f"--device {device}: {torch.cuda.device_count()} CUDA GPUs are visible here; "
                          f"use --device auto or cpu")
@@ -917,6 +920,9 @@ def pretrain(cfg: TrainConfig):
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
+    if rt.master and rt.device.type == "cuda" and cfg.model.startswith("cpu-"):  # the defaults are the CPU's
+        print(f"note: training the CPU preset {cfg.model} on a GPU; the GPU's is --config configs/gpu-124m.json",
+              file=sys.stderr)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
     sharded = cfg.parallel == "fsdp"
@@ -1088,18 +1094,19 @@ def integer(text: str) -> int:
 
 
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
-    """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6, token counts 1M;
-    bools accept `--flag`, `--flag true` or `--flag=false`."""
+    """One flag per config field, with the field's help and choices (see `setting`); `--k v` and `--k=v`
+    both work; ints accept 1e6, token counts 1M; bools accept `--flag`, `--flag true` or `--flag=false`."""
     p = data.ArgumentParser(description=description)
-    p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
+    p.add_argument("--config", default=None, help="a JSON file of settings, under the flags (configs/ has presets)")
     for f in dataclasses.fields(config_cls):
-        kind = field_type(f)
+        kind, meaning = field_type(f), dict(default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
         if kind is bool:
-            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default, help="%(default)r")
+            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, metavar="true|false", **meaning)
         elif f.name.endswith("_tokens") and kind is not str:  # --max_tokens 2e6 or 2M
-            p.add_argument(f"--{f.name}", type=data.token_count, default=f.default, help="%(default)r")
+            meaning["help"] += f" (default: {data.format_tokens(f.default)})"
+            p.add_argument(f"--{f.name}", type=data.token_count, **meaning)
         else:
-            p.add_argument(f"--{f.name}", type=integer if kind is int else kind, default=f.default, help="%(default)r")
+            p.add_argument(f"--{f.name}", type=integer if kind is int else kind, **meaning)
     return p
 
 
@@ -1115,7 +1122,7 @@ def parse_config(config_cls, argv, description: str):
         except ValueError as e:
             raise TrainError(f"--config {args.config} is not valid JSON ({e}): fix it (configs/ has examples)")
         if not isinstance(file_values, dict):
-            raise TrainError(f"--config {args.config}: expected a JSON object of settings, like configs/cpu-mini.json")
+            raise TrainError(f"--config {args.config}: expected a JSON object of settings, like configs/gpu-124m.json")
         unknown = set(file_values) - {f.name for f in dataclasses.fields(config_cls)}
         if unknown:
             raise TrainError(f"{args.config}: unknown keys {sorted(unknown)}")
@@ -1128,14 +1135,7 @@ def parse_config(config_cls, argv, description: str):
     return config_cls(**{k: v for k, v in vars(args).items() if k != "config"})
 
 
-GPU_DEFAULTS = os.path.join(ROOT, "configs", "gpu-124m.json")
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if torch.cuda.is_available() and not any(a.split("=")[0] == "--config" for a in argv):
-        print(f"CUDA found and no --config: using {os.path.relpath(GPU_DEFAULTS)} (the 124M preset)")
-        argv = ["--config", GPU_DEFAULTS] + argv
     return pretrain(parse_config(TrainConfig, argv, __doc__))
 
 

@@ -20,7 +20,6 @@ A byte-level model has no Hugging Face tokenizer: the export refuses in one line
 writes the model alone (token ids 0-255 are the UTF-8 bytes, 256 ends a document).
 Needs `pip install transformers` (not a requirement of the rest of the project).
 """
-import argparse
 import base64
 import os
 import shutil

@@ -320,7 +320,7 @@ class Mixture:
                                 f"seq_len or a smaller batch")
             self.splits[kind], self.windows[kind] = tokens, n
         self.domain_tokens = self.windows.get("domain", 0) * seq_len
-        self._perms = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
+        self.permutations = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
 
     def domain_count(self, step: int) -> int:
         """Domain sequences drawn in steps [0, step) of this mixture."""
@@ -335,14 +335,14 @@ class Mixture:
         """E = repeats of the domain train split so far; equals T * delta / |D_dom| up to rounding."""
         return self.position(step)["domain"] / self.windows["domain"] if "domain" in self.windows else 0.0
 
-    def _window(self, kind: str, k: int) -> int:
+    def window(self, kind: str, k: int) -> int:
         """The k-th window drawn from a split: epoch k // n, through that epoch's own permutation."""
         n = self.windows[kind]
         epoch, i = divmod(k, n)
-        if self._perms.get(kind, (None,))[0] != epoch:
+        if self.permutations.get(kind, (None,))[0] != epoch:
             salt = 1 if kind == "domain" else 0
-            self._perms[kind] = epoch, np.random.default_rng([self.seed, salt, epoch]).permutation(n)
-        return int(self._perms[kind][1][i])
+            self.permutations[kind] = epoch, np.random.default_rng([self.seed, salt, epoch]).permutation(n)
+        return int(self.permutations[kind][1][i])
 
     def batch_windows(self, step: int) -> list[tuple[str, int]]:
         """The global batch of `step` as (split kind, window index) pairs, in slot order."""
@@ -352,7 +352,7 @@ class Mixture:
         kinds = [kinds[i] for i in slots]
         counters, out = dict(pos), []
         for kind in kinds:
-            out.append((kind, self._window(kind, counters[kind])))
+            out.append((kind, self.window(kind, counters[kind])))
             counters[kind] += 1
         return out
 

@@ -428,7 +428,8 @@ def check_writable(path: str):
 
 def main(argv=None):
     p = data.ArgumentParser(description=__doc__)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints to evaluate: ckpt_<tokens>.pt, ckpt_best.pt")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoints to evaluate: ckpt_<tokens>.pt, ft_.../ckpt_best.pt")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
     p.add_argument("--mcqa", default=None, help="also score this JSONL file of {question, choices, answer} rows")
     p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="also score a paper benchmark (online)")

@@ -144,13 +144,13 @@ class GPT(nn.Module):
         # block's activations alive instead of all of them, for a third more compute. Not part of cfg:
         # it changes memory and time, never the function.
         self.act_ckpt = False
-        self.apply(self._init_weights)
+        self.apply(self.init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # the two projections that write into the residual stream
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
-    def _init_weights(module):
+    def init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 

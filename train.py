@@ -1,7 +1,7 @@
 """Pretraining with a domain mixture: the loop that every experiment in this project runs.
 
-    python train.py --domain_frac 0.05                   # CPU miniature on CPU, 124M on a GPU
-    python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02
+    python train.py --domain_frac 0.05                   # the CPU miniature (--model cpu-mini), anywhere
+    python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02   # 124M, one GPU
     torchrun --nproc_per_node 8 train.py --config configs/olmo-1b.json --domain_frac 0.05
     torchrun --nproc_per_node 8 train.py --config configs/olmo-3b.json --domain_frac 0.05   # FSDP
     python train.py --out_dir out/d0.02 --resume          # continue an interrupted run exactly
@@ -13,8 +13,9 @@ processes: with N torchrun ranks each rank runs grad_accum / N micro-steps, so a
 the same run on one process with accumulation see identical data and give the same losses.
 
 At every eval the loop measures the general validation loss, the domain *train* loss (on a fixed
-subset of the training split) and the domain *test* loss, and appends one JSON line to
-out_dir/log.jsonl; the gap between the last two is the overfitting that fit_laws.py models.
+subset of the training split) and the domain *test* loss (mean_loss, on the same windows every time),
+and appends one JSON line to out_dir/log.jsonl; the gap between the last two is the overfitting that
+fit_laws.py models.
 Checkpoints are written atomically: ckpt_latest.pt (model, optimizer, mixture position, config) every
 ckpt_interval steps, for --resume, and once per requested token milestone ckpt_<tokens>.pt with the
 weights alone, which finetune.py, evaluate.py and scripts/export_hf.py start from.
@@ -35,8 +36,10 @@ killed before its first checkpoint holds nothing worth keeping and starts again,
 --resume. A full disk stops the run in one line that says the last checkpoint is intact. Every
 setting is checked before anything is written, so a bad value leaves the folder as it was.
 
-finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`), and every
-script loads checkpoints through this file's load_model.
+Every flag is a field of TrainConfig, whose help line and default `python train.py --help` prints;
+the defaults are the CPU miniature's, and a preset file (configs/) sets a larger scale's.
+finetune.py reuses this file's pieces (settings, optimizer, Schedule, mean_loss, checkpoints and
+train_loop), evaluate.py its losses, and every script loads checkpoints through load_model.
 """
 import argparse
 import contextlib
@@ -197,13 +200,14 @@ def check_config(cfg):
     if cfg.min_lr > cfg.lr:
         raise TrainError(f"--min_lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: the schedule decays from lr to min_lr")
     seq_len = cfg.seq_len or PRESETS[cfg.model]["seq_len"]
+    max_tokens = data.format_tokens(cfg.max_tokens)
     if cfg.max_tokens < cfg.batch_size * seq_len:
-        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is less than one step ({cfg.batch_size} x {seq_len} "
-                         f"tokens): raise it or lower --batch_size")
+        raise TrainError(f"--max_tokens {max_tokens} is less than one step ({cfg.batch_size} x {seq_len} tokens): "
+                         f"raise it or lower --batch_size")
     beyond = [m for m in parse_milestones(cfg.ckpt_tokens) if m > cfg.max_tokens]
     if beyond:
-        raise TrainError(f"--ckpt_tokens {data.format_tokens(beyond[0])} is beyond --max_tokens {cfg.max_tokens:g}: "
-                         f"the run never gets there; lower it or raise --max_tokens")
+        raise TrainError(f"--ckpt_tokens {data.format_tokens(beyond[0])} is beyond --max_tokens {max_tokens}: the run "
+                         f"never gets there; lower it or raise --max_tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -983,10 +987,11 @@ def pretrain(cfg: TrainConfig):
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
         if resume:
-            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {cfg.max_tokens:g}): to train on, "
-                             f"start a new run from its checkpoint with --init_from and a larger --max_tokens")
-        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step} of the run "
-                         f"that wrote --init_from: raise it")
+            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {data.format_tokens(cfg.max_tokens)}): "
+                             f"to train on, start a new run from its checkpoint with --init_from and a larger "
+                             f"--max_tokens")
+        raise TrainError(f"--max_tokens {data.format_tokens(cfg.max_tokens)} is already reached at step {start_step} "
+                         f"of the run that wrote --init_from: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
     model.act_ckpt = cfg.act_ckpt

@@ -160,7 +160,8 @@ def bench_training(args, rt, folder):
         gb = "-" if r.get("peak GB") is None else f"{r['peak GB']:.2f}"
         loss = "-" if "loss" not in r else f"{r['loss']:.4f}"
         print(f"{name:20s} {r['tokens/s']:12,.0f} {mfu:>8s} {gb:>8s} {loss:>10s}")
-    print(f"train.py loop overhead vs bare: {runs['bare PyTorch loop']['tokens/s'] / runs['train.py loop']['tokens/s'] - 1:+.1%}")
+    overhead = runs["bare PyTorch loop"]["tokens/s"] / runs["train.py loop"]["tokens/s"] - 1
+    print(f"train.py loop overhead vs bare: {overhead:+.1%}")
     if not args.kernels:
         return True
     on, off = runs["SPT_KERNELS=triton"]["loss"], runs["SPT_KERNELS=torch"]["loss"]

@@ -101,7 +101,8 @@ def preset_plans() -> list[str]:
         rt = train.Runtime(0, gpus, torch.device(device), torch.float32 if device == "cpu" else torch.bfloat16)
         micro = cfg.batch_size // cfg.grad_accum
         plan = train.memory_plan(mc, micro, gpus, cfg.parallel, cfg.act_ckpt, rt.dtype, device)
-        lines.append(f"{name or 'defaults (' + cfg.model + ')'}: " + train.format_plan(plan, mc, micro, cfg, rt, (memory_gb or 0) * train.GB))
+        budget = (memory_gb or 0) * train.GB
+        lines.append(f"{name or f'defaults ({cfg.model})'}: " + train.format_plan(plan, mc, micro, cfg, rt, budget))
     return lines
 
 

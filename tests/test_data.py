@@ -564,7 +564,7 @@ def test_mixture_is_deterministic_and_resumable(tiny_data):
     pos = a.position(50)
     d = data.Mixture(tiny_data, 0.1, 16, 32, seed=7, general_start=pos["general"])
     drawn = [w for kind, w in d.batch_windows(0) if kind == "general"]
-    assert drawn == [a._window("general", pos["general"] + i) for i in range(len(drawn))]
+    assert drawn == [a.window("general", pos["general"] + i) for i in range(len(drawn))]
     assert a.position(51)["general"] > pos["general"]  # ... which is where `a` itself would go next
 
 

@@ -208,7 +208,8 @@ def test_replay_fraction_is_realised(ckpt, tiny_data, monkeypatch):
         return real(self, step, part, n_parts)
     monkeypatch.setattr(data.Mixture, "get_batch", spy)
     result = finetune.main(["--init", ckpt, "--replay", "0.25", "--batch_size", "8", "--lr", "3e-3", "--warmup", "2",
-                            "--max_epochs", "0.3", "--extend_epochs", "0.3", "--eval_interval", "4", "--patience", "100"])
+                            "--max_epochs", "0.3", "--extend_epochs", "0.3", "--eval_interval", "4",
+                            "--patience", "100"])
     out = os.path.join(os.path.dirname(ckpt), "ft_ckpt_8192_replay0.25")  # the default out_dir
     assert read_json(os.path.join(out, "finetune.json")) == result and result["replay"] == 0.25
     log = read_log(out)

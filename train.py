@@ -981,7 +981,7 @@ def pretrain(cfg: TrainConfig):
         tokens_offset = init["tokens"]
         general_start = init["general_position"]
     model.to(rt.device)
-    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start)
+    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start=general_start)
     tokens_per_step = cfg.batch_size * seq_len
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)

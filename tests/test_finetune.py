@@ -59,8 +59,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert result["pretrain_tokens"] == 8192 and result["domain_frac"] == 0.25 and result["replay"] == 0.0
     assert result["dataset_id"] == data.load_meta(tiny_data)["dataset_id"]
     # step 0 is the checkpoint itself, untied: the same losses as the tied model
-    tied = train.build_model(finetune.pretrain_config(train.load_checkpoint(ckpt)), 257)
-    train.load_weights(tied, train.load_checkpoint(ckpt), ckpt)
+    tied, _ = train.load_model(ckpt)
     test_loss = train.mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
     assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(1e-3, 2), (3e-3, 2)]
@@ -75,10 +74,8 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert {"step", "tokens", "domain_epochs", "train_loss", "domain_test_loss", "ft_lr", "ft_warmup"} <= set(log[-1])
     assert len(log) == sum(len(c["curve"]) for c in result["configs"])
     # the kept checkpoint is the best point over the grid, and evaluates to the same loss
-    kept = train.load_checkpoint(os.path.join(out, "ckpt_best.pt"))
+    model, kept = train.load_model(os.path.join(out, "ckpt_best.pt"))
     assert kept["finetune"]["step"] == result["best"]["step"] and kept["finetune"]["lr"] == result["best"]["lr"]
-    model = train.build_model(finetune.pretrain_config(kept), 257)
-    train.load_weights(model, kept, "best")
     assert train.mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
         result["best"]["domain_test_loss"], rel=1e-5)
 

@@ -655,8 +655,8 @@ DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 
 
 # ---------------------------------------------------------------------------------------------
-# The command line, and the conventions every script shares: token counts read with token_count and
-# written with format_tokens (each reads what the other writes), flags through ArgumentParser.
+# The command line, and what every script shares: token counts as people write them (token_count;
+# train.format_tokens writes them that way) and flags through ArgumentParser.
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
@@ -666,15 +666,6 @@ def token_count(text: str) -> int:
     if not 0 <= value < float("inf"):
         raise ValueError(f"not a token count: {text!r}")
     return round(value)
-
-
-def format_tokens(n: float) -> str:
-    """A token count, exact and short, for file names and messages: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
-    n = int(n)
-    for unit, scale in (("B", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -380,8 +380,8 @@ def run(cfg: FinetuneConfig) -> dict:
         if rt.master:
             os.makedirs(plan.out_dir, exist_ok=True)
             train.remove_temporary_files(plan.out_dir)  # left by a kill
-            print(f"finetuning {cfg.init} ({data.format_tokens(ckpt['tokens'])} tokens, delta {pre.domain_frac:g}) "
-                  f"on {plan.data_dir}: "
+            print(f"finetuning {cfg.init} ({train.format_tokens(ckpt['tokens'])} tokens, delta "
+                  f"{pre.domain_frac:g}) on {plan.data_dir}: "
                   f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, eval every "
                   f"{plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
         for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):

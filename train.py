@@ -200,13 +200,13 @@ def check_config(cfg):
     if cfg.min_lr > cfg.lr:
         raise TrainError(f"--min_lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: the schedule decays from lr to min_lr")
     seq_len = cfg.seq_len or PRESETS[cfg.model]["seq_len"]
-    max_tokens = data.format_tokens(cfg.max_tokens)
+    max_tokens = format_tokens(cfg.max_tokens)
     if cfg.max_tokens < cfg.batch_size * seq_len:
         raise TrainError(f"--max_tokens {max_tokens} is less than one step ({cfg.batch_size} x {seq_len} tokens): "
                          f"raise it or lower --batch_size")
     beyond = [m for m in parse_milestones(cfg.ckpt_tokens) if m > cfg.max_tokens]
     if beyond:
-        raise TrainError(f"--ckpt_tokens {data.format_tokens(beyond[0])} is beyond --max_tokens {max_tokens}: the run "
+        raise TrainError(f"--ckpt_tokens {format_tokens(beyond[0])} is beyond --max_tokens {max_tokens}: the run "
                          f"never gets there; lower it or raise --max_tokens")
 
 
@@ -473,6 +473,15 @@ def load_training_state(model, optimizer, ckpt: dict, path: str):
     else:
         optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
+
+
+def format_tokens(n: float) -> str:
+    """A token count, exact and short, for file names and messages: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
+    n = int(n)
+    for unit, scale in (("B", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -987,10 +996,10 @@ def pretrain(cfg: TrainConfig):
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
         if resume:
-            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {data.format_tokens(cfg.max_tokens)}): "
+            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {format_tokens(cfg.max_tokens)}): "
                              f"to train on, start a new run from its checkpoint with --init_from and a larger "
                              f"--max_tokens")
-        raise TrainError(f"--max_tokens {data.format_tokens(cfg.max_tokens)} is already reached at step {start_step} "
+        raise TrainError(f"--max_tokens {format_tokens(cfg.max_tokens)} is already reached at step {start_step} "
                          f"of the run that wrote --init_from: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
@@ -1063,7 +1072,7 @@ def pretrain(cfg: TrainConfig):
                     log_metrics(record)
             for tokens, milestone_step in milestones.items():
                 if milestone_step == step:
-                    save(os.path.join(out_dir, f"ckpt_{data.format_tokens(tokens)}.pt"), step, resumable=False)
+                    save(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), step, resumable=False)
             if cfg.ckpt_interval == 0 or step % cfg.ckpt_interval == 0 or step == total_steps:
                 save(latest, step, resumable=True)
     if rt.master:
@@ -1108,7 +1117,7 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
         if kind is bool:
             p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, metavar="true|false", **meaning)
         elif f.name.endswith("_tokens") and kind is not str:  # --max_tokens 2e6 or 2M
-            meaning["help"] += f" (default: {data.format_tokens(f.default)})"
+            meaning["help"] += f" (default: {format_tokens(f.default)})"
             p.add_argument(f"--{f.name}", type=data.token_count, **meaning)
         else:
             p.add_argument(f"--{f.name}", type=integer if kind is int else kind, **meaning)

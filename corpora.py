@@ -177,7 +177,7 @@ def jsonl_documents(path: str, start: int, end: int, _stamp: str) -> Iterator[st
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{line_number(path, position - len(line))}: expected a JSON object "
                                 f"with a 'text' field")
-            yield _text(text, lambda: f"{path}:{line_number(path, position - len(line))}")
+            yield text_field(text, lambda: f"{path}:{line_number(path, position - len(line))}")
     check_text(f"{path} (bytes {start:,}-{end:,})" if start or end < os.path.getsize(path) else path, tally)
 
 
@@ -193,10 +193,10 @@ def parquet_documents(path: str, _stamp: str) -> Iterator[str]:
     except ImportError:
         raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")
     for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-        yield from (_text(text, lambda: f"{path} (column 'text')") for text in batch.column(0).to_pylist())
+        yield from (text_field(text, lambda: f"{path} (column 'text')") for text in batch.column(0).to_pylist())
 
 
-def _text(value, where: Callable[[], str]) -> str:
+def text_field(value, where: Callable[[], str]) -> str:
     """A document's text; a missing one (null) is an empty document, which prepare skips. `where` says
     where it came from, for the error (a function: finding a line number takes a while)."""
     if value is None:
@@ -712,7 +712,7 @@ def hosted_documents(url: str, field: str) -> Iterator[str]:
         for row in datasets.load_dataset(builder, data_files=[url], split="train", streaming=True):
             if field not in row:
                 raise DataError(f"{url}: rows have no {field!r} field, only {sorted(row)}")
-            yield _text(row[field], lambda: url)
+            yield text_field(row[field], lambda: url)
     except DataError:
         raise
     except Exception as e:  # a network failure: this file is redone on the next run, the finished ones kept

@@ -245,14 +245,12 @@ class Tokens:
         return tokens if dtype is None else tokens.astype(dtype)
 
 
-def open_split(data_dir: str, split: str, vocab_size: int | None = None) -> Tokens:
+def open_split(data_dir: str, split: str) -> Tokens:
     """A split of a prepared dataset, each shard checked against meta.json: a shard that is missing,
     cut short, of another vocabulary (another tokenizer) or of another size (a file copied from another
-    dataset or split) is refused. `vocab_size`: the model's, which the dataset must match."""
+    dataset or split) is refused. (Whether a model's vocabulary matches the dataset's is checked where
+    a checkpoint meets a dataset: train.check_vocabulary.)"""
     meta = load_meta(data_dir)
-    if vocab_size is not None and meta["vocab_size"] != vocab_size:
-        raise DataError(f"{data_dir} was tokenized with {meta['tokenizer']} ({meta['vocab_size']} tokens) "
-                        f"but the model has vocab_size {vocab_size}: use a matching dataset or model")
     info = meta["splits"].get(split)
     if not info or info["tokens"] == 0:
         raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
@@ -290,8 +288,9 @@ class Mixture:
     come from the domain: cumulative rounding keeps the realized fraction within one sequence of
     delta * B * steps at every step, even for delta * B < 1. Which slots of the batch hold domain
     sequences is itself a seeded shuffle, so micro-batches and ranks all see the mix. Everything is a
-    pure function of the step; the only state is where this mixture started reading each split
-    (non-zero when a run continues from another, as in SCPT), which `state_dict` returns.
+    pure function of the step; the only state is where this mixture started reading the general split
+    (non-zero when a run continues from another, as in SCPT: it goes on with general text it has not
+    seen, while the domain is read from its start), which `state_dict` returns.
 
     A split is read through `Tokens`, its shards memory-mapped as one index space, so a sharded split
     gives the batches a single file would. Memory per rank: the shards are paged in by the OS as
@@ -301,18 +300,18 @@ class Mixture:
     """
 
     def __init__(self, data_dir: str, domain_frac: float, batch_size: int, seq_len: int, seed: int = 0,
-                 general_split: str = "general_train", domain_split: str = "domain_train",
-                 general_start: int = 0, domain_start: int = 0, vocab_size: int | None = None):
+                 general_start: int = 0):
         if not 0 <= domain_frac <= 1:
             raise DataError(f"domain_frac={domain_frac} is outside [0, 1]: it is the share of domain tokens")
         check_seed(seed)
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
-        self.general_start, self.domain_start = general_start, domain_start
+        self.general_start = general_start
         self.splits, self.windows = {}, {}
-        for kind, split, needed in (("general", general_split, domain_frac < 1), ("domain", domain_split, domain_frac > 0)):
+        for kind, needed in (("general", domain_frac < 1), ("domain", domain_frac > 0)):
             if not needed:
                 continue
-            tokens = open_split(data_dir, split, vocab_size)
+            split = f"{kind}_train"
+            tokens = open_split(data_dir, split)
             n = (len(tokens) - 1) // seq_len
             most_per_step = math.ceil(batch_size * (domain_frac if kind == "domain" else 1 - domain_frac))
             if n < most_per_step:
@@ -321,7 +320,7 @@ class Mixture:
                                 f"seq_len or a smaller batch")
             self.splits[kind], self.windows[kind] = tokens, n
         self.domain_tokens = self.windows.get("domain", 0) * seq_len
-        self._perms = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
+        self.permutations = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
 
     def domain_count(self, step: int) -> int:
         """Domain sequences drawn in steps [0, step) of this mixture."""
@@ -330,20 +329,20 @@ class Mixture:
     def position(self, step: int) -> dict:
         """How many windows of each split have been consumed before `step` (including the start)."""
         dom = self.domain_count(step)
-        return {"general": self.general_start + step * self.batch_size - dom, "domain": self.domain_start + dom}
+        return {"general": self.general_start + step * self.batch_size - dom, "domain": dom}
 
     def domain_epochs(self, step: int) -> float:
         """E = repeats of the domain train split so far; equals T * delta / |D_dom| up to rounding."""
         return self.position(step)["domain"] / self.windows["domain"] if "domain" in self.windows else 0.0
 
-    def _window(self, kind: str, k: int) -> int:
+    def window(self, kind: str, k: int) -> int:
         """The k-th window drawn from a split: epoch k // n, through that epoch's own permutation."""
         n = self.windows[kind]
         epoch, i = divmod(k, n)
-        if self._perms.get(kind, (None,))[0] != epoch:
+        if self.permutations.get(kind, (None,))[0] != epoch:
             salt = 1 if kind == "domain" else 0
-            self._perms[kind] = epoch, np.random.default_rng([self.seed, salt, epoch]).permutation(n)
-        return int(self._perms[kind][1][i])
+            self.permutations[kind] = epoch, np.random.default_rng([self.seed, salt, epoch]).permutation(n)
+        return int(self.permutations[kind][1][i])
 
     def batch_windows(self, step: int) -> list[tuple[str, int]]:
         """The global batch of `step` as (split kind, window index) pairs, in slot order."""
@@ -353,26 +352,23 @@ class Mixture:
         kinds = [kinds[i] for i in slots]
         counters, out = dict(pos), []
         for kind in kinds:
-            out.append((kind, self._window(kind, counters[kind])))
+            out.append((kind, self.window(kind, counters[kind])))
             counters[kind] += 1
         return out
 
     def get_batch(self, step: int, part: int = 0, n_parts: int = 1):
         """Part `part` of `n_parts` equal slices of the global batch: part = rank * n_micro + micro, so
         ranks get disjoint slices of the batch and one process with accumulation sees exactly what N
-        ranks see."""
-        if self.batch_size % n_parts:
-            raise DataError(f"batch_size {self.batch_size} is not divisible into {n_parts} micro-batches x ranks")
+        ranks see (train.check_geometry has checked that the batch splits evenly)."""
         size = self.batch_size // n_parts
         chosen = self.batch_windows(step)[part * size:(part + 1) * size]
         rows = np.stack([self.splits[kind][w * self.seq_len:(w + 1) * self.seq_len + 1] for kind, w in chosen])
         rows = torch.from_numpy(rows.astype(np.int64))
-        is_domain = torch.tensor([kind == "domain" for kind, _ in chosen])
-        return rows[:, :-1], rows[:, 1:], is_domain
+        return rows[:, :-1], rows[:, 1:]
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "domain_frac": self.domain_frac, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "general_start": self.general_start, "domain_start": self.domain_start}
+                "seq_len": self.seq_len, "general_start": self.general_start}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +655,8 @@ DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 
 
 # ---------------------------------------------------------------------------------------------
-# The command line.
+# The command line, and what every script shares: token counts as people write them (token_count;
+# train.format_tokens writes them that way) and flags through ArgumentParser.
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
@@ -671,19 +668,45 @@ def token_count(text: str) -> int:
     return round(value)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as this project writes it: the script's docstring as written, then one line per flag,
+    its meaning followed by its default (unless there is none, or the meaning says what it is)."""
+
+    def _get_help_string(self, action):  # argparse's own hook for this (ArgumentDefaultsHelpFormatter's)
+        text = action.help or ""
+        if not action.option_strings or action.default is None or action.default is False \
+                or action.default in ("", argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every script here: --help through HelpFormatter, and an error in one line (argparse's
+    usage block of every flag would bury the message)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
-    p.add_argument("--general", default=DEFAULT_PREPARE["general"], help="general source (name, local:PATH, a,b)")
-    p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source (name, local:PATH, a,b)")
+    p.add_argument("--general", default=DEFAULT_PREPARE["general"],
+                   help="general source: a name from --list, local:PATH, or several joined by commas")
+    p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source, the same way ('': none)")
     p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"],
                    help="gpt2 (BPE, 50,257 tokens) or byte (256 bytes + end-of-text)")
-    p.add_argument("--name", default=None, help="dataset name: data/<name> (default: default)")
-    p.add_argument("--out", default=None, help="output folder (overrides --name)")
+    p.add_argument("--name", default=None, help="dataset name: data/<name> (default: data/default)")
+    p.add_argument("--out", default=None, help="output folder (instead of --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=token_count, default=None, help="subsample domain train to N tokens (3e6, 3M)")
-    p.add_argument("--general_tokens", type=token_count, default=None, help="cap general train at N tokens (2e9, 200B)")
+    p.add_argument("--domain_tokens", type=token_count, default=None,
+                   help="keep a random sample of N domain training tokens: 3e6, 3M (default: all)")
+    p.add_argument("--general_tokens", type=token_count, default=None,
+                   help="keep a random sample of N general training tokens: 2e9, 200B (default: all)")
     p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
     p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")
     p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: one per CPU core)")

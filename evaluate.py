@@ -1,4 +1,4 @@
-"""Evaluation: the losses that train.py and finetune.py log, and the paper's measurements.
+"""Evaluation: what a checkpoint knows, in the paper's measurements.
 
     python evaluate.py out/d0.05/ckpt_1M.pt out/d0/ckpt_1M.pt            # data: the checkpoints' own
     python evaluate.py out/*/ft_*/ckpt_best.pt --data data/default --out results.jsonl
@@ -8,12 +8,11 @@
 
 What is measured, and why:
 
-1. Losses. Every loss is the mean next-token loss over a *fixed* set of windows of a token file: the
-   same windows at every eval of every run, so that curves are smooth and comparable across runs
-   (they are the raw material of fit_laws.py). The windows are evenly spaced over the whole file,
-   which covers all of a small held-out split and a representative sample of a large one. The
-   paper's main metric is the domain *test* loss; the domain *train* loss shows overfitting (the
-   gap between the two), the general validation loss shows forgetting.
+1. Losses, measured by train.mean_loss, the function every log line of train.py and finetune.py
+   comes from: the mean next-token loss over the same fixed windows of each split, so the numbers
+   here match the checkpoint's log. The paper's main metric is the domain *test* loss; the domain
+   *train* loss shows overfitting (the gap between the two), the general validation loss shows
+   forgetting.
 2. Bits per byte. A loss in nats per token depends on the tokenizer: a byte-level model predicts
    ~4x as many tokens as a GPT-2 BPE model for the same text. Dividing the summed loss by the
    split's UTF-8 bytes (recorded by data.py in meta.json) gives a number both can be ranked on.
@@ -43,53 +42,14 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
-
-LOSS_SPLITS = (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
-               ("domain_test_loss", "domain_test"))
+import train
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses on fixed windows (train.py and finetune.py call these at every eval)
-
-def eval_offsets(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
-    """Start offsets of up to n_windows windows of seq_len + 1 tokens, evenly spread over the file."""
-    n_possible = (n_tokens - 1) // seq_len
-    if n_possible < 1:
-        raise ValueError(f"a split of {n_tokens} tokens is shorter than one window of {seq_len + 1}")
-    if n_windows >= n_possible:  # small split: every non-overlapping window, i.e. all of it
-        return np.arange(n_possible) * seq_len
-    return np.linspace(0, n_tokens - seq_len - 1, n_windows).astype(np.int64)
-
-
-@torch.no_grad()
-def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, device,
-              autocast=contextlib.nullcontext, rank: int = 0, world_size: int = 1) -> float:
-    """Mean token loss of `model` over the fixed windows of `tokens` (a memmap). Under torchrun the
-    windows are shared out across ranks and the sums reduced, so every rank returns the same value."""
-    was_training = model.training
-    model.eval()
-    every = eval_offsets(len(tokens), seq_len, n_windows)
-    offsets = every[rank::world_size]
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, number of tokens)
-    # Every rank runs as many batches (a sharded model's forward is a collective): one with no window
-    # of its own left evaluates the first window and counts nothing.
-    for start in range(0, len(every[::world_size]), batch_size):
-        batch = offsets[start:start + batch_size]
-        rows = np.stack([tokens[o:o + seq_len + 1] for o in (batch if len(batch) else every[:1])]).astype(np.int64)
-        rows = torch.from_numpy(rows).to(device)
-        with autocast():
-            _, loss = model(rows[:, :-1], rows[:, 1:])
-        n = rows[:, 1:].numel() if len(batch) else 0
-        total += torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
-    if world_size > 1:
-        dist.all_reduce(total)
-    model.train(was_training)
-    return (total[0] / total[1]).item()
-
+# Bits per byte
 
 def bits_per_byte(loss: float, split_meta: dict) -> float:
     """Convert a mean loss in nats per token into bits per UTF-8 byte of the split's text.
@@ -366,15 +326,7 @@ def first_crossing(points, target) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (read through train.load_model, the project's one loader)
-
-def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
-    """The same token ids mean different things under another tokenizer: refuse, in one line."""
-    vocab = ckpt["model_config"]["vocab_size"]
-    if vocab != meta["vocab_size"]:
-        raise data.DataError(f"{ckpt_path} has a {vocab}-token vocabulary but {data_dir} holds {meta['tokenizer']} "
-                             f"tokens ({meta['vocab_size']}): use the dataset the model was trained on")
-
+# One checkpoint, and the command line
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: int | None = None,
                         mcqa: list[dict] | None = None, n_items: int = 200, prefix_tokens: int | None = None,
@@ -388,21 +340,20 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
     for the options, the rest for the prefix). `sample`: sample_text's prompt, n_tokens, temperature
     and top_k, to add what the model writes.
     """
-    import train  # here, not at the top: train.py imports this file for mean_loss
     rt = train.setup_runtime(device)
     model, ckpt = train.load_model(path, rt.device)
     data_dir = data_dir or ckpt["config"]["data_dir"]
     meta = data.load_meta(data_dir)
-    check_vocabulary(ckpt, meta, path, data_dir)
-    splits = {name: data.open_split(data_dir, split) for name, split in LOSS_SPLITS}
+    train.check_vocabulary(ckpt, meta, path, data_dir)
+    splits = {name: data.open_split(data_dir, split) for name, split in train.LOSS_SPLITS}
     seq_len = model.cfg.seq_len
     windows = eval_windows or ckpt["config"].get("eval_windows", 64)
     result = {"checkpoint": path, "tokens": ckpt.get("tokens"), "domain_frac": ckpt["config"].get("domain_frac"),
               "dataset_id": meta["dataset_id"], "tokenizer": meta["tokenizer"], "eval_windows": windows}
     if "finetune" in ckpt:
         result["finetune"] = ckpt["finetune"]
-    for (name, split), tokens in zip(LOSS_SPLITS, splits.values()):
-        loss = mean_loss(model, tokens, seq_len, windows, batch_size, rt.device, rt.autocast)
+    for (name, split), tokens in zip(train.LOSS_SPLITS, splits.values()):
+        loss = train.mean_loss(model, tokens, seq_len, windows, batch_size, rt.device, rt.autocast)
         result[name] = loss
         result[name.replace("_loss", "_bpb")] = bits_per_byte(loss, meta["splits"][split])
     continuation_tokens = continuation_tokens or min(32, seq_len // 4)
@@ -476,26 +427,28 @@ def check_writable(path: str):
 
 
 def main(argv=None):
-    import train  # see evaluate_checkpoint
-    p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p = data.ArgumentParser(description=__doc__)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoints to evaluate: ckpt_<tokens>.pt, ft_.../ckpt_best.pt")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
-    p.add_argument("--mcqa", default=None, help="JSONL of {question, choices, answer} rows")
-    p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="a paper benchmark (online)")
-    p.add_argument("--out", default=None, help="write one JSON line per checkpoint here")
-    p.add_argument("--eval_windows", type=positive_int, default=None, help="default: the checkpoint's run's")
-    p.add_argument("--n_items", type=positive_int, default=200, help="continuation task items")
-    p.add_argument("--prefix_tokens", type=positive_int, default=None, help="default: 64, less for short contexts")
+    p.add_argument("--mcqa", default=None, help="also score this JSONL file of {question, choices, answer} rows")
+    p.add_argument("--benchmark", default=None, choices=list(BENCHMARKS), help="also score a paper benchmark (online)")
+    p.add_argument("--out", default=None, help="write one JSON line per checkpoint to this file")
+    p.add_argument("--eval_windows", type=positive_int, default=None,
+                   help="fixed windows per split (default: the checkpoint's run's, so losses match its log)")
+    p.add_argument("--n_items", type=positive_int, default=200, help="questions of the continuation task")
+    p.add_argument("--prefix_tokens", type=positive_int, default=None,
+                   help="tokens a continuation question shows (default: 64, less for short contexts)")
     p.add_argument("--continuation_tokens", type=positive_int, default=None,
-                   help="default: 32, less for short contexts")
+                   help="tokens of each option (default: 32, less for short contexts)")
     p.add_argument("--sample", type=non_negative_int, default=0, metavar="N",
                    help="also print N tokens the model writes")
     p.add_argument("--prompt", default="", help="what the sample continues (default: a new document)")
-    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--temperature", type=positive_float, default=0.8, help="sampling temperature")
     p.add_argument("--top_k", type=non_negative_int, default=200, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the continuation task and the sample")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="windows or options per forward pass")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
     args = p.parse_args(argv)
     if args.out:
         check_writable(args.out)
@@ -521,7 +474,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import train  # safe here, as the script: the circular import is only between the two modules
     try:
         main()
     except (data.DataError, train.TrainError) as e:

@@ -73,47 +73,54 @@ from tqdm import tqdm
 
 import data
 import train
-from evaluate import LOSS_SPLITS, check_vocabulary
 
-LOSS_KEYS = tuple(name for name, _ in LOSS_SPLITS)
-SCHEDULES = ("constant", "wsd")
+LOSS_KEYS = tuple(name for name, _ in train.LOSS_SPLITS)
 
 
 @dataclass
 class FinetuneConfig:
-    init: str = ""  # the checkpoint to finetune (required)
-    out_dir: str = ""  # default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>]
-    data_dir: str = ""  # default: the dataset the checkpoint was pretrained on
-    # the grid: comma-separated; an "x" suffix means times the checkpoint's pretraining peak LR
-    lr: str = "0.1x,0.3x,1x"
-    warmup: str = "10,20,40"  # steps; an "e" suffix means a fraction of an epoch (0.33e)
-    schedule: str = "constant"  # constant | wsd
-    decay_frac: float = 0.2  # wsd: decay over the last decay_frac of the epoch cap ...
-    min_lr_frac: float = 0.1  # ... to this fraction of the LR
-    replay: float = 0.0  # share of general sequences in every finetuning batch
-    batch_size: int | None = None  # default: the pretraining batch / 4 (paper: 512 vs 2048)
-    grad_accum: int | None = None  # default: keep the pretraining micro-batch size
+    init: str = train.setting("", "the checkpoint to finetune, a ckpt_<tokens>.pt (required)")
+    out_dir: str = train.setting("", "results folder (default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>])")
+    data_dir: str = train.setting("", "dataset folder (default: the one the checkpoint was pretrained on)")
+    # the grid
+    lr: str = train.setting("0.1x,0.3x,1x", "learning rates of the grid, comma-separated; 0.3x is 0.3 times the "
+                                            "checkpoint's pretraining peak")
+    warmup: str = train.setting("10,20,40", "warmups of the grid in steps, comma-separated; 0.33e is a third of "
+                                            "an epoch")
+    schedule: str = train.setting("constant", "learning rate after warmup: constant, or wsd's linear decay over "
+                                              "the end of the epoch cap", choices=("constant", "wsd"))
+    decay_frac: float = train.setting(0.2, "wsd: decays over this last share of max_epochs ...")
+    min_lr_frac: float = train.setting(0.1, "... to this share of the learning rate")
+    replay: float = train.setting(0.0, "share of general sequences in every batch, read from where pretraining "
+                                       "stopped")
+    batch_size: int | None = train.setting(None, "sequences per step (default: the pretraining batch / 4, as "
+                                                 "the paper's 512 vs 2048)")
+    grad_accum: int | None = train.setting(None, "micro-batches per step (default: keeps pretraining's "
+                                                 "micro-batch size, known to fit)")
     # AdamW (paper)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-5
-    weight_decay: float = 1e-7
-    grad_clip: float = 1.0
+    beta1: float = train.setting(0.9, "AdamW beta1")
+    beta2: float = train.setting(0.95, "AdamW beta2")
+    eps: float = train.setting(1e-5, "AdamW epsilon")
+    weight_decay: float = train.setting(1e-7, "AdamW weight decay (paper: practically none)")
+    grad_clip: float = train.setting(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation and early stopping
-    eval_interval: int | None = None  # steps; default: eval_epochs of an epoch
-    eval_epochs: float = 0.25
-    patience: int = 4  # evals without a new lowest domain test loss before stopping
-    max_epochs: float = 10.0
-    extend_epochs: float = 40.0  # the grid's best, still improving at max_epochs, goes on up to this
-    eval_windows: int | None = None  # default: the pretraining run's, so losses are comparable
-    eval_batch_size: int | None = None
-    log_interval: int = 5
-    save_best: bool = False
-    seed: int = 0
+    eval_interval: int | None = train.setting(None, "steps between evals (default: eval_epochs of an epoch)")
+    eval_epochs: float = train.setting(0.25, "epochs between evals, unless eval_interval is given")
+    patience: int = train.setting(4, "evals without a new lowest domain test loss before a configuration stops")
+    max_epochs: float = train.setting(10.0, "epoch cap of every configuration")
+    extend_epochs: float = train.setting(40.0, "the grid's best, still improving at max_epochs, goes on up to this")
+    eval_windows: int | None = train.setting(None, "fixed windows per split and eval (default: the pretraining "
+                                                   "run's, so losses compare)")
+    eval_batch_size: int | None = train.setting(None, "windows per forward pass of an eval (default: the "
+                                                      "pretraining run's)")
+    log_interval: int = train.setting(5, "steps between updates of the progress bar's loss")
+    save_best: bool = train.setting(False, "keep the weights of the best point over the grid as ckpt_best.pt")
+    seed: int = train.setting(0, "seed of the data order and of every configuration's start")
     # system
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
+    device: str = train.setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    dtype: str = train.setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)",
+                               choices=train.DTYPES)
+    compile: bool = train.setting(False, "torch.compile the model")
 
 
 class EarlyStopping:
@@ -197,8 +204,8 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     and derive the run's geometry. Raises before anything is written."""
     data_dir = cfg.data_dir or pre.data_dir
     meta = data.load_meta(data_dir)
-    check_vocabulary(ckpt, meta, cfg.init, data_dir)
-    for _, split in LOSS_SPLITS:
+    train.check_vocabulary(ckpt, meta, cfg.init, data_dir)
+    for _, split in train.LOSS_SPLITS:
         data.open_split(data_dir, split)  # a dataset without a domain fails here, in one line
     if ckpt.get("dataset_id") != meta["dataset_id"]:
         print(f"note: {cfg.init} was pretrained on dataset {ckpt.get('dataset_id')}, finetuning on "
@@ -278,66 +285,60 @@ def save_results(path: str, results: dict):
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
-def untied_model(pretrained, rt: train.Runtime):
-    """A fresh copy of the pretrained model (train.load_model's) with its own output layer (a copy of
-    the embedding: the same function)."""
-    return copy.deepcopy(pretrained).untie().to(rt.device)
-
-
 def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
     """Finetune one (lr, warmup) from the pretrained model until early stopping or the epoch cap.
 
     on_progress(entry) receives the configuration's results after every eval. Returns the entry
     and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
     torch.manual_seed(cfg.seed)
-    raw = untied_model(pretrained, rt)
+    raw = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
     optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
-    run_cfg = train.TrainConfig(batch_size=plan.batch_size, grad_accum=plan.grad_accum, schedule=cfg.schedule,
-                                lr=lr, min_lr=lr * cfg.min_lr_frac, warmup_steps=warmup, decay_frac=cfg.decay_frac,
-                                grad_clip=cfg.grad_clip, eval_interval=plan.eval_interval,
-                                eval_windows=plan.settings["eval_windows"],
-                                eval_batch_size=cfg.eval_batch_size or pre.eval_batch_size,
-                                log_interval=cfg.log_interval)
+    schedule = train.Schedule(cfg.schedule, lr, lr * cfg.min_lr_frac, warmup, plan.total_steps,
+                              decay_frac=cfg.decay_frac)
     model = torch.compile(raw) if cfg.compile else raw
     if rt.world_size > 1:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = train.make_evaluator(model, run_cfg, rt, plan.data_dir, raw.cfg.seq_len, plan.meta["vocab_size"])
-    stopper, entry, snapshot = EarlyStopping(cfg.patience), None, None
-    curve = []
+    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, plan.settings["eval_windows"],
+                                    cfg.eval_batch_size or pre.eval_batch_size)
+    stopper, curve, snapshot = EarlyStopping(cfg.patience), [], None
+    entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None, "best": None, "curve": curve}
     log_path = os.path.join(plan.out_dir, "log.jsonl")
 
-    def on_eval(step, record):
-        nonlocal entry, snapshot
-        curve.append(point_of(record))
-        stop = stopper.update(curve[-1]["domain_test_loss"])
-        best = curve[stopper.best_index]
-        new_best = stopper.best_index == len(curve) - 1 and best["domain_test_loss"] < best_so_far
-        if cfg.save_best and rt.master and new_best:
-            snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
-        entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None,
-                 "best": best, "curve": curve}
-        if rt.master:
-            train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
-        on_progress(entry)
-        return stop
+    def train_steps(steps: range, desc: str):
+        """Train over `steps`, recording every eval; returns early once the domain test loss stops improving."""
+        nonlocal snapshot
+        for record in train.train_loop(model, optimizer, mixture, rt, schedule, steps, evaluate,
+                                       lambda step: step % plan.eval_interval == 0, grad_accum=plan.grad_accum,
+                                       grad_clip=cfg.grad_clip, log_interval=cfg.log_interval, desc=desc):
+            curve.append(point_of(record))
+            stop = stopper.update(curve[-1]["domain_test_loss"])
+            entry["best"] = curve[stopper.best_index]
+            new_best = stopper.best_index == len(curve) - 1 and entry["best"]["domain_test_loss"] < best_so_far
+            if cfg.save_best and rt.master and new_best:
+                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
+            if rt.master:
+                train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
+            on_progress(entry)
+            if stop:
+                return
 
     def early():
         return len(curve) - 1 - stopper.best_index >= cfg.patience
 
+    def improving():  # the grid's best so far
+        return entry["best"]["domain_test_loss"] < best_so_far
+
     try:
         done, chunk = plan.total_steps, plan.total_steps
         extend_to = math.ceil(plan.total_steps * cfg.extend_epochs / cfg.max_epochs)
-        train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, 0, done,
-                         desc=f"finetune lr={lr:.3g} warmup={warmup}")
+        desc = f"finetune lr={lr:.3g} warmup={warmup}"
+        train_steps(range(0, done), desc)
         # The grid's best so far, still improving at the cap, has not shown its best yet: it goes on,
         # max_epochs at a time (at a constant LR the loop simply continues), up to extend_epochs.
-        while not early() and curve[stopper.best_index]["domain_test_loss"] < best_so_far and \
-                cfg.schedule == "constant" and done < extend_to:
-            train.train_loop(run_cfg, model, optimizer, mixture, rt, evaluate, on_eval, done,
-                             min(done + chunk, extend_to), desc=f"finetune lr={lr:.3g} warmup={warmup}, extended")
+        while not early() and improving() and cfg.schedule == "constant" and done < extend_to:
+            train_steps(range(done, min(done + chunk, extend_to)), desc + ", extended")
             done = min(done + chunk, extend_to)
-        improving = curve[stopper.best_index]["domain_test_loss"] < best_so_far
-        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving else "epoch_cap")
+        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving() else "epoch_cap")
     except train.Diverged as e:  # too high a learning rate: its best point so far still counts
         print(f"lr={lr:g} warmup={warmup}: {e}; going on with the grid", file=sys.stderr)
         entry.update(finished=True, stopped="diverged")
@@ -356,7 +357,7 @@ def best_checkpoint(ckpt: dict, raw_state: dict, model_config: dict, dataset_id:
 def run(cfg: FinetuneConfig) -> dict:
     if not cfg.init:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
-    train.check_config(cfg, SCHEDULES)
+    train.check_config(cfg)
     rt = train.setup_runtime(cfg.device, cfg.dtype)
     pretrained, ckpt = train.load_model(cfg.init)  # read once; every configuration starts from a copy
     pre = pretrain_config(ckpt)
@@ -364,7 +365,7 @@ def run(cfg: FinetuneConfig) -> dict:
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)
     mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
-                           general_start=ckpt["general_position"], vocab_size=plan.meta["vocab_size"])
+                           general_start=ckpt["general_position"])
 
     results = dict(done)  # (lr, warmup) -> entry, finished ones first
 
@@ -380,7 +381,8 @@ def run(cfg: FinetuneConfig) -> dict:
         if rt.master:
             os.makedirs(plan.out_dir, exist_ok=True)
             train.remove_temporary_files(plan.out_dir)  # left by a kill
-            print(f"finetuning {cfg.init} ({ckpt['tokens']:,} tokens, delta {pre.domain_frac:g}) on {plan.data_dir}: "
+            print(f"finetuning {cfg.init} ({train.format_tokens(ckpt['tokens'])} tokens, delta "
+                  f"{pre.domain_frac:g}) on {plan.data_dir}: "
                   f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, eval every "
                   f"{plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
         for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):
@@ -416,14 +418,6 @@ def print_summary(results: dict, path: str):
     print(f"best: domain test {best['domain_test_loss']:.4f} (lr {best['lr']:.3g}, warmup {best['warmup']}, "
           f"{best['epochs']:.2f} epochs), forgetting: general val {pre['general_val_loss']:.4f} -> "
           f"{best['general_val_loss']:.4f}; {path}")
-
-
-def finetune(init_path: str, out_dir: str | None = None, **overrides) -> dict:
-    """The importable entry point: finetune.json's content for one checkpoint (see FinetuneConfig)."""
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(FinetuneConfig)}
-    if unknown:
-        raise train.TrainError(f"unknown finetune settings {sorted(unknown)}")
-    return run(FinetuneConfig(init=init_path, out_dir=out_dir or "", **overrides))
 
 
 def main(argv=None):

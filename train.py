@@ -1,7 +1,7 @@
 """Pretraining with a domain mixture: the loop that every experiment in this project runs.
 
-    python train.py --domain_frac 0.05                   # CPU miniature on CPU, 124M on a GPU
-    python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02
+    python train.py --domain_frac 0.05                   # the CPU miniature (--model cpu-mini), anywhere
+    python train.py --config configs/gpu-124m.json --domain_frac 0.02 --out_dir out/d0.02   # 124M, one GPU
     torchrun --nproc_per_node 8 train.py --config configs/olmo-1b.json --domain_frac 0.05
     torchrun --nproc_per_node 8 train.py --config configs/olmo-3b.json --domain_frac 0.05   # FSDP
     python train.py --out_dir out/d0.02 --resume          # continue an interrupted run exactly
@@ -13,8 +13,9 @@ processes: with N torchrun ranks each rank runs grad_accum / N micro-steps, so a
 the same run on one process with accumulation see identical data and give the same losses.
 
 At every eval the loop measures the general validation loss, the domain *train* loss (on a fixed
-subset of the training split) and the domain *test* loss, and appends one JSON line to
-out_dir/log.jsonl; the gap between the last two is the overfitting that fit_laws.py models.
+subset of the training split) and the domain *test* loss (mean_loss, on the same windows every time),
+and appends one JSON line to out_dir/log.jsonl; the gap between the last two is the overfitting that
+fit_laws.py models.
 Checkpoints are written atomically: ckpt_latest.pt (model, optimizer, mixture position, config) every
 ckpt_interval steps, for --resume, and once per requested token milestone ckpt_<tokens>.pt with the
 weights alone, which finetune.py, evaluate.py and scripts/export_hf.py start from.
@@ -35,8 +36,10 @@ killed before its first checkpoint holds nothing worth keeping and starts again,
 --resume. A full disk stops the run in one line that says the last checkpoint is intact. Every
 setting is checked before anything is written, so a bad value leaves the folder as it was.
 
-finetune.py reuses this file's pieces (optimizer, schedule, checkpoints and `train_loop`), and every
-script loads checkpoints through this file's load_model.
+Every flag is a field of TrainConfig, whose help line and default `python train.py --help` prints;
+the defaults are the CPU miniature's, and a preset file (configs/) sets a larger scale's.
+finetune.py reuses this file's pieces (settings, optimizer, Schedule, mean_loss, checkpoints and
+train_loop), evaluate.py its losses, and every script loads checkpoints through load_model.
 """
 import argparse
 import contextlib
@@ -51,8 +54,9 @@ import shutil
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -63,62 +67,76 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from evaluate import mean_loss
 from model import GPT, PRESETS, GPTConfig, config_from_preset
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+def setting(default, help: str, choices=None):
+    """A config field: its default, its one-line meaning for --help and, for an enumeration, the values
+    it takes, in one place (build_parser turns each field into a flag)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class TrainConfig:
     # data and output
-    data_dir: str = data.DEFAULT_DATA_DIR
-    out_dir: str = ""  # default: out/d<domain_frac>
-    domain_frac: float = 0.0
+    data_dir: str = setting(data.DEFAULT_DATA_DIR, "dataset folder made by data.py (the default one is "
+                            "prepared on first use)")
+    out_dir: str = setting("", "run folder for log.jsonl and the checkpoints (default: out/d<domain_frac>)")
+    domain_frac: float = setting(0.0, "delta: the share of domain sequences in every batch (0: NPT, general "
+                                      "data only)")
     # model: a preset plus optional overrides
-    model: str = "cpu-mini"
-    n_layer: int | None = None
-    n_head: int | None = None
-    d_model: int | None = None
-    d_ff: int | None = None
-    seq_len: int | None = None
-    norm: str | None = None
+    model: str = setting("cpu-mini", "model preset (model.py); the five flags below override one of its sizes",
+                         choices=tuple(PRESETS))
+    n_layer: int | None = setting(None, "blocks (default: the preset's)")
+    n_head: int | None = setting(None, "attention heads (default: the preset's)")
+    d_model: int | None = setting(None, "width of the residual stream (default: the preset's)")
+    d_ff: int | None = setting(None, "hidden size of the MLP (default: the preset's)")
+    seq_len: int | None = setting(None, "context length in tokens (default: the preset's)")
+    norm: str | None = setting(None, "norm (default: the preset's, layernorm)", choices=("layernorm", "rmsnorm"))
     # batch: global sequences per optimizer step, split into grad_accum micro-steps (shared by ranks)
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_tokens: float = 1e6
+    batch_size: int = setting(32, "sequences per optimizer step, whatever the number of processes")
+    grad_accum: int = setting(1, "micro-batches per step, shared by the processes (a multiple of their number)")
+    max_tokens: float = setting(1e6, "length of the run in tokens (1e6, 1M)")
     # learning rate schedule
-    schedule: str = "cosine_truncated"  # cosine_truncated | cosine | constant | wsd
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 20
-    horizon_mult: float = 10.0  # cosine_truncated: the cosine spans horizon_mult x max_tokens (paper: 2T/200B)
-    decay_frac: float = 0.2  # wsd: linear decay over the last decay_frac of the run
+    schedule: str = setting("cosine_truncated", "learning rate after warmup: the paper's cosine over horizon_mult "
+                                                "x the run, stopped at its end; a cosine over the run; constant; "
+                                                "warmup-stable-decay", choices=SCHEDULES)
+    lr: float = setting(3e-3, "peak learning rate")
+    min_lr: float = setting(3e-4, "learning rate the cosines and wsd decay to")
+    warmup_steps: int = setting(20, "steps of linear warmup to lr")
+    horizon_mult: float = setting(10.0, "cosine_truncated: the cosine spans horizon_mult x the run (paper: 2T/200B)")
+    decay_frac: float = setting(0.2, "wsd: decays linearly over this last share of the run")
     # AdamW (paper defaults)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-5
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-5, "AdamW epsilon")
+    weight_decay: float = setting(0.1, "AdamW weight decay, of matrices only")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation, logging and checkpoints
-    eval_interval: int = 25  # steps
-    eval_windows: int = 64  # fixed windows per split and eval
-    eval_batch_size: int = 32
-    ckpt_tokens: str = ""  # comma-separated token milestones, e.g. "250e3,500e3,1e6" (weights only)
-    ckpt_interval: int = 0  # steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)
-    log_interval: int = 5
-    tensorboard: bool = False  # also write the log's numbers to out_dir/tensorboard (needs tensorboard)
-    wandb: str = ""  # also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline works)
-    seed: int = 0
+    eval_interval: int = setting(25, "steps between evals, one log.jsonl line each")
+    eval_windows: int = setting(64, "fixed windows of each split an eval measures")
+    eval_batch_size: int = setting(32, "windows per forward pass of an eval")
+    ckpt_tokens: str = setting("", "token milestones for weights-only checkpoints ckpt_<tokens>.pt: 250K,500K,1M")
+    ckpt_interval: int = setting(0, "steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)")
+    log_interval: int = setting(5, "steps between updates of the progress bar's loss")
+    tensorboard: bool = setting(False, "also write the log's numbers to out_dir/tensorboard (needs tensorboard)")
+    wandb: str = setting("", "also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline "
+                             "runs without an account)")
+    seed: int = setting(0, "seed of the initial weights and of the data order")
     # system
-    device: str = "auto"
-    dtype: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
-    parallel: str = "ddp"  # ddp: a replica per process | fsdp: parameters, gradients, optimizer sharded
-    act_ckpt: bool = False  # activation checkpointing: recompute each block in backward
-    memory_gb: float = 0.0  # memory per process the plan must fit (0: the GPU's own; on CPU: no check)
-    compile: bool = False
-    init_from: str = ""
-    resume: bool = False
+    device: str = setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)", choices=DTYPES)
+    parallel: str = setting("ddp", "ddp: a replica of the model per process; fsdp: parameters, gradients and "
+                                   "optimizer state sharded over them", choices=("ddp", "fsdp"))
+    act_ckpt: bool = setting(False, "activation checkpointing: recompute each block in backward")
+    memory_gb: float = setting(0.0, "memory per process the plan must fit (0: the GPU's own; on a CPU: no check)")
+    compile: bool = setting(False, "torch.compile the model")
+    init_from: str = setting("", "start from this checkpoint's weights, going on with its tokens, schedule and "
+                                 "general data (SCPT)")
+    resume: bool = setting(False, "continue the run in out_dir exactly, from its ckpt_latest.pt")
 
 
 class TrainError(Exception):
@@ -131,9 +149,6 @@ class Diverged(TrainError):
 
 # ---------------------------------------------------------------------------------------------
 # Settings: every value is checked before anything is written (finetune.py's too)
-
-SCHEDULES = ("cosine_truncated", "cosine", "constant", "wsd")
-PARALLEL = ("ddp", "fsdp")
 
 # What each numeric setting must be, by name: check_config applies the entries a config has, so
 # train.py and finetune.py share them (finetune.py's lr and warmup are grids, checked where parsed).
@@ -165,38 +180,34 @@ RANGES = {
 }
 
 
-def check_config(cfg, schedules=SCHEDULES):
+def check_config(cfg):
     """Every setting of a TrainConfig (or of finetune.py's FinetuneConfig), checked before anything is
     written: a bad value fails at once in one line, not after warmup, and nonsense (a negative min_lr
-    trains by gradient ascent) never runs. setup_runtime checks the device and dtype, check_geometry
-    the batch split once the number of processes is known. None means "not given": a default applies."""
+    trains by gradient ascent) never runs. The flags' parser has checked types and choices (the
+    config's own), setup_runtime checks the device, check_geometry the batch split once the number of
+    processes is known. None means "not given": a default applies."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in RANGES and field_type(f) in (int, float) and value is not None:
             ok, what = RANGES[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise TrainError(f"--{f.name} {value}: must be {what}")
-    if cfg.schedule not in schedules:
-        raise TrainError(f"--schedule {cfg.schedule}: use {', '.join(schedules)}")
     if not isinstance(cfg, TrainConfig):
         return
-    if cfg.model not in PRESETS:
-        raise TrainError(f"--model {cfg.model}: use one of the presets {', '.join(PRESETS)}")
-    if cfg.parallel not in PARALLEL:
-        raise TrainError(f"--parallel {cfg.parallel}: use {' or '.join(PARALLEL)}")
     if cfg.ckpt_interval % cfg.eval_interval:
         raise TrainError(f"--ckpt_interval {cfg.ckpt_interval} is not a multiple of --eval_interval "
                          f"{cfg.eval_interval}: checkpoints are written at evals")
     if cfg.min_lr > cfg.lr:
         raise TrainError(f"--min_lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: the schedule decays from lr to min_lr")
     seq_len = cfg.seq_len or PRESETS[cfg.model]["seq_len"]
+    max_tokens = format_tokens(cfg.max_tokens)
     if cfg.max_tokens < cfg.batch_size * seq_len:
-        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is less than one step ({cfg.batch_size} x {seq_len} "
-                         f"tokens): raise it or lower --batch_size")
+        raise TrainError(f"--max_tokens {max_tokens} is less than one step ({cfg.batch_size} x {seq_len} tokens): "
+                         f"raise it or lower --batch_size")
     beyond = [m for m in parse_milestones(cfg.ckpt_tokens) if m > cfg.max_tokens]
     if beyond:
-        raise TrainError(f"--ckpt_tokens {format_tokens(beyond[0])} is beyond --max_tokens {cfg.max_tokens:g}: "
-                         f"the run never gets there; lower it or raise --max_tokens")
+        raise TrainError(f"--ckpt_tokens {format_tokens(beyond[0])} is beyond --max_tokens {max_tokens}: the run "
+                         f"never gets there; lower it or raise --max_tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,16 +230,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     """One process, or one of torchrun's (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPUs. Every script
-    turns its --device and --dtype into torch's here, before it writes anything, so they are checked here."""
+    turns its --device into torch's here, before it writes anything, so it is checked here (a dtype is
+    one of DTYPES, which the flag's parser has checked)."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
         raise TrainError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
-    if dtype not in DTYPES:
-        raise TrainError(f"--dtype {dtype}: use {', '.join(DTYPES)}")
     if device.startswith("cuda") and int(device[5:] or 0) >= torch.cuda.device_count():
         raise TrainError(f"--device {device}: {torch.cuda.device_count()} CUDA GPUs are visible here; "
                          f"use --device auto or cpu")
@@ -293,26 +300,35 @@ def configure_optimizer(model, lr, betas, eps, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
-def lr_at(step: int, total_steps: int, cfg) -> float:
-    """Learning rate at `step`. All schedules warm up linearly over cfg.warmup_steps, then:
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate at each step. Every kind warms up linearly over warmup_steps, then:
     cosine_truncated: the paper's cosine from lr to min_lr over horizon_mult x the run, stopped at
       the end of the run, so every checkpoint is nearly un-annealed and shorter budgets are simply
       earlier checkpoints of one run; cosine: the same cosine over exactly the run; constant;
       wsd: warmup-stable-decay, linear decay to min_lr over the last decay_frac of the run."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "wsd":
-        decay_start = total_steps * (1 - cfg.decay_frac)
-        if step < decay_start:
-            return cfg.lr
-        return cfg.lr + (cfg.min_lr - cfg.lr) * min(1.0, (step - decay_start) / max(1.0, total_steps - decay_start))
-    if cfg.schedule not in ("cosine", "cosine_truncated"):
-        raise TrainError(f"unknown schedule {cfg.schedule!r}: use cosine_truncated, cosine, constant or wsd")
-    horizon = total_steps * (cfg.horizon_mult if cfg.schedule == "cosine_truncated" else 1.0)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1.0, horizon - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    kind: str
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+    horizon_mult: float = 10.0
+    decay_frac: float = 0.2
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "wsd":
+            decay_start = self.total_steps * (1 - self.decay_frac)
+            if step < decay_start:
+                return self.lr
+            return self.lr + (self.min_lr - self.lr) * min(1.0, (step - decay_start) /
+                                                           max(1.0, self.total_steps - decay_start))
+        horizon = self.total_steps * (self.horizon_mult if self.kind == "cosine_truncated" else 1.0)
+        progress = min(1.0, (step - self.warmup_steps) / max(1.0, horizon - self.warmup_steps))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,15 +420,22 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def check_vocabulary(ckpt: dict, meta: dict, ckpt_path: str, data_dir: str):
+    """Where a checkpoint meets a dataset (--resume, --init_from, finetune.py, evaluate.py): the same
+    token ids mean different things under another tokenizer, so refuse, in one line."""
+    vocab = ckpt["model_config"]["vocab_size"]
+    if vocab != meta["vocab_size"]:
+        raise data.DataError(f"{ckpt_path} has a {vocab}-token vocabulary but {data_dir} holds {meta['tokenizer']} "
+                             f"tokens ({meta['vocab_size']}): use the dataset the model was trained on")
+
+
 def check_shape(model, ckpt: dict, path: str):
     """A one-line error if the checkpoint holds another shape than `model`; unties `model` if it is untied."""
     expected, found = model.config_dict(), ckpt["model_config"]
     diff = {k: (found.get(k), v) for k, v in expected.items() if k != "tie_embeddings" and found.get(k) != v}
-    if diff:
-        fix = ("a dataset with the tokenizer of the run that wrote it (--data_dir)" if "vocab_size" in diff
-               else "the same --model/overrides as the run that wrote it")
+    if diff:  # (a vocabulary of another tokenizer is refused before: check_vocabulary)
         raise TrainError(f"{path} holds a model with " + ", ".join(f"{k}={a} (not {b})" for k, (a, b) in diff.items())
-                         + f": use {fix}")
+                         + ": use the same --model/overrides as the run that wrote it")
     if not found.get("tie_embeddings", True):
         model.untie()
 
@@ -453,7 +476,7 @@ def load_training_state(model, optimizer, ckpt: dict, path: str):
 
 
 def format_tokens(n: float) -> str:
-    """Exact, short names for checkpoint files: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
+    """A token count, exact and short, for file names and messages: 250000 -> 250K, 2e9 -> 2B, 2048 -> 2048."""
     n = int(n)
     for unit, scale in (("B", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
         if n >= scale and n % scale == 0:
@@ -624,92 +647,143 @@ def open_metrics(modules: dict, cfg: TrainConfig, out_dir: str, run_info: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# Losses on fixed windows: the three numbers of every log line (evaluate.py measures checkpoints with
+# the same function, so its losses match the log's)
+#
+# Every loss is the mean next-token loss over a *fixed* set of windows of a split: the same windows
+# at every eval of every run, so that curves are smooth and comparable across runs (they are the raw
+# material of fit_laws.py). The windows are evenly spaced over the whole split, which covers all of a
+# small held-out split and a representative sample of a large one.
+
+LOSS_SPLITS = (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
+               ("domain_test_loss", "domain_test"))
+
+
+def eval_offsets(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
+    """Start offsets of up to n_windows windows of seq_len + 1 tokens, evenly spread over the file."""
+    n_possible = (n_tokens - 1) // seq_len
+    if n_possible < 1:
+        raise ValueError(f"a split of {n_tokens} tokens is shorter than one window of {seq_len + 1}")
+    if n_windows >= n_possible:  # small split: every non-overlapping window, i.e. all of it
+        return np.arange(n_possible) * seq_len
+    return np.linspace(0, n_tokens - seq_len - 1, n_windows).astype(np.int64)
+
+
+@torch.no_grad()
+def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, device,
+              autocast=contextlib.nullcontext, rank: int = 0, world_size: int = 1) -> float:
+    """Mean token loss of `model` over the fixed windows of `tokens` (a split). Under torchrun the
+    windows are shared out across ranks and the sums reduced, so every rank returns the same value."""
+    was_training = model.training
+    model.eval()
+    every = eval_offsets(len(tokens), seq_len, n_windows)
+    offsets = every[rank::world_size]
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, number of tokens)
+    # Every rank runs as many batches (a sharded model's forward is a collective): one with no window
+    # of its own left evaluates the first window and counts nothing.
+    for start in range(0, len(every[::world_size]), batch_size):
+        batch = offsets[start:start + batch_size]
+        rows = np.stack([tokens[o:o + seq_len + 1] for o in (batch if len(batch) else every[:1])]).astype(np.int64)
+        rows = torch.from_numpy(rows).to(device)
+        with autocast():
+            _, loss = model(rows[:, :-1], rows[:, 1:])
+        n = rows[:, 1:].numel() if len(batch) else 0
+        total += torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if world_size > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows: int, eval_batch_size: int):
+    """A function that measures the three losses of a log line (general val, domain train, domain test)."""
+    splits = {name: data.open_split(data_dir, split) for name, split in LOSS_SPLITS}
+
+    def evaluate():
+        return {name: mean_loss(model, tokens, seq_len, eval_windows, eval_batch_size, rt.device, rt.autocast,
+                                rt.rank, rt.world_size)
+                for name, tokens in splits.items()}
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
-def train_loop(cfg, model, optimizer, mixture, rt: Runtime, evaluate_fn, on_eval, start_step: int,
-               total_steps: int, mixture_step0: int = 0, tokens_offset: int = 0, desc: str = "train",
-               extra_eval_steps=()):
-    """Run optimizer steps start_step .. total_steps - 1 and evaluate along the way.
+def train_loop(model, optimizer, mixture, rt: Runtime, schedule: Schedule, steps: range, evaluate, eval_at, *,
+               grad_accum: int, grad_clip: float, log_interval: int, desc: str, mixture_step0: int = 0,
+               tokens_offset: int = 0):
+    """Take the optimizer steps in `steps` and yield a log record at every eval: before the first step
+    of a new run (steps from 0), after every step for which eval_at(step) holds, and after the last.
+    The caller writes the record, and stops the run by breaking out of the loop.
 
-    evaluate_fn() returns a dict of eval losses; on_eval(step, record) receives the log record after
-    the step (step = optimizer steps done) and returns True to stop early. Evals happen every
-    cfg.eval_interval steps, at extra_eval_steps, at the end, and before the first step of a new run. The step's batch comes from
-    mixture step (step - mixture_step0), which is what makes resume and SCPT continuation exact.
+    Step s takes the global batch s - mixture_step0 of the mixture (an --init_from run counts its steps
+    on from its parent's, which is what keeps its schedule going, while its mixture starts at 0), in
+    grad_accum micro-batches shared by the processes, at the learning rate schedule(s), with gradients
+    clipped to norm grad_clip (0: not clipped). A record counts tokens from tokens_offset, the tokens
+    the run had seen at mixture_step0; evaluate() gives its losses (make_evaluator).
     """
-    check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
-    n_micro = cfg.grad_accum // rt.world_size
+    n_micro = grad_accum // rt.world_size
     ddp = isinstance(model, DDP)
     raw = model.module if ddp else model
-    tokens_per_step = cfg.batch_size * mixture.seq_len
+    tokens_per_step = mixture.batch_size * mixture.seq_len
     flops_per_token = raw.flops_per_token()
     peak = peak_flops(rt.device)
-    loss_sum = torch.zeros((), device=rt.device)
     t_start = time.time()
-    meter = {"count": 0, "time": t_start, "step": start_step}  # the train loss and speed since the last eval
+    # the train loss and the speed between evals: summed over n_steps steps since the eval after last_step
+    loss_sum, n_steps, since, last_step = torch.zeros((), device=rt.device), 0, t_start, steps.start
 
-    def eval_record(done):
+    def record(done: int) -> dict:
         train_loss = loss_sum.clone()
         if rt.world_size > 1:
             dist.all_reduce(train_loss)
-        train_loss = train_loss.item() / max(1, meter["count"]) / rt.world_size if meter["count"] else None
+        train_loss = train_loss.item() / n_steps / rt.world_size if n_steps else None
         if train_loss is not None and not math.isfinite(train_loss):
             raise Diverged(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
-        dt = time.time() - meter["time"]
-        tokens_per_s = (done - meter["step"]) * tokens_per_step / dt if dt > 0 else 0.0
-        record = {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
-                  "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
-                  "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate_fn(),
-                  "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
-                  "elapsed_s": time.time() - t_start}
-        loss_sum.zero_()
-        meter.update(count=0, time=time.time(), step=done)
-        return record
+        dt = time.time() - since
+        tokens_per_s = (done - last_step) * tokens_per_step / dt if dt > 0 else 0.0
+        return {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
+                "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
+                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate(),
+                "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
+                "elapsed_s": time.time() - t_start}
 
-    if start_step == 0 and on_eval(0, eval_record(0)):
-        return
-    bar = tqdm(range(start_step, total_steps), desc=desc, disable=not rt.master, dynamic_ncols=True)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
-        for micro in range(n_micro):
-            x, y, _ = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
-            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-            sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
-            with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
-                _, loss = model(x, y)
-            (loss / n_micro).backward()
-            loss_sum += loss.detach() / n_micro
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        meter["count"] += 1
-        done = step + 1
-        if rt.master and done % cfg.log_interval == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / meter['count']:.3f}",
-                            E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
-        if done % cfg.eval_interval == 0 or done == total_steps or done in extra_eval_steps:
-            record = eval_record(done)
-            mfu = {"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", dom_test=f"{record['domain_test_loss']:.3f}",
-                            E=f"{record['domain_epochs']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}", **mfu,
-                            refresh=False)
-            if on_eval(done, record):
-                break
-    bar.close()
-
-
-def make_evaluator(model, cfg, rt: Runtime, data_dir: str, seq_len: int, vocab_size: int):
-    """The three losses of every log line, on fixed windows (see evaluate.py)."""
-    splits = {name: data.open_split(data_dir, split, vocab_size)
-              for name, split in (("general_val_loss", "general_val"), ("domain_train_loss", "domain_train"),
-                                  ("domain_test_loss", "domain_test"))}
-
-    def evaluate():
-        return {name: mean_loss(model, tokens, seq_len, cfg.eval_windows, cfg.eval_batch_size, rt.device,
-                                rt.autocast, rt.rank, rt.world_size)
-                for name, tokens in splits.items()}
-    return evaluate
+    if steps.start == 0:
+        first = record(0)
+        since = time.time()
+        yield first
+    bar = tqdm(steps, desc=desc, disable=not rt.master, dynamic_ncols=True)
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(step)
+            for micro in range(n_micro):
+                x, y = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
+                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+                sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
+                with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
+                    _, loss = model(x, y)
+                (loss / n_micro).backward()
+                loss_sum += loss.detach() / n_micro
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_steps += 1
+            done = step + 1
+            if rt.master and done % log_interval == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}",
+                                E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
+            if eval_at(done) or done == steps.stop:
+                line = record(done)
+                loss_sum.zero_()
+                n_steps, since, last_step = 0, time.time(), done
+                mfu = {"mfu": f"{line['mfu']:.1%}"} if line["mfu"] is not None else {}
+                bar.set_postfix(loss=f"{line['train_loss']:.3f}", dom_test=f"{line['domain_test_loss']:.3f}",
+                                E=f"{line['domain_epochs']:.2f}", tok_s=f"{line['tokens_per_s']:.0f}", **mfu,
+                                refresh=False)
+                yield line
+    finally:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -859,6 +933,9 @@ def pretrain(cfg: TrainConfig):
     rt = setup_runtime(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     check_geometry(cfg.batch_size, cfg.grad_accum, rt.world_size)
+    if rt.master and rt.device.type == "cuda" and cfg.model.startswith("cpu-"):  # the defaults are the CPU's
+        print(f"note: training the CPU preset {cfg.model} on a GPU; the GPU's is --config configs/gpu-124m.json",
+              file=sys.stderr)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
     sharded = cfg.parallel == "fsdp"
@@ -907,22 +984,23 @@ def pretrain(cfg: TrainConfig):
         # A new run from old weights: it continues the old run's token count, schedule position and
         # general data (so SCPT's last 10% sees no general window twice), with a fresh optimizer.
         init = load_checkpoint(cfg.init_from)
+        check_vocabulary(init, meta, cfg.init_from, data_dir)
         load_weights(model, init, cfg.init_from)
         start_step = mixture_step0 = init["step"]
         tokens_offset = init["tokens"]
         general_start = init["general_position"]
     model.to(rt.device)
-    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed,
-                           general_start=general_start, vocab_size=meta["vocab_size"])
+    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start=general_start)
     tokens_per_step = cfg.batch_size * seq_len
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
     if total_steps <= start_step:
         if resume:
-            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {cfg.max_tokens:g}): to train on, "
-                             f"start a new run from its checkpoint with --init_from and a larger --max_tokens")
-        raise TrainError(f"--max_tokens {cfg.max_tokens:g} is already reached at step {start_step} of the run "
-                         f"that wrote --init_from: raise it")
+            raise TrainError(f"the run in {out_dir} is finished (--max_tokens {format_tokens(cfg.max_tokens)}): "
+                             f"to train on, start a new run from its checkpoint with --init_from and a larger "
+                             f"--max_tokens")
+        raise TrainError(f"--max_tokens {format_tokens(cfg.max_tokens)} is already reached at step {start_step} "
+                         f"of the run that wrote --init_from: raise it")
     milestones = {m: mixture_step0 + math.ceil((m - tokens_offset) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if tokens_offset < m <= cfg.max_tokens}
     model.act_ckpt = cfg.act_ckpt
@@ -936,7 +1014,7 @@ def pretrain(cfg: TrainConfig):
         model = torch.compile(model)
     if rt.world_size > 1 and not sharded:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = make_evaluator(model, cfg, rt, data_dir, seq_len, meta["vocab_size"])
+    evaluate = make_evaluator(model, rt, data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size)
 
     def recovery():  # what a failed write leaves intact, and the command that goes on from there
         if os.path.exists(latest):
@@ -978,7 +1056,15 @@ def pretrain(cfg: TrainConfig):
             save_checkpoint(path, {"model": raw.state_dict(), **state,
                                    **({"optimizer": optimizer.state_dict()} if resumable else {})})
 
-    def on_eval(step, record):
+    schedule = Schedule(cfg.schedule, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps, cfg.horizon_mult,
+                        cfg.decay_frac)
+    milestone_steps = set(milestones.values())
+    for record in train_loop(model, optimizer, mixture, rt, schedule, range(start_step, total_steps), evaluate,
+                             lambda step: step % cfg.eval_interval == 0 or step in milestone_steps,
+                             grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, log_interval=cfg.log_interval,
+                             desc=f"pretrain d={cfg.domain_frac:g}", mixture_step0=mixture_step0,
+                             tokens_offset=tokens_offset):
+        step = record["step"]
         with writes_in(out_dir, recovery):
             if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one
                 append_jsonl(log_path, record)
@@ -989,11 +1075,6 @@ def pretrain(cfg: TrainConfig):
                     save(os.path.join(out_dir, f"ckpt_{format_tokens(tokens)}.pt"), step, resumable=False)
             if cfg.ckpt_interval == 0 or step % cfg.ckpt_interval == 0 or step == total_steps:
                 save(latest, step, resumable=True)
-        return False
-
-    train_loop(cfg, model, optimizer, mixture, rt, evaluate, on_eval, start_step, total_steps,
-               mixture_step0, tokens_offset, desc=f"pretrain d={cfg.domain_frac:g}",
-               extra_eval_steps=set(milestones.values()))
     if rt.master:
         print(f"done: log {log_path}, checkpoints {out_dir}/ckpt_*.pt")
     teardown_runtime(rt)
@@ -1026,26 +1107,20 @@ def integer(text: str) -> int:
     return int(value)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors in one line: its usage block of every flag would bury the message."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
-    """One flag per config field; `--k v` and `--k=v` both work; ints accept 1e6, token counts 1M;
-    bools accept `--flag`, `--flag true` or `--flag=false`."""
-    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="JSON file of defaults (see configs/)")
+    """One flag per config field, with the field's help and choices (see `setting`); `--k v` and `--k=v`
+    both work; ints accept 1e6, token counts 1M; bools accept `--flag`, `--flag true` or `--flag=false`."""
+    p = data.ArgumentParser(description=description)
+    p.add_argument("--config", default=None, help="a JSON file of settings, under the flags (configs/ has presets)")
     for f in dataclasses.fields(config_cls):
-        kind = field_type(f)
+        kind, meaning = field_type(f), dict(default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
         if kind is bool:
-            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default, help="%(default)r")
+            p.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, metavar="true|false", **meaning)
         elif f.name.endswith("_tokens") and kind is not str:  # --max_tokens 2e6 or 2M
-            p.add_argument(f"--{f.name}", type=data.token_count, default=f.default, help="%(default)r")
+            meaning["help"] += f" (default: {format_tokens(f.default)})"
+            p.add_argument(f"--{f.name}", type=data.token_count, **meaning)
         else:
-            p.add_argument(f"--{f.name}", type=integer if kind is int else kind, default=f.default, help="%(default)r")
+            p.add_argument(f"--{f.name}", type=integer if kind is int else kind, **meaning)
     return p
 
 
@@ -1061,7 +1136,7 @@ def parse_config(config_cls, argv, description: str):
         except ValueError as e:
             raise TrainError(f"--config {args.config} is not valid JSON ({e}): fix it (configs/ has examples)")
         if not isinstance(file_values, dict):
-            raise TrainError(f"--config {args.config}: expected a JSON object of settings, like configs/cpu-mini.json")
+            raise TrainError(f"--config {args.config}: expected a JSON object of settings, like configs/gpu-124m.json")
         unknown = set(file_values) - {f.name for f in dataclasses.fields(config_cls)}
         if unknown:
             raise TrainError(f"{args.config}: unknown keys {sorted(unknown)}")
@@ -1074,14 +1149,7 @@ def parse_config(config_cls, argv, description: str):
     return config_cls(**{k: v for k, v in vars(args).items() if k != "config"})
 
 
-GPU_DEFAULTS = os.path.join(ROOT, "configs", "gpu-124m.json")
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if torch.cuda.is_available() and not any(a.split("=")[0] == "--config" for a in argv):
-        print(f"CUDA found and no --config: using {os.path.relpath(GPU_DEFAULTS)} (the 124M preset)")
-        argv = ["--config", GPU_DEFAULTS] + argv
     return pretrain(parse_config(TrainConfig, argv, __doc__))
 
 

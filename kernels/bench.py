@@ -8,9 +8,10 @@
    error of PyTorch's own kernel in the same dtype. Anything not finite fails.
 2. One table: attention forward and backward TFLOP/s against scaled_dot_product_attention (the faster
    of its flash and cuDNN backends); fused linear + cross-entropy against
-   F.cross_entropy((hidden @ W.T).float(), targets), time and peak memory; a training step of the
-   124M preset with the kernels on and off (SPT_KERNELS=triton / torch): tokens/s, MFU, peak memory
-   and the loss after 50 steps.
+   F.cross_entropy((hidden @ W.T).float(), targets), time and peak memory.
+The kernels inside a whole training step (the 124M model with them on and off: tokens/s, MFU, peak
+memory, the loss) are measured by scripts/bench.py --kernels, which has the model; this folder
+imports nothing of the project.
 Every check and benchmark runs even if an earlier one fails (an error is reported and counted), and
 each number is printed as soon as it is measured, so one GPU session yields all it can. Exits with
 status 1 if a correctness check or a benchmark fails; the table's last column says whether each goal
@@ -34,7 +35,7 @@ MAX_ERR = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: check that the script runs end to end")
     return p.parse_args()
 
@@ -56,13 +57,11 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 LOWP = torch.bfloat16 if CUDA else torch.float16  # the interpreter's dots are wrong in bf16
 if ARGS.smoke:
     S = dict(attn_check=[(1, 2, 40, 32), (1, 2, 33, 64)], ce_check=(37, 16, 131),
-             attn_bench=[(1, 2, 40, 32)], ce_bench=dict(N=64, ds=(16,), V=131),
-             preset="cpu-tiny", vocab=256, batch=2, steps=3, warm=1)
+             attn_bench=[(1, 2, 40, 32)], ce_bench=dict(N=64, ds=(16,), V=131))
 else:
     S = dict(attn_check=[(2, 8, 1024, 64), (2, 8, 1000, 128)], ce_check=(4109, 768, 50304),
              attn_bench=[(16384 // T, 16, T, D) for D in (64, 128) for T in (1024, 2048, 4096)],
-             ce_bench=dict(N=16384, ds=(768, 2048), V=50304),
-             preset="gpt2-124m", vocab=50304, batch=16, steps=50, warm=10)
+             ce_bench=dict(N=16384, ds=(768, 2048), V=50304))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,74 +242,6 @@ def bench_linear_ce(N, d, V):
     row("linear CE", shape, "peak GB", gb(mem_ours), gb(mem_base), "F.cross_entropy", higher_is_better=False, goal=4.0)
 
 
-def synthetic_batches(n, B, T, vocab, device):
-    """A learnable token stream: each token is a fixed successor of the previous one 3/4 of the time."""
-    g = torch.Generator().manual_seed(0)
-    used = min(vocab, 1024)
-    succ = torch.randperm(used, generator=g)
-    x = torch.empty(n * B, T + 1, dtype=torch.long)
-    x[:, 0] = torch.randint(0, used, (n * B,), generator=g)
-    for i in range(T):
-        follow = torch.rand(n * B, generator=g) < 0.75
-        x[:, i + 1] = torch.where(follow, succ[x[:, i]], torch.randint(0, used, (n * B,), generator=g))
-    x = x.view(n, B, T + 1).to(device)
-    return [(b[:, :-1], b[:, 1:]) for b in x]
-
-
-def train_run(mode, cfg, batches, steps, warm):
-    """steps of AdamW with SPT_KERNELS=mode: (tokens/s after warm steps, peak bytes, final loss)."""
-    from model import GPT
-    os.environ["SPT_KERNELS"] = mode
-    torch.manual_seed(0)
-    model = GPT(cfg).to(DEVICE)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=CUDA)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
-    if CUDA:
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(steps):
-        if step == warm:
-            sync()
-            t0 = time.perf_counter()
-        x, y = batches[step % len(batches)]
-        with amp:
-            _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync()
-    tokens = (steps - warm) * x.numel()
-    peak = torch.cuda.max_memory_allocated() if CUDA else None
-    result = tokens / (time.perf_counter() - t0), peak, loss.item(), model.flops_per_token()
-    del model, opt
-    if CUDA:
-        torch.cuda.empty_cache()
-    return result
-
-
-def bench_training():
-    from model import PRESETS, GPTConfig
-    from train import peak_flops
-    cfg = GPTConfig(**{**PRESETS[S["preset"]], "vocab_size": S["vocab"]})
-    batches = synthetic_batches(S["steps"], S["batch"], cfg.seq_len, cfg.vocab_size, DEVICE)
-    on = train_run("triton", cfg, batches, S["steps"], S["warm"])
-    off = train_run("torch", cfg, batches, S["steps"], S["warm"])
-    peak = peak_flops(DEVICE)  # dense bf16 FLOP/s; None off the GPUs it knows
-    shape = f"{S['preset']} B{S['batch']} T{cfg.seq_len}"
-    row("train step", shape, "tokens/s", on[0], off[0], "SPT_KERNELS=torch", higher_is_better=True, goal=None)
-    if peak:
-        row("train step", shape, "MFU %", 100 * on[0] * on[3] / peak, 100 * off[0] * off[3] / peak,
-            f"of {peak / 1e12:.0f} TFLOP/s", higher_is_better=True, goal=None)
-    gb = lambda b: None if b is None else b / 2**30
-    row("train step", shape, "peak GB", gb(on[1]), gb(off[1]), "SPT_KERNELS=torch", higher_is_better=False, goal=None)
-    row("train step", shape, f"loss @ {S['steps']}", on[2], off[2], "SPT_KERNELS=torch", higher_is_better=False, goal=None)
-    agree = abs(on[2] - off[2]) <= 0.02 * abs(off[2])
-    if not agree:
-        FAILED.append("training loss with kernels on vs off")
-    print(f"{'ok  ' if agree else 'FAIL'} loss after {S['steps']} steps: kernels on {on[2]:.4f}, off {off[2]:.4f} "
-          f"(must agree within 2%)", flush=True)
-
-
 def print_table():
     header = ("benchmark", "shape", "metric", "triton", "baseline", "baseline is", "ratio", "goal met")
     lines = [header] + [(b, s, m, fmt(o), fmt(a), n, "n/a" if r is None else f"{r:.2f}x", g)
@@ -339,7 +270,6 @@ def main():
         guarded(f"attention benchmark T{T} D{D}", bench_attention, B, H, T, D)
     for d in S["ce_bench"]["ds"]:
         guarded(f"linear CE benchmark d{d}", bench_linear_ce, S["ce_bench"]["N"], d, S["ce_bench"]["V"])
-    guarded("training step benchmark", bench_training)
     print()
     print_table()
     print(f"\n{time.perf_counter() - START:.0f} s; " + (f"FAILED: {', '.join(FAILED)}" if FAILED else "all checks passed"))

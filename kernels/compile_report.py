@@ -128,10 +128,11 @@ def report(archs, dtypes, head_dims):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated")
-    p.add_argument("--dtype", default="bf16,fp32", help="input dtypes, comma-separated (bf16, fp16, fp32)")
-    p.add_argument("--head_dim", default="64,128", help="head dimensions, comma-separated")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated (default: %(default)s)")
+    p.add_argument("--dtype", default="bf16,fp32",
+                   help="input dtypes, comma-separated: bf16, fp16, fp32 (default: %(default)s)")
+    p.add_argument("--head_dim", default="64,128", help="head dimensions, comma-separated (default: %(default)s)")
     args = p.parse_args()
     by_name = {v: k for k, v in TYPE_NAMES.items()}
     failures = report([int(a) for a in args.arch.split(",")], [by_name[d] for d in args.dtype.split(",")],

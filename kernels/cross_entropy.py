@@ -105,34 +105,6 @@ def _check_targets(targets, V, ignore_index):
 
 
 # ---------------------------------------------------------------------------------------------
-# Plain cross-entropy over given logits: a torch.autograd.Function, the simplest wrapper, for eager
-# use (the model itself calls the fused loss below, a custom operator that torch.compile keeps whole).
-
-
-class CrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, ignore_index):
-        _check_targets(targets, logits.shape[1], ignore_index)
-        inv_count = _inv_count(targets, ignore_index)
-        loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        cross_entropy_rows(logits, targets, loss, grad, inv_count, ignore_index)
-        ctx.save_for_backward(grad)
-        return loss.sum() * inv_count
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None
-
-
-def cross_entropy(logits, targets, ignore_index=-1):
-    """Mean cross-entropy of (N, V) logits against (N,) targets, skipping ignore_index (fp32 result)."""
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-    return CrossEntropy.apply(logits, targets.contiguous(), ignore_index)  # the kernel reads TGT + row
-
-
-# ---------------------------------------------------------------------------------------------
 # Fused linear + cross-entropy
 
 

@@ -1,14 +1,20 @@
-"""Throughput benchmarks of the data path and the training loop (prints numbers, asserts nothing).
+"""Throughput benchmarks: the data path, the training loop, the kernels in a training step, data preparation.
 
-    python scripts/bench.py                 # CPU: mixture batches/s, train loop vs a bare loop
-    python scripts/bench.py --model gpt2-124m --batch_size 16 --seq_len 1024   # on a GPU: + MFU
+    python scripts/bench.py                 # CPU: mixture batches/s, train.py's loop vs a bare loop
+    python scripts/bench.py --model gpt2-124m --batch_size 16 --seq_len 1024 --steps 40 --warm_steps 10 --kernels
+    TRITON_INTERPRET=1 python scripts/bench.py --model cpu-tiny --vocab_size 256 --batch_size 2 --seq_len 64 \
+        --steps 2 --warm_steps 1 --kernels     # the kernels' path anywhere, through Triton's interpreter
     python scripts/bench.py --prepare --mb 300                                 # data preparation
 
-1. The mixture loader at a realistic geometry (default 16 x 1024 tokens): batches per second, to
-   show that building a batch costs far less than a training step.
-2. The training loop of train.py against a bare PyTorch loop (random tokens, same model, optimizer,
-   clipping and autocast): tokens/s of each, so any overhead of the loop shows up as a difference.
-3. With --prepare, instead: data.py's preparation of a local corpus of --mb MB made from the shipped
+1. The mixture loader at a realistic geometry (16 x 1024 tokens): batches per second, to show that
+   building a batch costs far less than a training step.
+2. train.py's train_loop against a bare PyTorch loop (the same model, optimizer, clipping and
+   autocast, on batches of a learnable synthetic token stream): tokens/s of each (and MFU on a GPU
+   train.py knows), so any overhead of the loop shows up as a difference.
+3. With --kernels: the bare loop with the Triton kernels on and off (SPT_KERNELS=triton / torch):
+   tokens/s, MFU, peak memory and the loss after the steps, which must agree within 2% (the script
+   exits with status 1 otherwise). kernels/bench.py checks and times the kernels on their own.
+4. With --prepare, instead: data.py's preparation of a local corpus of --mb MB made from the shipped
    `english` source (copies of its documents, each made distinct), GPT-2 tokens: tokens/s with 1 and
    2 worker processes, each worker's speed against tiktoken's own single-core encoding of the same
    text, the peak memory (proportional set size, summed over the process and its workers) on the
@@ -16,11 +22,12 @@
    as `python data.py` in a subprocess. Speed per worker is measured in CPU time (tiktoken's too), so
    that it holds on a shared machine: the tokens of the corpus beyond its tenth over the CPU seconds they
    took. Scaling needs idle cores; the table says how many each run got. The goals it prints against: >= 1.8x from 1 to 2 workers,
-   >= 80% of tiktoken per worker, peak memory within 10% when the corpus grows 10x. Numbers from a
-   machine shared with other work are noisy: rerun it on an idle one.
+   >= 80% of tiktoken per worker, peak memory within 10% when the corpus grows 10x.
+Numbers from a machine shared with other work are noisy: rerun on an idle one.
 """
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -37,7 +44,16 @@ sys.path.insert(0, ROOT)
 import corpora  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
-from model import GPT, config_from_preset  # noqa: E402
+from model import GPT, PRESETS, config_from_preset  # noqa: E402
+
+# The optimizer of every loop here: train.py's AdamW and clipping, at a constant learning rate
+LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 1e-5, 0.1, 1.0
+
+
+def sync(device: torch.device):
+    """Wait for the GPU, so that a clock reads the time the work took, not the time it was queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def synthetic_dataset(folder: str, vocab_size: int, n_tokens: int):
@@ -52,6 +68,21 @@ def synthetic_dataset(folder: str, vocab_size: int, n_tokens: int):
     data.atomic_write(os.path.join(folder, "meta.json"), lambda f: json.dump(meta, f), mode="w")
 
 
+def synthetic_batches(n: int, batch_size: int, seq_len: int, vocab_size: int, device) -> list:
+    """n (inputs, targets) batches of a learnable token stream: each token is a fixed successor of the
+    previous one 3/4 of the time, so the loss after a few steps says whether training works."""
+    g = torch.Generator().manual_seed(0)
+    used = min(vocab_size, 1024)
+    successor = torch.randperm(used, generator=g)
+    x = torch.empty(n * batch_size, seq_len + 1, dtype=torch.long)
+    x[:, 0] = torch.randint(0, used, (n * batch_size,), generator=g)
+    for i in range(seq_len):
+        follow = torch.rand(n * batch_size, generator=g) < 0.75
+        x[:, i + 1] = torch.where(follow, successor[x[:, i]], torch.randint(0, used, (n * batch_size,), generator=g))
+    x = x.view(n, batch_size, seq_len + 1).to(device)
+    return [(b[:, :-1], b[:, 1:]) for b in x]
+
+
 def bench_mixture(folder, batch_size, seq_len, n=200):
     mix = data.Mixture(folder, 0.05, batch_size, seq_len, seed=0)
     mix.get_batch(0)
@@ -61,41 +92,82 @@ def bench_mixture(folder, batch_size, seq_len, n=200):
     return n / (time.perf_counter() - t0)
 
 
-def bare_loop(model, cfg, rt, steps, vocab_size, seq_len):
-    opt = train.configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
-    x = torch.randint(0, vocab_size, (cfg.batch_size, seq_len + 1), device=rt.device)
-    for step in range(steps + 2):
-        if step == 2:  # two warm-up steps (allocator, autotune), then time
-            sync(rt)
+def bare_loop(model, rt, batches, warm_steps: int) -> dict:
+    """The training step in plain PyTorch, one batch per step: tokens/s after warm_steps untimed ones,
+    the peak memory (GPU) and the last loss."""
+    optimizer = train.configure_optimizer(model, LR, BETAS, EPS, WEIGHT_DECAY)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step, (x, y) in enumerate(batches):
+        if step == warm_steps:  # allocator, autotuning: then time
+            sync(rt.device)
             t0 = time.perf_counter()
         with rt.autocast():
-            _, loss = model(x[:, :-1], x[:, 1:])
+            _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(rt)
-    return steps * cfg.batch_size * seq_len / (time.perf_counter() - t0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(rt.device)
+    return {"tokens/s": (len(batches) - warm_steps) * x.numel() / (time.perf_counter() - t0), "loss": loss.item(),
+            "peak GB": torch.cuda.max_memory_allocated() / 2 ** 30 if rt.device.type == "cuda" else None}
 
 
-def our_loop(model, cfg, rt, steps, folder, seq_len):
-    mixture = data.Mixture(folder, 0.05, cfg.batch_size, seq_len, seed=0)
-    opt = train.configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+def our_loop(model, rt, steps: int, warm_steps: int, folder: str, batch_size: int, seq_len: int) -> dict:
+    """train.py's train_loop over the same number of steps; its evals are replaced by timestamps."""
+    mixture = data.Mixture(folder, 0.05, batch_size, seq_len, seed=0)
+    optimizer = train.configure_optimizer(model, LR, BETAS, EPS, WEIGHT_DECAY)
+    schedule = train.Schedule("constant", LR, LR, warmup_steps=0, total_steps=steps + warm_steps)
     marks = {}
-
-    def on_eval(step, record):  # evals are replaced by timestamps: only the steps are timed
-        sync(rt)
-        marks[step] = time.perf_counter()
-        return False
-    cfg.eval_interval = 2
-    train.train_loop(cfg, model, opt, mixture, rt, lambda: {"domain_test_loss": float("nan")}, on_eval,
-                     0, steps + 2, desc="train.py loop")
-    return steps * cfg.batch_size * seq_len / (marks[steps + 2] - marks[2])
+    for record in train.train_loop(model, optimizer, mixture, rt, schedule, range(steps + warm_steps),
+                                   lambda: {"domain_test_loss": math.nan}, lambda step: step == warm_steps,
+                                   grad_accum=1, grad_clip=GRAD_CLIP, log_interval=10 ** 9, desc="train.py loop"):
+        sync(rt.device)
+        marks[record["step"]] = time.perf_counter()
+    return {"tokens/s": steps * batch_size * seq_len / (marks[steps + warm_steps] - marks[warm_steps])}
 
 
-def sync(rt):
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
+def bench_training(args, rt, folder):
+    """Sections 2 and 3: the loops, then (--kernels) the kernels on and off; returns False if the
+    losses with kernels on and off disagree."""
+    mc = config_from_preset(args.model, vocab_size=args.vocab_size, seq_len=args.seq_len)
+    batches = synthetic_batches(args.warm_steps + args.steps, args.batch_size, args.seq_len, args.vocab_size,
+                                rt.device)
+    runs = {}
+
+    def fresh_model():
+        torch.manual_seed(0)
+        model = GPT(mc).to(rt.device)
+        return model, (torch.compile(model) if args.compile else model)
+
+    model, run = fresh_model()
+    runs["bare PyTorch loop"] = bare_loop(run, rt, batches, args.warm_steps)
+    model, run = fresh_model()
+    runs["train.py loop"] = our_loop(run, rt, args.steps, args.warm_steps, folder, args.batch_size, args.seq_len)
+    if args.kernels:
+        for mode in ("triton", "torch"):
+            os.environ["SPT_KERNELS"] = mode
+            model, run = fresh_model()
+            runs[f"SPT_KERNELS={mode}"] = bare_loop(run, rt, batches, args.warm_steps)
+        del os.environ["SPT_KERNELS"]
+    peak, flops = train.peak_flops(rt.device), model.flops_per_token()
+    print(f"\n{args.model} ({model.num_params() / 1e6:.1f}M params), batch {args.batch_size} x {args.seq_len}, "
+          f"{rt.device.type}, {str(rt.dtype).removeprefix('torch.')}, {args.steps} steps timed after {args.warm_steps}")
+    loss_at = f"loss @ {args.warm_steps + args.steps}"
+    print(f"{'loop':20s} {'tokens/s':>12s} {'MFU':>8s} {'peak GB':>8s} {loss_at:>10s}")
+    for name, r in runs.items():
+        mfu = f"{r['tokens/s'] * flops / peak:.1%}" if peak else "-"
+        gb = "-" if r.get("peak GB") is None else f"{r['peak GB']:.2f}"
+        loss = "-" if "loss" not in r else f"{r['loss']:.4f}"
+        print(f"{name:20s} {r['tokens/s']:12,.0f} {mfu:>8s} {gb:>8s} {loss:>10s}")
+    overhead = runs["bare PyTorch loop"]["tokens/s"] / runs["train.py loop"]["tokens/s"] - 1
+    print(f"train.py loop overhead vs bare: {overhead:+.1%}")
+    if not args.kernels:
+        return True
+    on, off = runs["SPT_KERNELS=triton"]["loss"], runs["SPT_KERNELS=torch"]["loss"]
+    agree = abs(on - off) <= 0.02 * abs(off)
+    print(f"{'ok  ' if agree else 'FAIL'} {loss_at}: kernels on {on:.4f}, off {off:.4f} (must agree within 2%)")
+    return agree
 
 
 def write_corpus(folder: str, mb: float) -> int:
@@ -201,43 +273,28 @@ def bench_prepare(mb: float):
           f"{200e9 / assemble_rate / 3600:.1f} h at {assemble_rate:,.0f} tokens/s")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cpu-mini")
-    p.add_argument("--vocab_size", type=int, default=50257)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--compile", action="store_true")
+def main(argv=None):
+    p = data.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="cpu-mini", choices=list(PRESETS), help="model preset (model.py)")
+    p.add_argument("--vocab_size", type=train.integer, default=50257, help="vocabulary of the synthetic tokens")
+    p.add_argument("--batch_size", type=train.integer, default=32, help="sequences per step")
+    p.add_argument("--seq_len", type=train.integer, default=128, help="tokens per sequence")
+    p.add_argument("--steps", type=train.integer, default=10, help="optimizer steps timed per loop")
+    p.add_argument("--warm_steps", type=train.integer, default=2,
+                   help="untimed steps first (the allocator, the kernels' autotuning)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--kernels", action="store_true", help="also the bare loop with the Triton kernels on and off")
     p.add_argument("--prepare", action="store_true", help="benchmark data preparation instead (CPU only)")
     p.add_argument("--mb", type=float, default=300, help="--prepare: corpus size in MB of text")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.prepare:
         return bench_prepare(args.mb)
     rt = train.setup_runtime()
     with tempfile.TemporaryDirectory() as folder:
         synthetic_dataset(folder, args.vocab_size, 4_000_000)
         print(f"mixture loader, 16 x 1024 tokens: {bench_mixture(folder, 16, 1024):,.0f} batches/s")
-        cfg = train.TrainConfig(model=args.model, batch_size=args.batch_size, seq_len=args.seq_len, log_interval=10 ** 9)
-        results = {}
-        for name in ("bare PyTorch loop", "train.py loop"):
-            torch.manual_seed(0)
-            model = GPT(config_from_preset(args.model, vocab_size=args.vocab_size, seq_len=args.seq_len)).to(rt.device)
-            flops = model.flops_per_token()
-            run = torch.compile(model) if args.compile else model
-            if name == "bare PyTorch loop":
-                results[name] = bare_loop(run, cfg, rt, args.steps, args.vocab_size, args.seq_len)
-            else:
-                results[name] = our_loop(run, cfg, rt, args.steps, folder, args.seq_len)
-        peak = train.peak_flops(rt.device)
-        print(f"\n{args.model} ({model.num_params() / 1e6:.1f}M params), batch {args.batch_size} x {args.seq_len}, "
-              f"{rt.device.type}, {rt.dtype}")
-        print(f"{'loop':20s} {'tokens/s':>12s} {'MFU':>8s}")
-        for name, tps in results.items():
-            mfu = f"{tps * flops / peak:.1%}" if peak else "-"
-            print(f"{name:20s} {tps:12,.0f} {mfu:>8s}")
-        overhead = results["bare PyTorch loop"] / results["train.py loop"] - 1
-        print(f"train.py loop overhead vs bare: {overhead:+.1%}")
+        if not bench_training(args, rt, folder):
+            sys.exit(1)
 
 
 if __name__ == "__main__":

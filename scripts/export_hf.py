@@ -20,7 +20,6 @@ A byte-level model has no Hugging Face tokenizer: the export refuses in one line
 writes the model alone (token ids 0-255 are the UTF-8 bytes, 256 ends a document).
 Needs `pip install transformers` (not a requirement of the rest of the project).
 """
-import argparse
 import base64
 import os
 import shutil
@@ -117,7 +116,7 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
 
 
 def main(argv=None):
-    p = train.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", help="a ckpt_<tokens>.pt (file or folder of shards) or a finetuned ckpt_best.pt")
     p.add_argument("out_dir", help="the model folder to write (must not exist)")
     p.add_argument("--no_tokenizer", action="store_true", help="write the model without a tokenizer (byte-level)")

@@ -1,7 +1,7 @@
 """The memory plan of train.py, for every preset on the hardware it is meant for, and checked against
 what a training step really holds.
 
-    python scripts/memory_plan.py              # each configs/*.json preset on its stated hardware
+    python scripts/memory_plan.py              # train.py's defaults and each configs/*.json preset, on its hardware
     python scripts/memory_plan.py --measure    # plan vs measured peak at small shapes, on this CPU
 
 train.py prints the plan of its own run at start-up and refuses one that cannot fit (memory_plan,
@@ -13,7 +13,6 @@ tells when its memory goes, so the peak is what a GPU's allocator would have to 
 caching and fragmentation (~10% more on a GPU; the plan adds 2 GB there for the CUDA context and
 NCCL's buffers). No GPU has checked the GPU terms yet (bf16 activations, fused AdamW, FSDP's buffers).
 """
-import argparse
 import json
 import os
 import sys
@@ -24,13 +23,14 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
 import train  # noqa: E402
 from model import GPT, config_from_preset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = {"gpt2": 50257, "byte": 257}
-# The hardware each training preset is written for: (processes, device memory in GB)
-HARDWARE = {"cpu-mini.json": (1, None), "gpu-124m.json": (1, 80), "olmo-1b.json": (8, 80), "olmo-3b.json": (8, 80)}
+GPT2_VOCAB = 50257  # the default dataset's tokenizer, and the one the GPU presets are written for
+# The hardware each training preset is written for: (processes, device memory in GB); None: train.py's defaults
+HARDWARE = {None: (1, None), "gpu-124m.json": (1, 80), "olmo-1b.json": (8, 80), "olmo-3b.json": (8, 80)}
 
 
 class PeakBytes(TorchDispatchMode):
@@ -86,21 +86,28 @@ def compare(shapes=SHAPES) -> list[dict]:
     return rows
 
 
+def preset_config(name: str | None) -> train.TrainConfig:
+    """The settings of a HARDWARE entry: a configs/ file's, or train.py's defaults (None)."""
+    argv = [] if name is None else ["--config", os.path.join(ROOT, "configs", name)]
+    return train.parse_config(train.TrainConfig, argv, "")
+
+
 def preset_plans() -> list[str]:
     lines = []
     for name, (gpus, memory_gb) in HARDWARE.items():
-        cfg = train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
-        mc = train.model_config(cfg, VOCAB["byte" if name.startswith("cpu") else "gpt2"])
+        cfg = preset_config(name)
+        mc = train.model_config(cfg, GPT2_VOCAB)
         device = "cpu" if memory_gb is None else "cuda"
         rt = train.Runtime(0, gpus, torch.device(device), torch.float32 if device == "cpu" else torch.bfloat16)
         micro = cfg.batch_size // cfg.grad_accum
         plan = train.memory_plan(mc, micro, gpus, cfg.parallel, cfg.act_ckpt, rt.dtype, device)
-        lines.append(f"{name}: " + train.format_plan(plan, mc, micro, cfg, rt, (memory_gb or 0) * train.GB))
+        budget = (memory_gb or 0) * train.GB
+        lines.append(f"{name or f'defaults ({cfg.model})'}: " + train.format_plan(plan, mc, micro, cfg, rt, budget))
     return lines
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__)
     p.add_argument("--measure", action="store_true", help="compare plan and measured peak at small shapes (CPU)")
     args = p.parse_args(argv)
     print("\n\n".join(preset_plans()))

@@ -203,7 +203,7 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
         last = [json.loads(line) for line in f][-1]
     assert len(results) == 2 and results[0]["tokens"] == last["tokens"] == 4096
     meta = data.load_meta(tiny_data)
-    for name, split in evaluate.LOSS_SPLITS:  # same windows (the run's eval_windows) as the log
+    for name, split in train.LOSS_SPLITS:  # same windows (the run's eval_windows) as the log
         assert results[0][name] == pytest.approx(last[name], rel=1e-5)
         bpb = last[name] / math.log(2) * meta["splits"][split]["tokens"] / meta["splits"][split]["bytes"]
         assert results[0][name.replace("_loss", "_bpb")] == pytest.approx(bpb, rel=1e-5)

@@ -1,5 +1,6 @@
 """Finetuning: untying keeps the function, early stopping finds the minimum, the grid resumes,
 replay is realised, and bad input fails in one line without writing anything."""
+import copy
 import json
 import math
 import os
@@ -11,7 +12,6 @@ import data
 import finetune
 import train
 from conftest import one_process_and_two_ranks
-from evaluate import mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def read_log(out_dir):
 
 def test_untying_keeps_the_function(ckpt, tiny_data):
     tied, _ = train.load_model(ckpt)
-    untied = finetune.untied_model(tied, train.setup_runtime("cpu"))
+    untied = copy.deepcopy(tied).untie()  # what finetune.run_config does first
     assert tied.lm_head is None and untied.lm_head is not None
     assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()  # two matrices now
     x = torch.randint(0, 257, (2, 32))
@@ -59,9 +59,8 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert result["pretrain_tokens"] == 8192 and result["domain_frac"] == 0.25 and result["replay"] == 0.0
     assert result["dataset_id"] == data.load_meta(tiny_data)["dataset_id"]
     # step 0 is the checkpoint itself, untied: the same losses as the tied model
-    tied = train.build_model(finetune.pretrain_config(train.load_checkpoint(ckpt)), 257)
-    train.load_weights(tied, train.load_checkpoint(ckpt), ckpt)
-    test_loss = mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
+    tied, _ = train.load_model(ckpt)
+    test_loss = train.mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
     assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(3e-3, 2), (1e-3, 2)]
     for c in result["configs"]:
@@ -75,11 +74,9 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert {"step", "tokens", "domain_epochs", "train_loss", "domain_test_loss", "ft_lr", "ft_warmup"} <= set(log[-1])
     assert len(log) == sum(len(c["curve"]) for c in result["configs"])
     # the kept checkpoint is the best point over the grid, and evaluates to the same loss
-    kept = train.load_checkpoint(os.path.join(out, "ckpt_best.pt"))
+    model, kept = train.load_model(os.path.join(out, "ckpt_best.pt"))
     assert kept["finetune"]["step"] == result["best"]["step"] and kept["finetune"]["lr"] == result["best"]["lr"]
-    model = train.build_model(finetune.pretrain_config(kept), 257)
-    train.load_weights(model, kept, "best")
-    assert mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
+    assert train.mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
         result["best"]["domain_test_loss"], rel=1e-5)
 
 
@@ -203,12 +200,13 @@ def test_replay_fraction_is_realised(ckpt, tiny_data, monkeypatch):
     real = data.Mixture.get_batch
 
     def spy(self, step, part=0, n_parts=1):
-        x, y, is_domain = real(self, step, part, n_parts)
-        seen.append(is_domain.tolist())
-        return x, y, is_domain
+        size = self.batch_size // n_parts
+        seen.append([kind == "domain" for kind, _ in self.batch_windows(step)[part * size:(part + 1) * size]])
+        return real(self, step, part, n_parts)
     monkeypatch.setattr(data.Mixture, "get_batch", spy)
-    result = finetune.finetune(ckpt, replay=0.25, batch_size=8, lr="3e-3", warmup="2", max_epochs=0.3, extend_epochs=0.3,
-                               eval_interval=4, patience=100)
+    result = finetune.main(["--init", ckpt, "--replay", "0.25", "--batch_size", "8", "--lr", "3e-3", "--warmup", "2",
+                            "--max_epochs", "0.3", "--extend_epochs", "0.3", "--eval_interval", "4",
+                            "--patience", "100"])
     out = os.path.join(os.path.dirname(ckpt), "ft_ckpt_8192_replay0.25")  # the default out_dir
     assert read_json(os.path.join(out, "finetune.json")) == result and result["replay"] == 0.25
     log = read_log(out)
@@ -241,8 +239,6 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(ckpt, tiny_data, tmp_path
         assert not os.path.exists(out)
     with pytest.raises(train.TrainError, match="--init"):
         finetune.main(["--out_dir", out])
-    with pytest.raises(train.TrainError, match="unknown finetune settings"):
-        finetune.finetune(ckpt, out, learning_rate=1.0)
 
 
 def test_torchrun_two_ranks_match_one_process(ckpt, tmp_path):

@@ -187,8 +187,8 @@ def test_the_plan_matches_the_measured_peak():
 
 def test_every_preset_fits_its_hardware_by_the_plan():
     for name, (gpus, memory_gb) in memory_plan.HARDWARE.items():
-        cfg = train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
-        mc = train.model_config(cfg, memory_plan.VOCAB["byte" if name.startswith("cpu") else "gpt2"])
+        cfg = memory_plan.preset_config(name)
+        mc = train.model_config(cfg, memory_plan.GPT2_VOCAB)
         plan = train.memory_plan(mc, cfg.batch_size // cfg.grad_accum, gpus, cfg.parallel, cfg.act_ckpt,
                                  torch.float32 if memory_gb is None else torch.bfloat16,
                                  "cpu" if memory_gb is None else "cuda")

@@ -336,7 +336,8 @@ TRAIN_CASES = [
     ("--horizon_mult", "nan", "--horizon_mult nan: must be a number >= 1"),
     ("--horizon_mult", "0.5", "--horizon_mult 0.5: must be a number >= 1"),
     ("--decay_frac", "0", "--decay_frac 0.0: must be in (0, 1]"),
-    ("--schedule", "bogus", "--schedule bogus: use cosine_truncated, cosine, constant, wsd"),
+    ("--schedule", "bogus", "argument --schedule: invalid choice: 'bogus' (choose from 'cosine_truncated', 'cosine', "
+                            "'constant', 'wsd')"),
     ("--domain_frac", "1.2", "--domain_frac 1.2: must be in [0, 1)"),
     ("--seq_len", "0", "--seq_len 0: must be a positive integer"),
     ("--batch_size", "2.5", "argument --batch_size: invalid integer value: '2.5'"),
@@ -348,12 +349,13 @@ TRAIN_CASES = [
     ("--max_tokens", "100", "--max_tokens 100 is less than one step (8 x 32 tokens): raise it"),
     ("--ckpt_tokens", "1M", "--ckpt_tokens 1M is beyond --max_tokens 8192"),
     ("--ckpt_tokens", "soon", "--ckpt_tokens 'soon': give comma-separated token counts"),
-    ("--model", "gpt-7", "--model gpt-7: use one of the presets"),
+    ("--model", "gpt-7", "argument --model: invalid choice: 'gpt-7' (choose from 'cpu-tiny', 'cpu-mini', "),
     ("--device", "tpu", "--device tpu: use auto, cpu, cuda, cuda:N or mps"),
-    ("--dtype", "int8", "--dtype int8: use auto, float32, bfloat16, float16"),
-    ("--dtype", "nosuch", "--dtype nosuch: use auto, float32, bfloat16, float16"),
+    ("--dtype", "int8", "argument --dtype: invalid choice: 'int8' (choose from 'auto', 'float32', 'bfloat16', "
+                        "'float16')"),
+    ("--dtype", "nosuch", "argument --dtype: invalid choice: 'nosuch'"),
     ("--compile", "maybe", "argument --compile: expected true or false, got 'maybe'"),
-    ("--parallel", "zero3", "--parallel zero3: use ddp or fsdp"),
+    ("--parallel", "zero3", "argument --parallel: invalid choice: 'zero3' (choose from 'ddp', 'fsdp')"),
     ("--act_ckpt", "sometimes", "argument --act_ckpt: expected true or false, got 'sometimes'"),
     ("--ckpt_interval", "12", "--ckpt_interval 12 is not a multiple of --eval_interval 8"),
     ("--ckpt_interval", "-8", "--ckpt_interval -8: must be an integer >= 0"),
@@ -371,7 +373,7 @@ FINETUNE_CASES = [
     ("--patience", "0", "--patience 0: must be a positive integer"),
     ("--replay", "1", "--replay 1.0: must be in [0, 1)"),
     ("--min_lr_frac", "2", "--min_lr_frac 2.0: must be in [0, 1]"),
-    ("--schedule", "cosine", "--schedule cosine: use constant, wsd"),
+    ("--schedule", "cosine", "argument --schedule: invalid choice: 'cosine' (choose from 'constant', 'wsd')"),
     ("--lr", "nan", "--lr must be numbers > 0 and --warmup integers >= 0"),
     ("--lr", "0x", "--lr must be numbers > 0 and --warmup integers >= 0"),
     ("--warmup", "-1", "--lr must be numbers > 0 and --warmup integers >= 0"),
@@ -379,7 +381,8 @@ FINETUNE_CASES = [
     ("--weight_decay", "-0.1", "--weight_decay -0.1: must be a number >= 0"),
     ("--batch_size", "0", "--batch_size 0: must be a positive integer"),
     ("--device", "tpu", "--device tpu: use auto, cpu, cuda, cuda:N or mps"),
-    ("--dtype", "int8", "--dtype int8: use auto, float32, bfloat16, float16"),
+    ("--dtype", "int8", "argument --dtype: invalid choice: 'int8' (choose from 'auto', 'float32', 'bfloat16', "
+                        "'float16')"),
     ("--config", "BAD_JSON", "--config BAD_JSON is not valid JSON"),
 ]
 

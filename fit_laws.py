@@ -81,6 +81,14 @@ class FitError(Exception):
     """Bad input or an impossible fit: main() prints it as one line."""
 
 
+def approx(tokens: float) -> str:
+    """4001792 -> 4.0M: a token count for reading (train.format_tokens names checkpoints exactly)."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if tokens >= scale:
+            return f"{tokens / scale:.3g}{unit}"
+    return f"{tokens:.3g}"
+
+
 def warn(message: str, warnings: list):
     print(f"fit_laws.py: warning: {message}", file=sys.stderr)
     warnings.append(message)
@@ -138,6 +146,7 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
         config_path = os.path.join(run_dir, "config.json")
         config = read_json(config_path)
         this = {k: field(config, k, config_path) for k in ("dataset_id", "model_config", "domain_train_tokens")}
+        this["tokens_per_step"] = field(config, "batch_size", config_path) * this["model_config"]["seq_len"]
         if setting is None:
             setting = this
         for key in this:
@@ -553,7 +562,7 @@ def forecast_check(runs, points, fit_until: float, t_scale: float, n_boot: int, 
     """Refit everything on T <= fit_until and compare its forecasts with every finetuned budget beyond."""
     budgets = sorted({p.tokens for p in points if p.tokens > fit_until})
     if not budgets:
-        raise FitError(f"--fit_until {train.format_tokens(fit_until)}: no finetuned checkpoint beyond it to check "
+        raise FitError(f"--fit_until {approx(fit_until)}: no finetuned checkpoint beyond it to check "
                        f"the forecast against")
     cut_runs, pilots = [r.until(fit_until) for r in runs], [p for p in points if p.tokens <= fit_until]
     models = fit_models(cut_runs, pilots, t_scale, seed)
@@ -614,11 +623,11 @@ LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - dro
 
 
 def check_lines(check: dict) -> list[str]:
-    lines = [f"Forecast check: every model refitted on T <= {train.format_tokens(check['fit_until'])} (finetunes at "
-             f"{', '.join(train.format_tokens(t) for t in check['pilot_budgets'])}), forecasting each larger budget."]
+    lines = [f"Forecast check: every model refitted on T <= {approx(check['fit_until'])} (finetunes at "
+             f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting each larger budget."]
     for b in check["budgets"]:
         keys = list(b["rows"][0]["forecast"])
-        lines += [f"  at {train.format_tokens(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
+        lines += [f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
                   f"error %) and before:",
                   "    " + f"{'delta':>6} {'after':>7} " + " ".join(f"{LABEL[k]:>17}" for k in keys if k in AFTER)
                   + f" {'before':>7} " + " ".join(f"{LABEL[k]:>17}" for k in keys if k not in AFTER)]
@@ -649,13 +658,13 @@ def format_report(results: dict) -> str:
     for kind, post in results["post"].items():
         lines.append(f"  after finetuning, {kind}: exponent {post['exponent']:.3g}, per delta "
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
-    lines += [f"Forecast at {train.format_tokens(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
+    lines += [f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
               f"recommended by {LABEL[fc['by']]}):", "  " + f"{'delta':>7} {'repeats':>8} " + " ".join(
                   f"{LABEL[k]:>17}" for k in fc["rows"][0] if k in LABEL) + f" {'interval':>17} {'wins':>5} {'onset':>7}"]
     for r in fc["rows"]:
         ci = f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-"
         lines.append("  " + f"{r['delta']:7g} {r['repeats']:8.3g} " + " ".join(f"{r[k]:17.4f}" for k in r if k in LABEL)
-                     + f" {ci:>17} {r.get('wins', 0):5.0%} {train.format_tokens(r['onset']) if r['onset'] else '-':>7}"
+                     + f" {ci:>17} {r.get('wins', 0):5.0%} {approx(r['onset']) if r['onset'] else '-':>7}"
                      + ("" if r["trained"] else "  untrained" if r["inside"] else "  outside the fitted deltas: not recommended"))
     best = fc["recommended"]
     lines.append(f"Recommended domain_frac: {best['delta']:g} ({best['repeats']:.3g} repeats of D_dom)")
@@ -702,7 +711,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
                 forecast = np.array([r["forecast"][key] for r in b["rows"]])
                 ci = np.array([r["interval"].get(key, [f, f]) for r, f in zip(b["rows"], forecast)])
                 ax.errorbar(measured, forecast, yerr=bars(forecast, ci), fmt=marker, capsize=3,
-                            label=f"{LABEL[key]} at {train.format_tokens(b['tokens'])}")
+                            label=f"{LABEL[key]} at {approx(b['tokens'])}")
             for r in b["rows"]:
                 ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][POST_FT]), fontsize=7, xytext=(4, -8),
                             textcoords="offset points")
@@ -710,7 +719,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         ax.plot(lims, lims, "k-", lw=0.8, label="forecast = measured")
         ax.fill_between(lims, lims * 0.99, lims * 1.01, color="gray", alpha=0.25, label="within 1%")
         ax.set(xlabel="measured domain test loss after finetuning", ylabel="forecast from the pilots alone",
-               title=f"forecast check: fitted on T <= {train.format_tokens(results['check']['fit_until'])} "
+               title=f"forecast check: fitted on T <= {approx(results['check']['fit_until'])} "
                      f"({CI_LEVEL:.0%} intervals)")
         ax.legend(fontsize=7)
         save(fig, "_check.png")
@@ -726,7 +735,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     ax.plot(fc["recommended"]["delta"], fc["recommended"][fc["by"]], "r*", ms=14, label="recommended")
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set(xlabel="domain_frac (symlog axis)", ylabel=f"forecast domain test loss ({LABEL[fc['by']]})",
-           title=f"forecast at {train.format_tokens(fc['target_tokens'])} tokens ({CI_LEVEL:.0%} intervals)")
+           title=f"forecast at {approx(fc['target_tokens'])} tokens ({CI_LEVEL:.0%} intervals)")
     ax.legend(fontsize=8)
     budget = results["best_by_budget"]
     ax2.plot([b["tokens"] for b in budget], [b["delta"] for b in budget], "o-", label=f"best domain_frac ({LABEL[fc['by']]})")
@@ -747,7 +756,7 @@ def fractions(text: str) -> list[float]:
 
 
 def parse_args(argv):
-    p = train.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="pretraining run folders (train.py --out_dir)")
     p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py output folders of their checkpoints")
     p.add_argument("--target_tokens", type=data.token_count, default=None,
@@ -774,6 +783,8 @@ def run(args) -> dict:
     max_tokens = max(float(r.tokens.max()) for r in runs)
     t_scale = float(10.0 ** round(math.log10(max_tokens)))
     target = args.target_tokens or max_tokens
+    # a milestone of 4M tokens is the first whole step past it (as train.py places milestones): so is fit_until
+    fit_until = args.fit_until and math.ceil(args.fit_until / setting["tokens_per_step"]) * setting["tokens_per_step"]
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     candidates = args.candidates or models.law.deltas
@@ -789,7 +800,7 @@ def run(args) -> dict:
                "post": {p.kind: {"exponent": p.exponent, "coef": p.coef} for p in (models.drop, models.direct) if p},
                "forecast": recommend(models, boot, target, candidates, setting["domain_train_tokens"]),
                "best_by_budget": best_by_budget(models, candidates, np.geomspace(max_tokens, 100 * max_tokens, 9)),
-               "check": args.fit_until and forecast_check(runs, points, args.fit_until, t_scale, args.bootstrap, args.seed),
+               "check": fit_until and forecast_check(runs, points, fit_until, t_scale, args.bootstrap, args.seed),
                "warnings": warnings}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     results["plots"] = [] if args.no_plots else plot_all(results, runs, models, os.path.splitext(args.out)[0])

@@ -234,7 +234,7 @@ def forecast_section(fit_results: dict) -> list[str]:
     check, by = fit_results["check"], fit_results["forecast"]["by"]
     lines = ["## The forecast check", "",
              f"The laws were fitted on the pilot budgets only (pretraining evals and finetunes at up to "
-             f"{format_tokens(check['fit_until'])} tokens), then asked for the domain test loss after finetuning at "
+             f"{fit_laws.approx(check['fit_until'])} tokens), then asked for the domain test loss after finetuning at "
              f"each larger budget; the runs that reached it measured it. The recommendation uses "
              f"`{fit_laws.LABEL[by]}` (fit_laws.POST_FT); the others are shown for comparison. Error = 100 (forecast - "
              f"measured) / measured.", ""]
@@ -244,7 +244,7 @@ def forecast_section(fit_results: dict) -> list[str]:
                 + [f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f}%)" for k in keys]
                 + [f"{r['measured_before']:.4f}", f"{r['forecast']['law']:.4f} ({r['error_pct']['law']:+.2f}%)"]
                 for r in b["rows"]]
-        lines += [f"At {format_tokens(b['tokens'])} tokens:", ""]
+        lines += [f"At {fit_laws.approx(b['tokens'])} tokens:", ""]
         lines += table(["delta", "measured after FT"] + [f"forecast: {fit_laws.LABEL[k]}" for k in keys]
                        + ["measured before FT", "forecast: paper's law"], rows) + [""]
         s = b["summary"][by]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train
@@ -52,13 +53,28 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
         assert float(row[5]) == round(ft["best"]["general_val_loss"], 4)
         assert ft["best"]["domain_test_loss"] <= ft["pretrained"]["domain_test_loss"]
 
+    # The verdict comes first: the laws fitted on the pilots (<= 1/4 of the largest budget) against the runs.
+    assert report.index("## The forecast check") < report.index("## Domain test loss before and after finetuning")
+    check = table_rows(report, "The forecast check")
+    last = max(preset["milestones"])
+    assert [float(r[0]) for r in check] == preset["deltas"]
+    for row in check:
+        ft = json.load(open(os.path.join(out, "finetune", f"d{float(row[0]):g}_{last}", "finetune.json")))
+        assert float(row[1]) == round(ft["best"]["domain_test_loss"], 4)
+        forecast, error = re.fullmatch(r"(\S+) \(([+-]\d+\.\d\d)%\)", row[2]).groups()
+        assert float(error) == pytest.approx(100 * (float(forecast) - float(row[1])) / float(row[1]), abs=0.02)
+    fit_results = json.load(open(os.path.join(out, "fit", "fit_results.json")))
+    assert fit_results["check"]["fit_until"] == 2048 and fit_results["check"]["pilot_budgets"] == [512, 1024, 2048]
+    assert re.search(r"regret \d+\.\d\d% \((met|not met): goal <= 0.5%\)", report)
+
     gains = table_rows(report, "Relative gain and compute multiplier")
     assert [float(r[0]) for r in gains] == [d for d in preset["deltas"] if d > 0]
     assert all(re.fullmatch(r"[+-]\d+\.\d\d%", cell) for r in gains for cell in r[1:-1])
     assert len(table_rows(report, "Overfitting during pretraining")) == len(preset["deltas"])
     assert len(table_rows(report, "Downstream: the continuation task")) == len(preset["deltas"])
     assert "Recommended domain_frac" in report
-    for png in ("pretraining.png", "fit_results_curves.png", "fit_results_recommendation.png"):
+    for png in ("pretraining.png", "finetuning.png", "fit_results_curves.png", "fit_results_recommendation.png",
+                "fit_results_check.png"):
         assert os.path.getsize(os.path.join(results, png)) > 1000
 
     # Restartable. The run of delta 0.2 is killed after logging its last eval but before writing that
@@ -74,7 +90,9 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILL_AT_LAST_MILESTONE.format(root=ROOT, args=args)],
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL and not os.path.exists(last), killed.stderr[-3000:]
-    assert torch.load(os.path.join(run, "ckpt_latest.pt"), weights_only=False)["step"] == 24
+    last_step = 8192 // (preset["train"]["batch_size"] * preset["train"]["seq_len"])
+    assert torch.load(os.path.join(run, "ckpt_latest.pt"), weights_only=False)["step"] == \
+        last_step - preset["train"]["eval_interval"]
     outputs = [os.path.join(root, f) for root, _, files in os.walk(out) for f in files
                if f in ("finetune.json", "log.jsonl", "eval.jsonl") and root != run]
     before = {f: open(f).read() for f in outputs}
@@ -92,6 +110,8 @@ def test_every_study_preset_parses():
     """The presets nobody runs in CI (GPU, paper scale) still name valid flags."""
     import finetune
     import train
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import study
     for name in os.listdir(os.path.join(ROOT, "configs", "study")):
         preset = json.load(open(os.path.join(ROOT, "configs", "study", name)))
         assert {"data", "train", "deltas", "milestones", "finetune", "fit", "evaluate"} <= set(preset), name
@@ -99,3 +119,4 @@ def test_every_study_preset_parses():
         assert max(preset["milestones"]) == cfg.max_tokens, name
         train.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
         assert len({d for d in preset["deltas"] if d > 0}) >= 3, name  # the 12-parameter law needs them
+        assert study.pilots_until(preset) <= max(preset["milestones"]) / 4, name  # 3 or more pilot budgets

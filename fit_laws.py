@@ -1,60 +1,60 @@
 """How much domain data to mix in: the overfitting scaling laws of specialized pretraining (SPT).
 
     python fit_laws.py out/d0 out/d0.01 out/d0.05 out/d0.1 --finetune out/d*/ft_* --target_tokens 40M
-    python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M --target_tokens 16M   # forecast check
+    python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M     # forecast check on the pilots
+    python fit_laws.py RUN_DIR... --finetune FT_DIR... --holdout_delta 0.05   # ... or without one delta
 
-The question. SPT mixes a small domain corpus D_dom into pretraining as a constant share delta of the
-tokens, repeating it as often as needed. More delta helps the domain until the repeats make the model
-memorise D_dom; then its domain *test* loss stops falling and turns up. Which delta gives the lowest
-domain test loss after finetuning, at a budget of T pretraining tokens, is what this file forecasts
-from a few pilot runs (train.py's log.jsonl) and the finetunes of their checkpoints (finetune.json).
+SPT mixes a small domain corpus D_dom into pretraining as a constant share delta of the tokens,
+repeating it as often as needed. More delta helps the domain until the repeats make the model memorise
+D_dom; then its domain *test* loss stops falling and turns up. Which delta gives the lowest domain test
+loss after finetuning at a budget of T pretraining tokens is what this file forecasts, from a few pilot
+runs (train.py's config.json and log.jsonl) and the finetunes of their checkpoints (finetune.json).
 
-1. The law (PAPER.md). A saturating power law L = C + A T^b can only fall, so it cannot describe a
-   test loss that turns up. The domain *train* loss, measured on the very tokens that are repeated,
-   does keep falling; what grows is the train-test *gap*. So the paper models the two, as power laws in
-   T whose coefficients depend on delta (12 parameters, named as in the paper):
+1. The law (PAPER.md). A saturating power law can only fall, so it cannot describe a test loss that
+   turns up. The domain *train* loss, on the very tokens that are repeated, keeps falling; what grows is
+   the train-test *gap*. So the paper models both, as power laws in T with delta-dependent coefficients:
        L_train(T, d) = A_train T^b_train(d) + C_train(d)      b_x(d) = d b_x_s + (1 - d) b_x_g
        L_gap(T, d)   = A_gap(d) T^b_gap(d)                    A_gap(d) = a1 d^a2 exp(a3 d)
        L_test(T, d)  = L_train(T, d) + L_gap(T, d)            C_train(d) = k0 - k1 log(d + k2) - k3 d
-   The test loss falls while the train term's slope wins and turns up once the gap's does, at
-       T*(d) = (-A_gap b_gap / (A_train b_train))^(1 / (b_train - b_gap))     (the overfitting onset).
-   T is measured in units of `t_scale` (the power of ten nearest the largest token count fitted): A_train
-   is shared by every delta while the exponent varies, so the unit is part of the law.
+   The test loss turns up where the gap's slope overtakes the train loss's, at the overfitting onset
+       T*(d) = (-A_gap b_gap / (A_train b_train))^(1 / (b_train - b_gap)).
+   T is in units of t_scale (the power of ten nearest the largest token count): A_train is shared while
+   the exponent varies with delta, so the unit is part of the law.
 
-2. Fitting it. Least squares on the domain train and test losses of every eval (as the paper does),
-   inside bounds that encode the paper's signs: b_train < 0 (train loss falls), b_gap_g <= 0 <= b_gap_s,
-   a1 >= 0 and a2 > 0 (no gap without domain data), k1, k3 >= 0 (more domain data cannot raise the floor),
-   and C_train(d) >= 0 on [0, 1], imposed by fitting C_train(1) >= 0 in place of k0. That last bound is
-   what keeps the fit honest on curves that are straight in log T: without it A_train T^b + C with b -> 0
-   becomes a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen), whose forecasts fall
-   below zero. With it, no forecast is negative. Stage 1 fits every delta on its own (free A_train,
-   C_train, A_gap, shared exponents: linear given the exponents) to show what A_gap(d) and C_train(d) look
-   like before a form is imposed, and to start stage 2, the joint fit, which also starts from random
-   points; the lowest error wins. A parameter that ends on its bound is flagged: the data pushed past the
-   paper's sign there.
+2. Fitting it: least squares on every eval's domain train and test loss (the paper's objective), inside
+   bounds that encode the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap
+   without domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train >= 0 on
+   [0, 1], imposed by fitting C_train(1) >= 0 in place of k0. That last bound keeps the fit honest on
+   curves that are straight in log T: without it A_train T^b + C with b -> 0 becomes a logarithm in
+   disguise (A_train = 9418 against k0 = -9417 was seen) whose forecasts fall below zero; with it no
+   forecast can. Stage 1 fits each delta on its own (free A_train, C_train, A_gap; linear once the
+   exponents are fixed) to show what A_gap(d) and C_train(d) look like before a form is imposed, and to
+   start stage 2, the joint fit, which also starts from random points. A parameter that ends on its
+   bound is flagged, as is a stage-1 coefficient of the wrong sign by more than 3 standard errors.
    The baseline, for comparison: per delta, L_test = E + B T^-beta, fitted as the Chinchilla paper does
-   (Huber loss on log loss, summed, from a grid of starts). It can only saturate.
+   (Huber loss on log loss, summed, from a grid of starts); it can only saturate.
 
-3. After finetuning. What counts is the domain test loss after finetuning. Two ways to forecast it:
-   "drop" (the paper's): L_test(T, d) from the law minus the drop Delta(T) = a T^b + c_d, fitted to what
-   finetuning took off each pilot checkpoint (a shared shape, a level per delta); and "direct": the best
-   post-finetuning losses of the pilot checkpoints fitted as they are, E_d + B_d T^-beta (a shared
-   exponent, E_d, B_d >= 0 per delta), which cannot go below zero or turn up. See `POST_FT` for the one
-   this project uses by default and why; the report shows both.
+3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained
+   loss shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a
+   log ratio so that no extrapolation can push a loss below zero), and "direct": the pilots' best
+   post-finetuning losses fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent for all),
+   which can neither go below zero nor turn up. Deltas between the finetuned ones get their coefficients
+   interpolated. POST_FT names the one that recommends, chosen by the forecast checks of the committed
+   studies (results/*/REPORT.md): see the README's "Results at CPU scale" for the numbers.
 
-4. The forecast check (--fit_until T0). A forecast counts once it has been checked against runs the
-   fit did not see: every law is refitted on the evals and finetunes at T <= T0 only, and its forecast
-   for each larger finetuned budget is compared with what was measured there: per delta the error, the
-   rank agreement of forecast and measured (Spearman), and the regret of the recommendation (its measured
-   loss minus the best measured one, in %). scripts/study.py opens its report with this table.
+4. The forecast check. A forecast counts once it was checked against runs the fit did not see. With
+   --fit_until T0 every model is refitted on the evals and finetunes at T <= T0 (rounded up to a whole
+   step, as train.py places its milestones), with --holdout_delta d without that delta's runs; its
+   forecasts are then compared with what was measured: per delta the error, the rank agreement of
+   forecast and measured (Spearman) and the regret of its recommendation (its measured loss over the best
+   measured, in %). scripts/study.py opens its report with this table.
 
-5. The recommendation. The delta with the lowest forecast post-finetuning loss at --target_tokens among
-   --candidates inside the fitted range (deltas outside it are shown, never recommended), with its
-   repeats E = T delta / |D_dom|, bootstrap intervals (eval points resampled within each run, finetunes
-   within each delta; points on one curve are correlated, so the intervals are optimistic) and how often
-   each candidate wins across the bootstrap.
+5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens, among those
+   inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
+   bootstrap intervals (each run's curves plus its own residuals resampled, the finetunes the same way;
+   points on a curve are correlated, so the intervals are optimistic) and how often it wins across them.
 
-Writes --out (JSON, atomically) and PNG plots next to it; prints the report. Every error is one line.
+Writes --out (JSON, atomically) and PNG plots next to it, and prints the report; errors are one line.
 """
 import argparse
 import json
@@ -74,7 +74,7 @@ POST_FT = "after_direct"    # the forecast after finetuning that recommends: doc
 CI_LEVEL = 0.95
 ONSET_HORIZON = 1000.0      # an onset further than this many times the largest fitted T is "none in range"
 HUBER_DELTA = 1e-3          # Chinchilla's Huber threshold on log loss
-NOISE_FLAGS = 2.0           # stage-1 coefficients are flagged only beyond this many standard errors
+NOISE_FLAGS = 3.0           # stage-1 coefficients are flagged only beyond this many standard errors
 
 
 class FitError(Exception):
@@ -558,21 +558,24 @@ def interval(values) -> list[float]:
     return np.percentile(values, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)]).tolist()
 
 
-def forecast_check(runs, points, fit_until: float, t_scale: float, n_boot: int, seed: int) -> dict:
-    """Refit everything on T <= fit_until and compare its forecasts with every finetuned budget beyond."""
-    budgets = sorted({p.tokens for p in points if p.tokens > fit_until})
+def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scale: float, n_boot: int, seed: int) -> dict:
+    """Refit everything without what the check scores (evals and finetunes beyond fit_until, and the runs
+    of the held-out delta) and compare its forecasts with each finetuned budget it did not see."""
+    seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
+    budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
-        raise FitError(f"--fit_until {approx(fit_until)}: no finetuned checkpoint beyond it to check "
-                       f"the forecast against")
-    cut_runs, pilots = [r.until(fit_until) for r in runs], [p for p in points if p.tokens <= fit_until]
-    models = fit_models(cut_runs, pilots, t_scale, seed)
-    boot = bootstrap(cut_runs, pilots, models, n_boot, seed)
+        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
+    if holdout is not None and holdout not in {r.delta for r in runs}:
+        raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
+    cut_runs = [r.until(fit_until) for r in runs if r.delta != holdout]
+    models = fit_models(cut_runs, seen, t_scale, seed)
+    boot = bootstrap(cut_runs, seen, models, n_boot, seed)
     checks = []
     for budget in budgets:
         rows = []
-        for p in sorted((p for p in points if p.tokens == budget), key=lambda p: p.delta):
+        for p in sorted((p for p in points if p.tokens == budget and p not in seen), key=lambda p: p.delta):
             f = models.forecast(budget, p.delta)
-            measured = {k: p.after if k.startswith("after") else p.before for k in f}
+            measured = {k: p.after if k in AFTER else p.before for k in f}
             rows.append({"delta": p.delta, "measured_before": p.before, "measured_after": p.after, "forecast": f,
                          "error_pct": {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()},
                          "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f} if boot else {}})
@@ -585,8 +588,11 @@ def forecast_check(runs, points, fit_until: float, t_scale: float, n_boot: int, 
                             "regret_pct": 100 * (pick["measured_after"] - best["measured_after"]) / best["measured_after"],
                             "max_abs_error_pct": max(abs(r["error_pct"][key]) for r in rows)}
         checks.append({"tokens": budget, "rows": rows, "summary": summary, "best_measured": best["delta"]})
-    return {"fit_until": fit_until, "pilot_budgets": sorted({p.tokens for p in pilots}), "law_rmse": models.law.rmse,
-            "law_flags": models.law.flags, "budgets": checks}
+    return {"fit_until": fit_until if fit_until < math.inf else None, "holdout_delta": holdout,
+            "scope": " and ".join(([f"T <= {approx(fit_until)}"] if fit_until < math.inf else [])
+                                  + ([f"without delta {holdout:g}"] if holdout is not None else [])),
+            "pilot_budgets": sorted({p.tokens for p in seen}),
+            "law_rmse": models.law.rmse, "law_flags": models.law.flags, "budgets": checks}
 
 
 def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int) -> dict:
@@ -623,8 +629,8 @@ LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - dro
 
 
 def check_lines(check: dict) -> list[str]:
-    lines = [f"Forecast check: every model refitted on T <= {approx(check['fit_until'])} (finetunes at "
-             f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting each larger budget."]
+    lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
+             f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
     for b in check["budgets"]:
         keys = list(b["rows"][0]["forecast"])
         lines += [f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
@@ -719,7 +725,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         ax.plot(lims, lims, "k-", lw=0.8, label="forecast = measured")
         ax.fill_between(lims, lims * 0.99, lims * 1.01, color="gray", alpha=0.25, label="within 1%")
         ax.set(xlabel="measured domain test loss after finetuning", ylabel="forecast from the pilots alone",
-               title=f"forecast check: fitted on T <= {approx(results['check']['fit_until'])} "
+               title=f"forecast check: fitted on {results['check']['scope']} "
                      f"({CI_LEVEL:.0%} intervals)")
         ax.legend(fontsize=7)
         save(fig, "_check.png")
@@ -756,7 +762,7 @@ def fractions(text: str) -> list[float]:
 
 
 def parse_args(argv):
-    p = data.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = data.ArgumentParser(prog="fit_laws.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="pretraining run folders (train.py --out_dir)")
     p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py output folders of their checkpoints")
     p.add_argument("--target_tokens", type=data.token_count, default=None,
@@ -765,6 +771,8 @@ def parse_args(argv):
                    help="domain_frac values to compare, e.g. 0,0.01,0.05 (default: the runs' own)")
     p.add_argument("--fit_until", type=data.token_count, default=None,
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
+    p.add_argument("--holdout_delta", type=float, default=None,
+                   help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
     p.add_argument("--bootstrap", type=train.integer, default=20, help="residual-bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
@@ -784,7 +792,8 @@ def run(args) -> dict:
     t_scale = float(10.0 ** round(math.log10(max_tokens)))
     target = args.target_tokens or max_tokens
     # a milestone of 4M tokens is the first whole step past it (as train.py places milestones): so is fit_until
-    fit_until = args.fit_until and math.ceil(args.fit_until / setting["tokens_per_step"]) * setting["tokens_per_step"]
+    step = setting["tokens_per_step"]
+    fit_until = math.inf if args.fit_until is None else math.ceil(args.fit_until / step) * step
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     candidates = args.candidates or models.law.deltas
@@ -800,7 +809,8 @@ def run(args) -> dict:
                "post": {p.kind: {"exponent": p.exponent, "coef": p.coef} for p in (models.drop, models.direct) if p},
                "forecast": recommend(models, boot, target, candidates, setting["domain_train_tokens"]),
                "best_by_budget": best_by_budget(models, candidates, np.geomspace(max_tokens, 100 * max_tokens, 9)),
-               "check": fit_until and forecast_check(runs, points, fit_until, t_scale, args.bootstrap, args.seed),
+               "check": forecast_check(runs, points, fit_until, args.holdout_delta, t_scale, args.bootstrap, args.seed)
+               if args.fit_until is not None or args.holdout_delta is not None else None,
                "warnings": warnings}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     results["plots"] = [] if args.no_plots else plot_all(results, runs, models, os.path.splitext(args.out)[0])

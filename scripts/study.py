@@ -233,8 +233,8 @@ def forecast_section(fit_results: dict) -> list[str]:
     """The study's verdict: the laws fitted on the pilots alone, their forecasts against the runs."""
     check, by = fit_results["check"], fit_results["forecast"]["by"]
     lines = ["## The forecast check", "",
-             f"The laws were fitted on the pilot budgets only (pretraining evals and finetunes at up to "
-             f"{fit_laws.approx(check['fit_until'])} tokens), then asked for the domain test loss after finetuning at "
+             f"The laws were fitted on the pilot budgets only (pretraining evals and finetunes at "
+             f"{check['scope']} tokens), then asked for the domain test loss after finetuning at "
              f"each larger budget; the runs that reached it measured it. The recommendation uses "
              f"`{fit_laws.LABEL[by]}` (fit_laws.POST_FT); the others are shown for comparison. Error = 100 (forecast - "
              f"measured) / measured.", ""]

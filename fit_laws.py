@@ -194,6 +194,9 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
             warn(f"{file}: skipped ({'no finished configuration' if best is None else 'a checkpoint at 0 tokens'})",
                  warnings)
             continue
+        if best.get("converged") is False:
+            warn(f"{file}: its best configuration was still improving when its epochs ran out (unconverged): "
+                 f"its loss after finetuning is an upper bound; raise finetune.py's --extend_epochs", warnings)
         points.append(Finetuned(file, float(ft["domain_frac"]), float(ft["pretrain_tokens"]),
                                 field(ft["pretrained"], "domain_test_loss", file),
                                 field(best, "domain_test_loss", file), best.get("general_val_loss", np.nan)))
@@ -548,7 +551,7 @@ def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, 
                      for r, (train_fit, gap_fit) in zip(runs, fitted)]
         shifted = [Finetuned(p.path, p.delta, p.tokens, p.before, a + e, p.general_after)
                    for p, a, e in zip(points, after, rng.choice(noise, len(points)) if points else [])]
-        boot.append(Models(fit_law(resampled, t_scale, x0=to_vector(models.law.params)), fit_baseline(resampled, t_scale),
+        boot.append(Models(fit_law(resampled, t_scale, x0=inside(to_vector(models.law.params))), fit_baseline(resampled, t_scale),
                            *((fit_post_ft(shifted, "drop", t_scale), fit_post_ft(shifted, "direct", t_scale))
                              if points else (None, None))))
     return boot

@@ -58,13 +58,13 @@ def write_run(folder, delta, rng, dataset_id="ds", model=MODEL, lines=None):
     return folder
 
 
-def write_finetune(folder, delta, tokens, rng, dataset_id="ds", model=MODEL, replay=0.0):
+def write_finetune(folder, delta, tokens, rng, dataset_id="ds", model=MODEL, replay=0.0, converged=True):
     os.makedirs(folder, exist_ok=True)
     record = {"pretrain_tokens": int(tokens), "domain_frac": delta, "dataset_id": dataset_id, "replay": replay,
               "model_config": {**model, "tie_embeddings": False},
               "pretrained": {"domain_test_loss": float(true_losses(tokens, delta)[1]), "general_val_loss": 3.0},
               "best": {"domain_test_loss": float(true_after(tokens, delta)) + rng.normal(0, NOISE / 2),
-                       "general_val_loss": 3.1, "converged": True}}
+                       "general_val_loss": 3.1, "converged": converged}}
     with open(os.path.join(folder, "finetune.json"), "w") as f:
         json.dump(record, f)
     return folder
@@ -287,3 +287,12 @@ def test_damaged_logs(world, tmp_path, capsys):
     assert "cut-off last line" in capsys.readouterr().err
     write_run(folder, 0.1, rng, lines=lines[:5] + ["{damaged"] + lines[5:])
     fails(runs[:-1] + [folder, "--out", str(tmp_path / "x.json")], capsys, "line 6")
+
+
+def test_an_unconverged_finetune_is_named(world, tmp_path):
+    root, runs, fts = world
+    warnings = []
+    _, setting = fit_laws.load_runs(runs, 0, warnings)
+    late = write_finetune(str(tmp_path / "late"), 0.1, 1e10, np.random.default_rng(1), converged=False)
+    points = fit_laws.load_finetunes(fts[:2] + [late], setting, warnings)
+    assert len(points) == 3 and len(warnings) == 1 and "late" in warnings[0] and "unconverged" in warnings[0]

@@ -748,7 +748,8 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     ax.legend(fontsize=8)
     budget = results["best_by_budget"]
     ax2.plot([b["tokens"] for b in budget], [b["delta"] for b in budget], "o-", label=f"best domain_frac ({LABEL[fc['by']]})")
-    ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac", title="best domain_frac by budget")
+    ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac", title="best domain_frac by budget",
+            ylim=(0, 1.1 * max(r["delta"] for r in fc["rows"] if r["inside"])))  # the candidates' range
     ax2.legend(fontsize=8)
     save(fig, "_recommendation.png")
     return paths
@@ -797,6 +798,9 @@ def run(args) -> dict:
     # a milestone of 4M tokens is the first whole step past it (as train.py places milestones): so is fit_until
     step = setting["tokens_per_step"]
     fit_until = math.inf if args.fit_until is None else math.ceil(args.fit_until / step) * step
+    if target < min(fit_until, max_tokens):
+        raise FitError(f"--target_tokens {approx(target)} is below the pilots' {approx(min(fit_until, max_tokens))} "
+                       f"tokens: that was measured, not forecast; give a larger target")
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     candidates = args.candidates or models.law.deltas

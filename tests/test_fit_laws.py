@@ -266,6 +266,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
           capsys, "replayed general data")
     fails(runs + ["--candidates", "0.3,0.5", "--out", out], capsys, "within the fitted domain_frac range")
     fails(runs + ["--candidates", "1.5", "--out", out], capsys, "--candidates")
+    fails(runs + ["--target_tokens", "1e10", "--out", out], capsys, "below the pilots", "larger target")
     fails([str(tmp_path / "nowhere"), "--out", out], capsys, "does not exist")
     assert not os.path.exists(out)
 

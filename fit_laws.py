@@ -4,15 +4,14 @@
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M     # forecast check on the pilots
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --holdout_delta 0.05   # ... or without one delta
 
-SPT mixes a small domain corpus D_dom into pretraining as a constant share delta of the tokens, repeated
-as often as needed. More delta helps the domain until the repeats make the model memorise D_dom and its
-domain *test* loss turns up. From a few pilot runs (train.py's config.json and log.jsonl) and finetunes
-of their checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss
-after finetuning at a budget of T pretraining tokens.
+SPT mixes a small domain corpus D_dom into pretraining as a share delta of the tokens, repeated as often
+as needed: more delta helps the domain until the repeats make the model memorise D_dom and its domain
+*test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and finetunes of their
+checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss after
+finetuning at a budget of T pretraining tokens.
 
-1. The law (PAPER.md). A saturating power law can only fall. The domain *train* loss, on the repeated
-   tokens, does keep falling; what grows is the train-test *gap*. So the paper models both, as power
-   laws in T with delta-dependent coefficients:
+1. The law (PAPER.md). A saturating power law can only fall, but the domain *train* loss, on the
+   repeated tokens, does keep falling; what grows is the train-test *gap*. So the paper models both:
        L_train(T, d) = A_train T^b_train(d) + C_train(d)      b_x(d) = d b_x_s + (1 - d) b_x_g
        L_gap(T, d)   = A_gap(d) T^b_gap(d)                    A_gap(d) = a1 d^a2 exp(a3 d)
        L_test(T, d)  = L_train(T, d) + L_gap(T, d)            C_train(d) = k0 - k1 log(d + k2) - k3 d
@@ -24,29 +23,28 @@ after finetuning at a budget of T pretraining tokens.
 2. The fit: least squares on every eval's domain train and test loss (the paper's objective) inside
    bounds with the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap without
    domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train(1) >= 0, fitted in
-   place of k0, so C_train >= 0 on [0, 1]. Without that bound, curves straight in log T make
-   A_train T^b + C with b -> 0 a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen)
-   whose forecasts fall below zero; with it none can. Stage 1 fits each delta on its own (A_train,
-   C_train, A_gap: linear once the exponents are fixed) to show A_gap(d) and C_train(d) before a form is
-   imposed, and starts stage 2, the joint fit, which also starts from random points. A parameter on its
-   bound is flagged, as is a stage-1 coefficient of the wrong sign by more than 3 standard errors. The
-   baseline, per delta: L_test = E + B T^-beta, fitted as the Chinchilla paper does (Huber loss on log
-   loss, from a grid of starts); it can only saturate.
+   place of k0, so that C_train >= 0 on [0, 1]: on curves straight in log T, A_train T^b + C with b -> 0
+   would otherwise become a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) whose
+   forecasts fall below zero. Stage 1 fits each delta on its own (A_train, C_train, A_gap: linear for
+   fixed exponents) to show A_gap(d) and C_train(d) before a form is imposed, and to start stage 2, the
+   joint fit, which also starts from random points. Flagged: a parameter on its bound, a stage-1
+   coefficient of the wrong sign by more than 3 standard errors. The baseline, per delta, can only
+   saturate: L_test = E + B T^-beta, fitted as the Chinchilla paper does (Huber loss on log loss).
 
 3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained loss
    shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a log
-   ratio so that no extrapolation pushes a loss below zero); and "direct": the pilots' best losses after
+   ratio so that no extrapolation pushes a loss below zero); and "direct", the pilots' losses after
    finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go
-   below zero nor turn up. Deltas between the finetuned ones get interpolated coefficients. POST_FT
-   names the one that recommends, chosen by the forecast checks of the committed studies
-   (results/*/REPORT.md; the numbers are in the README's "Results at CPU scale").
+   below zero nor turn up. Deltas between finetuned ones get interpolated coefficients. POST_FT, the one
+   that recommends, was chosen by the forecast checks of the committed studies (results/*/REPORT.md; the
+   numbers are in the README's "Results at CPU scale").
 
-4. The forecast check: a forecast counts once checked against runs the fit did not see. With
-   --fit_until T0 every model is refitted on the evals and finetunes at T <= T0 (rounded up to a whole
-   step, as train.py places its milestones), with --holdout_delta d without that delta's runs. Its
-   forecasts are compared with the measurements: per delta the error, the rank agreement (Spearman) and
-   the regret of its recommendation (its measured loss over the best measured, in %). scripts/study.py
-   opens its report with this table.
+4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
+   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py
+   places its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with
+   the measurements: per delta the error, the rank agreement (Spearman) and the regret of the
+   recommendation (its measured loss over the best measured, in %). scripts/study.py's report opens
+   with this table.
 
 5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
    inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
@@ -61,7 +59,7 @@ import math
 import os
 import sys
 from collections import namedtuple
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
@@ -111,15 +109,8 @@ class Run:
         return Run(self.path, self.delta, self.tokens[keep], self.train[keep], self.test[keep])
 
 
-@dataclass
-class Finetuned:
-    """One finetuned checkpoint: its pretraining tokens and domain test loss before and after."""
-    path: str
-    delta: float
-    tokens: float
-    before: float
-    after: float
-    general_after: float
+# One finetuned checkpoint: its pretraining tokens, domain test loss before and after, general loss after.
+Finetuned = namedtuple("Finetuned", "path delta tokens before after general_after")
 
 
 def read_json(path: str) -> dict:
@@ -152,10 +143,7 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
             if this[key] != setting[key]:
                 raise FitError(f"{run_dir} and {run_dirs[0]} differ in {key}: one law describes one dataset and "
                                f"one model shape; fit them separately")
-        try:
-            log = train.read_log(os.path.join(run_dir, "log.jsonl"))
-        except train.TrainError as e:
-            raise FitError(str(e)) from None
+        log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         points = [by_step[s] for s in sorted(by_step) if by_step[s]["tokens"] > max(0.0, min_tokens)]
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
@@ -294,8 +282,8 @@ def initial_params(endpoints, rows) -> np.ndarray:
               + [k2] for k2 in np.logspace(-4, 0, 17))
     k0, k1, k3, k2 = min(floors, key=lambda k: np.sum((k[0] - k[1] * np.log(d + k[3]) - k[2] * d - c_train) ** 2))
     a_train = [r["A_train"] for r in rows if r["A_train"] > 0]
-    p = Params(float(np.median(a_train)) if a_train else 1.0, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))
-    return inside(to_vector(p))
+    a_train = float(np.median(a_train)) if a_train else 1.0
+    return inside(to_vector(Params(a_train, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))))
 
 
 def inside(x: np.ndarray) -> np.ndarray:
@@ -327,8 +315,19 @@ def jacobians(x: np.ndarray, t, d):
     return np.stack(np.broadcast_arrays(*j_train), axis=1), np.stack(np.broadcast_arrays(*j_gap), axis=1)
 
 
-def joint_fit(pts: dict, starts: list) -> tuple[np.ndarray, float]:
-    """Stage 2: least squares on train and test loss from every start; the lowest cost wins."""
+def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
+    """The paper's law on `runs`: stage 1 (each delta on its own), then stage 2, least squares on train and
+    test loss from stage 1's start and random ones (or from x0 alone: the bootstrap starts from the fit)."""
+    pts = {"t": np.concatenate([r.tokens for r in runs]) / t_scale,
+           "d": np.concatenate([np.full(len(r.tokens), r.delta) for r in runs]),
+           "train": np.concatenate([r.train for r in runs]), "test": np.concatenate([r.test for r in runs])}
+    stage1 = min((optimize.least_squares(lambda e: per_delta_fit(e, pts)[0], s, bounds=(LOWER[1:5], UPPER[1:5]))
+                  for s in ([-0.5, -0.3, 0.5, -0.1], [-0.2, -0.2, 1.0, -0.01], [-1.0, -0.5, 2.0, -0.5])),
+                 key=lambda res: res.cost)
+    rows = per_delta_fit(stage1.x, pts)[1]
+    if x0 is None:
+        init, rng = initial_params(stage1.x, rows), np.random.default_rng(seed)
+        starts = [init] + [random_start(rng, init) for _ in range(RANDOM_STARTS)]
     target = np.concatenate([pts["train"], pts["test"]])
 
     def residuals(x):
@@ -340,31 +339,14 @@ def joint_fit(pts: dict, starts: list) -> tuple[np.ndarray, float]:
         return np.vstack([j_train, j_train + j_gap])
 
     with np.errstate(all="ignore"):
-        fits = [optimize.least_squares(residuals, x0, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
-                                       max_nfev=3000) for x0 in starts]
+        fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
+                                       max_nfev=3000) for s in (starts if x0 is None else [x0])]
     fits = [res for res in fits if np.isfinite(res.cost)]
     if not fits:
         raise FitError("the law's fit failed from every starting point: check the runs' losses")
-    best = min(fits, key=lambda res: res.cost)
-    return best.x, math.sqrt(2 * best.cost / len(target))
-
-
-def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
-    """The paper's law on `runs`: stage 1, then the joint fit from its start and random ones (or from x0
-    alone: the bootstrap starts from the fit)."""
-    pts = {"t": np.concatenate([r.tokens for r in runs]) / t_scale,
-           "d": np.concatenate([np.full(len(r.tokens), r.delta) for r in runs]),
-           "train": np.concatenate([r.train for r in runs]), "test": np.concatenate([r.test for r in runs])}
-    stage1 = min((optimize.least_squares(lambda e: per_delta_fit(e, pts)[0], x0, bounds=(LOWER[1:5], UPPER[1:5]))
-                  for x0 in ([-0.5, -0.3, 0.5, -0.1], [-0.2, -0.2, 1.0, -0.01], [-1.0, -0.5, 2.0, -0.5])),
-                 key=lambda res: res.cost)
-    endpoints, rows = stage1.x, per_delta_fit(stage1.x, pts)[1]
-    if x0 is None:
-        init, rng = initial_params(endpoints, rows), np.random.default_rng(seed)
-        starts = [init] + [random_start(rng, init) for _ in range(RANDOM_STARTS)]
-    x, rmse = joint_fit(pts, starts if x0 is None else [x0])
-    deltas = sorted({r.delta for r in runs})
-    return Law(to_params(x), t_scale, deltas, float(pts["t"].max() * t_scale), rmse, rows, flags_of(x, rows))
+    best = min(fits, key=lambda res: res.cost)  # the first of equals, as the starts come
+    return Law(to_params(best.x), t_scale, sorted({r.delta for r in runs}), float(pts["t"].max() * t_scale),
+               math.sqrt(2 * best.cost / len(target)), rows, flags_of(best.x, rows))
 
 
 def flags_of(x: np.ndarray, rows: list) -> list[str]:
@@ -420,11 +402,8 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 
 @dataclass
 class PostFT:
-    """A fitted curve per finetuned delta in units of t_scale, with one exponent shared by all:
-    "drop": how much finetuning takes off, as a log ratio log(before / after) = a_d x^b + c_d, so a
-    forecast `before * exp(-drop)` is positive whatever the extrapolation; "direct": the best loss after
-    finetuning itself, E_d + B_d x^-b with E_d, B_d >= 0, which never rises or goes below zero. Deltas
-    between the finetuned ones get their coefficients interpolated linearly."""
+    """Per finetuned delta, with one exponent for all (docstring, part 3): "drop", log(before / after) =
+    a_d x^b + c_d, or "direct", the loss after finetuning E_d + B_d x^-b; x = tokens / t_scale."""
     kind: str
     exponent: float
     coef: dict  # delta -> (a, c) or (E, B)
@@ -499,9 +478,8 @@ def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: i
 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
-    """Refits on residual-resampled data: every run's fitted curves plus its own residuals drawn with
-    replacement, and the finetuned losses the same way around the direct fit; every law refit starts
-    from the fit itself."""
+    """Refits on every run's fitted curves plus its own residuals drawn with replacement, and on the finetuned
+    losses the same way around the direct fit; every law refit starts from the fit itself."""
     rng, boot, t_scale = np.random.default_rng(seed + 1), [], models.law.t_scale
     curves = []  # per run, (fitted, residuals) of its train and of its test loss
     for r in runs:
@@ -512,7 +490,7 @@ def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, 
     for _ in range(n):
         resampled = [Run(r.path, r.delta, r.tokens, *(fit + res[rng.integers(0, len(res), len(res))] for fit, res in c))
                      for r, c in zip(runs, curves)]
-        shifted = [replace(p, after=a + e)
+        shifted = [p._replace(after=a + e)
                    for p, a, e in zip(points, after, rng.choice(noise, len(points)) if points else [])]
         boot.append(fit_models(resampled, shifted, t_scale, seed, x0=inside(to_vector(models.law.params))))
     return boot
@@ -529,7 +507,8 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
     seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
     budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
-        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
+        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of "
+                       "--holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
     cut_runs = [r.until(fit_until) for r in runs if r.delta != holdout]
@@ -545,14 +524,15 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
                          "error_pct": {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()},
                          "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f}
                          if boot else {}})
-        best, measured = min(rows, key=lambda r: r["measured_after"]), [r["measured_after"] for r in rows]
+        best = min(rows, key=lambda r: r["measured_after"])
+        measured, lowest = [r["measured_after"] for r in rows], best["measured_after"]
         summary = {}
         for key in AFTER:
             pick, forecast = min(rows, key=lambda r: r["forecast"][key]), [r["forecast"][key] for r in rows]
             ranks = len(rows) >= 3 and np.ptp(forecast) > 0 and np.ptp(measured) > 0
             summary[key] = {"spearman": float(stats.spearmanr(forecast, measured).statistic) if ranks else None,
                             "recommended": pick["delta"],
-                            "regret_pct": 100 * (pick["measured_after"] - best["measured_after"]) / best["measured_after"],
+                            "regret_pct": 100 * (pick["measured_after"] - lowest) / lowest,
                             "max_abs_error_pct": max(abs(r["error_pct"][key]) for r in rows)}
         checks.append({"tokens": budget, "rows": rows, "summary": summary, "best_measured": best["delta"]})
     cut = fit_until < math.inf
@@ -573,10 +553,12 @@ def recommend(models: Models, boot: list[Models], target: float, candidates: lis
             for d in candidates]
     eligible = [r for r in rows if r["inside"]]
     if not eligible:
-        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates there")
+        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates "
+                       f"there")
     if boot:
         samples = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot])
-        wins = np.bincount(np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1), minlength=len(rows))
+        best = np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1)  # per bootstrap refit
+        wins = np.bincount(best, minlength=len(rows))
         for r, column, w in zip(rows, samples.T, wins):
             r.update(interval=interval(column), wins=w / len(boot))
     return {"target_tokens": target, "by": key, "rows": rows, "recommended": min(eligible, key=lambda r: r[key])}
@@ -639,8 +621,8 @@ def format_report(results: dict) -> str:
         table.append([f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
                       f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
                       f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"])
-    notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else "  outside the fitted deltas: not recommended"
-                    for r in fc["rows"]]
+    notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else
+                    "  outside the fitted deltas: not recommended" for r in fc["rows"]]
     lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
                  f"recommended by {LABEL[fc['by']]}):")
     lines += [row + note for row, note in zip(aligned(table, [7, 8] + [17] * len(keys) + [17, 5, 7], "  "), notes)]
@@ -736,15 +718,14 @@ def fractions(text: str) -> list[float]:
 def parse_args(argv):
     p = data.ArgumentParser(prog="fit_laws.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="pretraining run folders (train.py --out_dir)")
-    p.add_argument("--finetune", nargs="+", default=[], metavar="FT",
-                   help="finetune.py output folders of their checkpoints")
-    p.add_argument("--target_tokens", type=data.token_count, default=None,
+    p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py folders of their checkpoints")
+    p.add_argument("--target_tokens", type=data.token_count,
                    help="budget to recommend a domain_frac for, e.g. 40M (default: the largest fitted)")
-    p.add_argument("--candidates", type=fractions, default=None,
+    p.add_argument("--candidates", type=fractions,
                    help="domain_frac values to compare, e.g. 0,0.01,0.05 (default: the runs' own)")
-    p.add_argument("--fit_until", type=data.token_count, default=None,
+    p.add_argument("--fit_until", type=data.token_count,
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
-    p.add_argument("--holdout_delta", type=float, default=None,
+    p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
     p.add_argument("--bootstrap", type=train.integer, default=20,
@@ -765,8 +746,7 @@ def run(args) -> dict:
     max_tokens = max(float(r.tokens.max()) for r in runs)
     t_scale = float(10.0 ** round(math.log10(max_tokens)))
     target = args.target_tokens or max_tokens
-    # a milestone of 4M tokens is the first whole step past it (as train.py places milestones): so is fit_until
-    step = setting["tokens_per_step"]
+    step = setting["tokens_per_step"]  # a milestone is the first whole step past its token count: so is fit_until
     fit_until = math.inf if args.fit_until is None else math.ceil(args.fit_until / step) * step
     if target < min(fit_until, max_tokens):
         raise FitError(f"--target_tokens {approx(target)} is below the pilots' {approx(min(fit_until, max_tokens))} "
@@ -774,15 +754,15 @@ def run(args) -> dict:
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     candidates, fit, domain = args.candidates or models.law.deltas, models.law, setting["domain_train_tokens"]
-    baseline_errors = [saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in runs]
+    baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in runs])
     results = {"runs": [{"path": r.path, "delta": r.delta, "evals": len(r.tokens)} for r in runs],
-               "finetunes": [vars(p) for p in points], "domain_tokens": domain, "dataset_id": setting["dataset_id"],
+               "finetunes": [p._asdict() for p in points], "domain_tokens": domain, "dataset_id": setting["dataset_id"],
                "settings": {**vars(args), "target_tokens": target},
                "law": {"params": fit.params._asdict(), "t_scale": t_scale, "deltas": fit.deltas, "rmse": fit.rmse,
                        "flags": fit.flags, "stage1": fit.per_delta,
                        "interval": {n: interval([getattr(b.law.params, n) for b in boot]) for n in Params._fields}
                        if boot else {}},
-               "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(np.concatenate(baseline_errors) ** 2))),
+               "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(baseline_errors ** 2))),
                "post": {p.kind: {"exponent": p.exponent, "coef": p.coef} for p in (models.drop, models.direct) if p},
                "forecast": recommend(models, boot, target, candidates, domain),
                "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates, domain)
@@ -801,7 +781,7 @@ def run(args) -> dict:
 def main(argv=None):
     try:
         return run(parse_args(argv))
-    except FitError as e:
+    except (FitError, train.TrainError) as e:
         sys.exit(f"fit_laws.py: {e}")
 
 

@@ -4,15 +4,14 @@
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M     # forecast check on the pilots
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --holdout_delta 0.05   # ... or without one delta
 
-SPT mixes a small domain corpus D_dom into pretraining as a constant share delta of the tokens,
-repeating it as often as needed. More delta helps the domain until the repeats make the model memorise
-D_dom; then its domain *test* loss stops falling and turns up. Which delta gives the lowest domain test
-loss after finetuning at a budget of T pretraining tokens is what this file forecasts, from a few pilot
-runs (train.py's config.json and log.jsonl) and the finetunes of their checkpoints (finetune.json).
+SPT mixes a small domain corpus D_dom into pretraining as a share delta of the tokens, repeated as often
+as needed: more delta helps the domain until the repeats make the model memorise D_dom and its domain
+*test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and finetunes of their
+checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss after
+finetuning at a budget of T pretraining tokens.
 
-1. The law (PAPER.md). A saturating power law can only fall, so it cannot describe a test loss that
-   turns up. The domain *train* loss, on the very tokens that are repeated, keeps falling; what grows is
-   the train-test *gap*. So the paper models both, as power laws in T with delta-dependent coefficients:
+1. The law (PAPER.md). A saturating power law can only fall, but the domain *train* loss, on the
+   repeated tokens, does keep falling; what grows is the train-test *gap*. So the paper models both:
        L_train(T, d) = A_train T^b_train(d) + C_train(d)      b_x(d) = d b_x_s + (1 - d) b_x_g
        L_gap(T, d)   = A_gap(d) T^b_gap(d)                    A_gap(d) = a1 d^a2 exp(a3 d)
        L_test(T, d)  = L_train(T, d) + L_gap(T, d)            C_train(d) = k0 - k1 log(d + k2) - k3 d
@@ -21,35 +20,33 @@ runs (train.py's config.json and log.jsonl) and the finetunes of their checkpoin
    T is in units of t_scale (the power of ten nearest the largest token count): A_train is shared while
    the exponent varies with delta, so the unit is part of the law.
 
-2. Fitting it: least squares on every eval's domain train and test loss (the paper's objective), inside
-   bounds that encode the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap
-   without domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train >= 0 on
-   [0, 1], imposed by fitting C_train(1) >= 0 in place of k0. That last bound keeps the fit honest on
-   curves that are straight in log T: without it A_train T^b + C with b -> 0 becomes a logarithm in
-   disguise (A_train = 9418 against k0 = -9417 was seen) whose forecasts fall below zero; with it no
-   forecast can. Stage 1 fits each delta on its own (free A_train, C_train, A_gap; linear once the
-   exponents are fixed) to show what A_gap(d) and C_train(d) look like before a form is imposed, and to
-   start stage 2, the joint fit, which also starts from random points. A parameter that ends on its
-   bound is flagged, as is a stage-1 coefficient of the wrong sign by more than 3 standard errors.
-   The baseline, for comparison: per delta, L_test = E + B T^-beta, fitted as the Chinchilla paper does
-   (Huber loss on log loss, summed, from a grid of starts); it can only saturate.
+2. The fit: least squares on every eval's domain train and test loss (the paper's objective) inside
+   bounds with the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap without
+   domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train(1) >= 0, fitted in
+   place of k0, so that C_train >= 0 on [0, 1]: on curves straight in log T, A_train T^b + C with b -> 0
+   would otherwise become a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) whose
+   forecasts fall below zero. Stage 1 fits each delta on its own (A_train, C_train, A_gap: linear for
+   fixed exponents) to show A_gap(d) and C_train(d) before a form is imposed, and to start stage 2, the
+   joint fit, which also starts from random points. Flagged: a parameter on its bound, a stage-1
+   coefficient of the wrong sign by more than 3 standard errors. The baseline, per delta, can only
+   saturate: L_test = E + B T^-beta, fitted as the Chinchilla paper does (Huber loss on log loss).
 
-3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained
-   loss shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a
-   log ratio so that no extrapolation can push a loss below zero), and "direct": the pilots' best
-   post-finetuning losses fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent for all),
-   which can neither go below zero nor turn up. Deltas between the finetuned ones get their coefficients
-   interpolated. POST_FT names the one that recommends, chosen by the forecast checks of the committed
-   studies (results/*/REPORT.md): see the README's "Results at CPU scale" for the numbers.
+3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained loss
+   shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a log
+   ratio so that no extrapolation pushes a loss below zero); and "direct", the pilots' losses after
+   finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go
+   below zero nor turn up. Deltas between finetuned ones get interpolated coefficients. POST_FT, the one
+   that recommends, was chosen by the forecast checks of the committed studies (results/*/REPORT.md; the
+   numbers are in the README's "Results at CPU scale").
 
-4. The forecast check. A forecast counts once it was checked against runs the fit did not see. With
-   --fit_until T0 every model is refitted on the evals and finetunes at T <= T0 (rounded up to a whole
-   step, as train.py places its milestones), with --holdout_delta d without that delta's runs; its
-   forecasts are then compared with what was measured: per delta the error, the rank agreement of
-   forecast and measured (Spearman) and the regret of its recommendation (its measured loss over the best
-   measured, in %). scripts/study.py opens its report with this table.
+4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
+   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py
+   places its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with
+   the measurements: per delta the error, the rank agreement (Spearman) and the regret of the
+   recommendation (its measured loss over the best measured, in %). scripts/study.py's report opens
+   with this table.
 
-5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens, among those
+5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
    inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
    bootstrap intervals (each run's curves plus its own residuals resampled, the finetunes the same way;
    points on a curve are correlated, so the intervals are optimistic) and how often it wins across them.
@@ -61,8 +58,8 @@ import json
 import math
 import os
 import sys
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
@@ -75,6 +72,7 @@ CI_LEVEL = 0.95
 ONSET_HORIZON = 1000.0      # an onset further than this many times the largest fitted T is "none in range"
 HUBER_DELTA = 1e-3          # Chinchilla's Huber threshold on log loss
 NOISE_FLAGS = 3.0           # stage-1 coefficients are flagged only beyond this many standard errors
+RANDOM_STARTS = 7           # of the joint fit, besides the one from stage 1
 
 
 class FitError(Exception):
@@ -111,15 +109,8 @@ class Run:
         return Run(self.path, self.delta, self.tokens[keep], self.train[keep], self.test[keep])
 
 
-@dataclass
-class Finetuned:
-    """One finetuned checkpoint: its pretraining tokens and domain test loss before and after."""
-    path: str
-    delta: float
-    tokens: float
-    before: float
-    after: float
-    general_after: float
+# One finetuned checkpoint: its pretraining tokens, domain test loss before and after, general loss after.
+Finetuned = namedtuple("Finetuned", "path delta tokens before after general_after")
 
 
 def read_json(path: str) -> dict:
@@ -147,16 +138,12 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
         config = read_json(config_path)
         this = {k: field(config, k, config_path) for k in ("dataset_id", "model_config", "domain_train_tokens")}
         this["tokens_per_step"] = field(config, "batch_size", config_path) * this["model_config"]["seq_len"]
-        if setting is None:
-            setting = this
+        setting = setting or this
         for key in this:
             if this[key] != setting[key]:
                 raise FitError(f"{run_dir} and {run_dirs[0]} differ in {key}: one law describes one dataset and "
                                f"one model shape; fit them separately")
-        try:
-            log = train.read_log(os.path.join(run_dir, "log.jsonl"))
-        except train.TrainError as e:
-            raise FitError(str(e)) from None
+        log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         points = [by_step[s] for s in sorted(by_step) if by_step[s]["tokens"] > max(0.0, min_tokens)]
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
@@ -191,8 +178,8 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
             raise FitError(f"{file} replayed general data: fit one finetuning recipe at a time")
         best = field(ft, "best", file)
         if best is None or ft["pretrain_tokens"] <= 0:
-            warn(f"{file}: skipped ({'no finished configuration' if best is None else 'a checkpoint at 0 tokens'})",
-                 warnings)
+            why = "no finished configuration" if best is None else "a checkpoint at 0 tokens"
+            warn(f"{file}: skipped ({why})", warnings)
             continue
         if best.get("converged") is False:
             warn(f"{file}: its best configuration was still improving when its epochs ran out (unconverged): "
@@ -204,22 +191,9 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The paper's law
+# 2. The paper's law, and how it is fitted
 
-class Params(NamedTuple):
-    A_train: float
-    b_train_s: float
-    b_train_g: float
-    b_gap_s: float
-    b_gap_g: float
-    a1: float
-    a2: float
-    a3: float
-    k0: float
-    k1: float
-    k2: float
-    k3: float
-
+Params = namedtuple("Params", "A_train b_train_s b_train_g b_gap_s b_gap_g a1 a2 a3 k0 k1 k2 k3")  # docstring, 1.
 
 # Bounds of the fitted vector: the paper's Params, except that slot k0 holds C_train(1) >= 0 (see to_params).
 LOWER = Params(0.0, -3.0, -3.0, 0.0, -3.0, 0.0, 0.01, -50.0, 0.0, 0.0, 1e-4, 0.0)
@@ -239,8 +213,7 @@ def to_vector(p: Params) -> np.ndarray:
 
 def law(p: Params, t, d):
     """(domain train loss, train-test gap) at t = tokens / t_scale and domain fraction d."""
-    b_train = d * p.b_train_s + (1 - d) * p.b_train_g
-    b_gap = d * p.b_gap_s + (1 - d) * p.b_gap_g
+    b_train, b_gap = d * p.b_train_s + (1 - d) * p.b_train_g, d * p.b_gap_s + (1 - d) * p.b_gap_g
     c_train = p.k0 - p.k1 * np.log(d + p.k2) - p.k3 * d
     return p.A_train * t ** b_train + c_train, p.a1 * d ** p.a2 * np.exp(p.a3 * d) * t ** b_gap
 
@@ -271,16 +244,10 @@ class Law:
         return train_loss + gap
 
 
-def stacked(runs: list[Run], t_scale: float) -> dict:
-    return {"t": np.concatenate([r.tokens for r in runs]) / t_scale,
-            "d": np.concatenate([np.full(len(r.tokens), r.delta) for r in runs]),
-            "train": np.concatenate([r.train for r in runs]), "test": np.concatenate([r.test for r in runs])}
-
-
-def per_delta_fit(exponents, pts: dict):
-    """Stage 1 given the exponent endpoints: each delta's A_train, C_train and A_gap by linear least
-    squares, with their standard errors. Returns (residuals, rows)."""
-    b_train_s, b_train_g, b_gap_s, b_gap_g = exponents
+def per_delta_fit(endpoints, pts: dict):
+    """Stage 1 given the exponents' endpoints (b_train_s, b_train_g, b_gap_s, b_gap_g): each delta's
+    A_train, C_train and A_gap by linear least squares, with their standard errors. Returns (residuals, rows)."""
+    b_train_s, b_train_g, b_gap_s, b_gap_g = endpoints
     residuals, rows = [], []
     for delta in np.unique(pts["d"]):
         m = pts["d"] == delta
@@ -299,15 +266,7 @@ def per_delta_fit(exponents, pts: dict):
     return np.concatenate(residuals), rows
 
 
-def stage1(pts: dict) -> tuple[np.ndarray, list]:
-    lo, hi = np.array(LOWER[1:5]), np.array(UPPER[1:5])
-    best = min((optimize.least_squares(lambda e: per_delta_fit(e, pts)[0], x0, bounds=(lo, hi))
-                for x0 in ([-0.5, -0.3, 0.5, -0.1], [-0.2, -0.2, 1.0, -0.01], [-1.0, -0.5, 2.0, -0.5])),
-               key=lambda res: res.cost)
-    return best.x, per_delta_fit(best.x, pts)[1]
-
-
-def initial_params(exponents, rows) -> np.ndarray:
+def initial_params(endpoints, rows) -> np.ndarray:
     """A start for the joint fit from stage 1: the gamma kernel fitted to the positive A_gap's in log
     space (log A_gap = log a1 + a2 log d + a3 d is linear), the log-linear floor to the C_train's (linear
     for each k2 of a scan)."""
@@ -316,15 +275,15 @@ def initial_params(exponents, rows) -> np.ndarray:
     ok = (d > 0) & (a_gap > 0)
     a1, a2, a3 = 1e-2, 1.0, 0.0
     if ok.sum() >= 3:
-        c = np.linalg.lstsq(np.column_stack([np.ones(ok.sum()), np.log(d[ok]), d[ok]]), np.log(a_gap[ok]), rcond=None)[0]
+        design = np.column_stack([np.ones(ok.sum()), np.log(d[ok]), d[ok]])
+        c = np.linalg.lstsq(design, np.log(a_gap[ok]), rcond=None)[0]
         a1, a2, a3 = math.exp(c[0]), c[1], c[2]
-    floor = min((np.linalg.lstsq(np.column_stack([np.ones_like(d), -np.log(d + k2), -d]), c_train, rcond=None)[0].tolist()
-                 + [k2] for k2 in np.logspace(-4, 0, 17)),
-                key=lambda k: np.sum((k[0] - k[1] * np.log(d + k[3]) - k[2] * d - c_train) ** 2))
-    k0, k1, k3, k2 = floor
+    floors = (np.linalg.lstsq(np.column_stack([np.ones_like(d), -np.log(d + k2), -d]), c_train, rcond=None)[0].tolist()
+              + [k2] for k2 in np.logspace(-4, 0, 17))
+    k0, k1, k3, k2 = min(floors, key=lambda k: np.sum((k[0] - k[1] * np.log(d + k[3]) - k[2] * d - c_train) ** 2))
     a_train = [r["A_train"] for r in rows if r["A_train"] > 0]
-    p = Params(float(np.median(a_train)) if a_train else 1.0, *exponents, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))
-    return inside(to_vector(p))
+    a_train = float(np.median(a_train)) if a_train else 1.0
+    return inside(to_vector(Params(a_train, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))))
 
 
 def inside(x: np.ndarray) -> np.ndarray:
@@ -332,45 +291,6 @@ def inside(x: np.ndarray) -> np.ndarray:
     lo, hi = np.array(LOWER), np.array(UPPER)
     margin = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
     return np.clip(x, lo + margin, hi - margin)
-
-
-def jacobians(x: np.ndarray, t, d):
-    """d(train)/dx and d(gap)/dx, (points, 12) each: exact derivatives make the joint fit fast."""
-    p = to_params(x)
-    gap = law(p, t, d)[1]
-    b_train, b_gap = d * p.b_train_s + (1 - d) * p.b_train_g, d * p.b_gap_s + (1 - d) * p.b_gap_g
-    log_t, power_train = np.log(t), t ** b_train
-    one, zero = np.ones_like(t), np.zeros_like(t)
-    j_train = [power_train, p.A_train * power_train * log_t * d, p.A_train * power_train * log_t * (1 - d),
-               zero, zero, zero, zero, zero, one, np.log(1 + p.k2) - np.log(d + p.k2),
-               p.k1 / (1 + p.k2) - p.k1 / (d + p.k2), 1 - d]
-    j_gap = [zero, zero, zero, gap * log_t * d, gap * log_t * (1 - d), gap / p.a1 if p.a1 else zero,
-             gap * np.log(np.where(d > 0, d, 1.0)), gap * d, zero, zero, zero, zero]
-    return np.stack(np.broadcast_arrays(*j_train), axis=1), np.stack(np.broadcast_arrays(*j_gap), axis=1)
-
-
-def joint_fit(pts: dict, starts: list) -> tuple[np.ndarray, float]:
-    """Stage 2: least squares on train and test loss from every start; the lowest cost wins."""
-    target = np.concatenate([pts["train"], pts["test"]])
-
-    def residuals(x):
-        train_loss, gap = law(to_params(x), pts["t"], pts["d"])
-        return np.concatenate([train_loss, train_loss + gap]) - target
-
-    def jacobian(x):
-        j_train, j_gap = jacobians(x, pts["t"], pts["d"])
-        return np.vstack([j_train, j_train + j_gap])
-
-    best = None
-    with np.errstate(all="ignore"):
-        for x0 in starts:
-            res = optimize.least_squares(residuals, x0, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
-                                         max_nfev=3000)
-            if np.isfinite(res.cost) and (best is None or res.cost < best.cost):
-                best = res
-    if best is None:
-        raise FitError("the law's fit failed from every starting point: check the runs' losses")
-    return best.x, math.sqrt(2 * best.cost / len(target))
 
 
 def random_start(rng, x0: np.ndarray) -> np.ndarray:
@@ -381,22 +301,55 @@ def random_start(rng, x0: np.ndarray) -> np.ndarray:
     return inside(x)
 
 
-def fit_law(runs: list[Run], t_scale: float, seed: int = 0, starts: int = 8, x0=None) -> Law:
-    """The paper's law on `runs` (stage 1, then the joint fit). x0: one start only (the bootstrap)."""
-    pts = stacked(runs, t_scale)
-    exponents, rows = stage1(pts)
+def jacobians(x: np.ndarray, t, d):
+    """d(train)/dx and d(gap)/dx, (points, 12) each: exact derivatives make the joint fit fast."""
+    p = to_params(x)
+    gap = law(p, t, d)[1]
+    log_t, power_train = np.log(t), t ** (d * p.b_train_s + (1 - d) * p.b_train_g)
+    one, zero = np.ones_like(t), np.zeros_like(t)
+    j_train = [power_train, p.A_train * power_train * log_t * d, p.A_train * power_train * log_t * (1 - d),
+               zero, zero, zero, zero, zero, one, np.log(1 + p.k2) - np.log(d + p.k2),
+               p.k1 / (1 + p.k2) - p.k1 / (d + p.k2), 1 - d]
+    j_gap = [zero, zero, zero, gap * log_t * d, gap * log_t * (1 - d), gap / p.a1 if p.a1 else zero,
+             gap * np.log(np.where(d > 0, d, 1.0)), gap * d, zero, zero, zero, zero]
+    return np.stack(np.broadcast_arrays(*j_train), axis=1), np.stack(np.broadcast_arrays(*j_gap), axis=1)
+
+
+def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
+    """The paper's law on `runs`: stage 1 (each delta on its own), then stage 2, least squares on train and
+    test loss from stage 1's start and random ones (or from x0 alone: the bootstrap starts from the fit)."""
+    pts = {"t": np.concatenate([r.tokens for r in runs]) / t_scale,
+           "d": np.concatenate([np.full(len(r.tokens), r.delta) for r in runs]),
+           "train": np.concatenate([r.train for r in runs]), "test": np.concatenate([r.test for r in runs])}
+    stage1 = min((optimize.least_squares(lambda e: per_delta_fit(e, pts)[0], s, bounds=(LOWER[1:5], UPPER[1:5]))
+                  for s in ([-0.5, -0.3, 0.5, -0.1], [-0.2, -0.2, 1.0, -0.01], [-1.0, -0.5, 2.0, -0.5])),
+                 key=lambda res: res.cost)
+    rows = per_delta_fit(stage1.x, pts)[1]
     if x0 is None:
-        init = initial_params(exponents, rows)
-        rng = np.random.default_rng(seed)
-        x0 = [init] + [random_start(rng, init) for _ in range(starts - 1)]
-    else:
-        x0 = [x0]
-    x, rmse = joint_fit(pts, x0)
-    p, deltas = to_params(x), sorted({r.delta for r in runs})
-    return Law(p, t_scale, deltas, float(pts["t"].max() * t_scale), rmse, rows, flags_of(x, rows, deltas))
+        init, rng = initial_params(stage1.x, rows), np.random.default_rng(seed)
+        starts = [init] + [random_start(rng, init) for _ in range(RANDOM_STARTS)]
+    target = np.concatenate([pts["train"], pts["test"]])
+
+    def residuals(x):
+        train_loss, gap = law(to_params(x), pts["t"], pts["d"])
+        return np.concatenate([train_loss, train_loss + gap]) - target
+
+    def jacobian(x):
+        j_train, j_gap = jacobians(x, pts["t"], pts["d"])
+        return np.vstack([j_train, j_train + j_gap])
+
+    with np.errstate(all="ignore"):
+        fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
+                                       max_nfev=3000) for s in (starts if x0 is None else [x0])]
+    fits = [res for res in fits if np.isfinite(res.cost)]
+    if not fits:
+        raise FitError("the law's fit failed from every starting point: check the runs' losses")
+    best = min(fits, key=lambda res: res.cost)  # the first of equals, as the starts come
+    return Law(to_params(best.x), t_scale, sorted({r.delta for r in runs}), float(pts["t"].max() * t_scale),
+               math.sqrt(2 * best.cost / len(target)), rows, flags_of(best.x, rows))
 
 
-def flags_of(x: np.ndarray, rows: list, deltas: list) -> list[str]:
+def flags_of(x: np.ndarray, rows: list) -> list[str]:
     """What the fit says about the law's assumptions: bounds reached, significant stage-1 surprises."""
     why = {"b_train_s": "train loss that does not fall with pure domain data", "b_train_g": "train loss that does "
            "not fall with general data", "b_gap_s": "a gap that does not grow (b_gap_s at 0)",
@@ -404,10 +357,8 @@ def flags_of(x: np.ndarray, rows: list, deltas: list) -> list[str]:
            "a2": "A_gap(d) barely vanishes at d = 0 (a2 at its lower bound)", "k1": "C_train(d) flat near d = 0",
            "k2": "a log singularity of C_train at d = 0 (k2 at its lower bound)", "k0": "C_train(1) = 0: a floor "
            "of zero loss with pure domain data", "k3": "C_train(d) not linear in d (k3 = 0)"}
-    names = Params._fields
-    flags = [why.get(names[i], f"{names[i]} at its bound") for i in range(len(x))
-             if (x[i] - LOWER[i] < 1e-5 * (1 + abs(LOWER[i])) or UPPER[i] - x[i] < 1e-5 * (1 + abs(UPPER[i])))
-             and names[i] in why]
+    flags = [why[name] for name, v, lo, hi in zip(Params._fields, x, LOWER, UPPER)
+             if name in why and (v - lo < 1e-5 * (1 + abs(lo)) or hi - v < 1e-5 * (1 + abs(hi)))]
     for r in rows:
         if r["delta"] > 0 and r["A_gap"] < -NOISE_FLAGS * r["A_gap_stderr"]:
             flags.append(f"stage 1: delta {r['delta']:g} has a significantly negative gap (test below train)")
@@ -416,7 +367,6 @@ def flags_of(x: np.ndarray, rows: list, deltas: list) -> list[str]:
     return flags
 
 
-# ---------------------------------------------------------------------------------------------
 # The baseline: a saturating power law per delta
 
 def fit_saturating(x: np.ndarray, y: np.ndarray) -> dict:
@@ -447,22 +397,13 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
     return e + np.exp(log_b - beta * np.log(np.asarray(tokens, dtype=float) / t_scale))
 
 
-def fit_baseline(runs: list[Run], t_scale: float) -> dict:
-    return {d: fit_saturating(np.concatenate([r.tokens for r in runs if r.delta == d]) / t_scale,
-                              np.concatenate([r.test for r in runs if r.delta == d]))
-            for d in sorted({r.delta for r in runs})}
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. After finetuning
 
 @dataclass
 class PostFT:
-    """A fitted curve per finetuned delta in units of t_scale, with one exponent shared by all:
-    "drop": how much finetuning takes off, as a log ratio log(before / after) = a_d x^b + c_d, so a
-    forecast `before * exp(-drop)` is positive whatever the extrapolation; "direct": the best loss after
-    finetuning itself, E_d + B_d x^-b with E_d, B_d >= 0, which never rises or goes below zero. Deltas
-    between the finetuned ones get their coefficients interpolated linearly."""
+    """Per finetuned delta, with one exponent for all (docstring, part 3): "drop", log(before / after) =
+    a_d x^b + c_d, or "direct", the loss after finetuning E_d + B_d x^-b; x = tokens / t_scale."""
     kind: str
     exponent: float
     coef: dict  # delta -> (a, c) or (E, B)
@@ -495,8 +436,8 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
         return float(np.sum((design @ coef - y) ** 2)), coef
 
     i = int(np.argmin([solve(g)[0] for g in grid]))
-    b = optimize.minimize_scalar(lambda g: solve(g)[0], bounds=(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]),
-                                 method="bounded").x
+    cell = (grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)])
+    b = optimize.minimize_scalar(lambda g: solve(g)[0], bounds=cell, method="bounded").x
     coef, n = solve(b)[1], len(deltas)
     return PostFT(kind, float(b), {d: (coef[j], coef[n + j]) for j, d in enumerate(deltas)}, t_scale)
 
@@ -504,11 +445,14 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 # ---------------------------------------------------------------------------------------------
 # 4. Forecasts: every model fitted on the same data, the forecast check and the recommendation
 
+AFTER = ("after_law", "after_baseline", "after_direct")
+
+
 @dataclass
 class Models:
     law: Law
     baseline: dict
-    drop: PostFT | None
+    drop: PostFT | None  # both None without finetunes
     direct: PostFT | None
 
     def forecast(self, tokens: float, delta: float) -> dict:
@@ -522,38 +466,33 @@ class Models:
         return out
 
 
-AFTER = ("after_law", "after_baseline", "after_direct")
-
-
-def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: int) -> Models:
+def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: int, x0=None) -> Models:
     if points and len({p.tokens for p in points}) < 3:
         raise FitError("the forecast after finetuning needs finetuned checkpoints at 3 or more pretraining token "
                        "counts: finetune more milestones")
-    return Models(fit_law(runs, t_scale, seed), fit_baseline(runs, t_scale),
-                  *((fit_post_ft(points, "drop", t_scale), fit_post_ft(points, "direct", t_scale)) if points else (None, None)))
-
-
-def spearman(a, b) -> float | None:
-    return float(stats.spearmanr(a, b).statistic) if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0 else None
+    baseline = {d: fit_saturating(np.concatenate([r.tokens for r in runs if r.delta == d]) / t_scale,
+                                  np.concatenate([r.test for r in runs if r.delta == d]))
+                for d in sorted({r.delta for r in runs})}
+    return Models(fit_law(runs, t_scale, seed, x0), baseline,
+                  *(fit_post_ft(points, kind, t_scale) if points else None for kind in ("drop", "direct")))
 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
-    """Refits on residual-resampled data: every run's fitted curves plus its own residuals drawn with
-    replacement, and the finetuned losses the same way around the direct fit; every law refit starts
-    from the fit itself."""
+    """Refits on every run's fitted curves plus its own residuals drawn with replacement, and on the finetuned
+    losses the same way around the direct fit; every law refit starts from the fit itself."""
     rng, boot, t_scale = np.random.default_rng(seed + 1), [], models.law.t_scale
-    fitted = [law(models.law.params, r.tokens / t_scale, r.delta) for r in runs]
-    after = np.array([models.direct(p.tokens, p.delta) for p in points]) if points else np.zeros(0)
+    curves = []  # per run, (fitted, residuals) of its train and of its test loss
+    for r in runs:
+        train_fit, gap_fit = law(models.law.params, r.tokens / t_scale, r.delta)
+        curves.append([(train_fit, r.train - train_fit), (train_fit + gap_fit, r.test - train_fit - gap_fit)])
+    after = np.array([float(models.direct(p.tokens, p.delta)) for p in points])
     noise = np.array([p.after for p in points]) - after
     for _ in range(n):
-        resampled = [Run(r.path, r.delta, r.tokens, train_fit + (r.train - train_fit)[rng.integers(0, len(r.tokens), len(r.tokens))],
-                         train_fit + gap_fit + (r.test - train_fit - gap_fit)[rng.integers(0, len(r.tokens), len(r.tokens))])
-                     for r, (train_fit, gap_fit) in zip(runs, fitted)]
-        shifted = [Finetuned(p.path, p.delta, p.tokens, p.before, a + e, p.general_after)
+        resampled = [Run(r.path, r.delta, r.tokens, *(fit + res[rng.integers(0, len(res), len(res))] for fit, res in c))
+                     for r, c in zip(runs, curves)]
+        shifted = [p._replace(after=a + e)
                    for p, a, e in zip(points, after, rng.choice(noise, len(points)) if points else [])]
-        boot.append(Models(fit_law(resampled, t_scale, x0=inside(to_vector(models.law.params))), fit_baseline(resampled, t_scale),
-                           *((fit_post_ft(shifted, "drop", t_scale), fit_post_ft(shifted, "direct", t_scale))
-                             if points else (None, None))))
+        boot.append(fit_models(resampled, shifted, t_scale, seed, x0=inside(to_vector(models.law.params))))
     return boot
 
 
@@ -561,13 +500,15 @@ def interval(values) -> list[float]:
     return np.percentile(values, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)]).tolist()
 
 
-def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scale: float, n_boot: int, seed: int) -> dict:
+def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scale: float, n_boot: int,
+                   seed: int) -> dict:
     """Refit everything without what the check scores (evals and finetunes beyond fit_until, and the runs
     of the held-out delta) and compare its forecasts with each finetuned budget it did not see."""
     seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
     budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
-        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
+        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of "
+                       "--holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
     cut_runs = [r.until(fit_until) for r in runs if r.delta != holdout]
@@ -581,18 +522,22 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
             measured = {k: p.after if k in AFTER else p.before for k in f}
             rows.append({"delta": p.delta, "measured_before": p.before, "measured_after": p.after, "forecast": f,
                          "error_pct": {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()},
-                         "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f} if boot else {}})
+                         "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f}
+                         if boot else {}})
         best = min(rows, key=lambda r: r["measured_after"])
+        measured, lowest = [r["measured_after"] for r in rows], best["measured_after"]
         summary = {}
         for key in AFTER:
-            pick = min(rows, key=lambda r: r["forecast"][key])
-            summary[key] = {"spearman": spearman([r["forecast"][key] for r in rows], [r["measured_after"] for r in rows]),
+            pick, forecast = min(rows, key=lambda r: r["forecast"][key]), [r["forecast"][key] for r in rows]
+            ranks = len(rows) >= 3 and np.ptp(forecast) > 0 and np.ptp(measured) > 0
+            summary[key] = {"spearman": float(stats.spearmanr(forecast, measured).statistic) if ranks else None,
                             "recommended": pick["delta"],
-                            "regret_pct": 100 * (pick["measured_after"] - best["measured_after"]) / best["measured_after"],
+                            "regret_pct": 100 * (pick["measured_after"] - lowest) / lowest,
                             "max_abs_error_pct": max(abs(r["error_pct"][key]) for r in rows)}
         checks.append({"tokens": budget, "rows": rows, "summary": summary, "best_measured": best["delta"]})
-    return {"fit_until": fit_until if fit_until < math.inf else None, "holdout_delta": holdout,
-            "scope": " and ".join(([f"T <= {approx(fit_until)}"] if fit_until < math.inf else [])
+    cut = fit_until < math.inf
+    return {"fit_until": fit_until if cut else None, "holdout_delta": holdout,
+            "scope": " and ".join(([f"T <= {approx(fit_until)}"] if cut else [])
                                   + ([f"without delta {holdout:g}"] if holdout is not None else [])),
             "pilot_budgets": sorted({p.tokens for p in seen}),
             "law_rmse": models.law.rmse, "law_flags": models.law.flags, "budgets": checks}
@@ -601,34 +546,34 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
 def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int) -> dict:
     """Every candidate's forecasts at the target; the best inside the fitted deltas by POST_FT (the
     pretrained test loss by the law when no finetunes were given)."""
-    key = POST_FT if models.drop else "law"
-    lo, hi = min(models.law.deltas), max(models.law.deltas)
-    rows = [{"delta": d, "repeats": target * d / domain_tokens, "trained": d in models.law.deltas,
-             "inside": lo <= d <= hi, "onset": onset(models.law.params, d, models.law.t_scale, models.law.max_tokens),
-             **models.forecast(target, d)} for d in candidates]
-    inside = [r for r in rows if r["inside"]]
-    if not inside:
-        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates there")
+    key, fit = POST_FT if models.drop else "law", models.law
+    lo, hi = min(fit.deltas), max(fit.deltas)
+    rows = [{"delta": d, "repeats": target * d / domain_tokens, "trained": d in fit.deltas, "inside": lo <= d <= hi,
+             "onset": onset(fit.params, d, fit.t_scale, fit.max_tokens), **models.forecast(target, d)}
+            for d in candidates]
+    eligible = [r for r in rows if r["inside"]]
+    if not eligible:
+        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates "
+                       f"there")
     if boot:
         samples = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot])
-        wins = np.bincount(np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1), minlength=len(rows))
+        best = np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1)  # per bootstrap refit
+        wins = np.bincount(best, minlength=len(rows))
         for r, column, w in zip(rows, samples.T, wins):
             r.update(interval=interval(column), wins=w / len(boot))
-    return {"target_tokens": target, "by": key, "rows": rows, "recommended": min(inside, key=lambda r: r[key])}
-
-
-def best_by_budget(models: Models, candidates: list[float], budgets) -> list[dict]:
-    """The recommended delta as the budget grows."""
-    key = POST_FT if models.drop else "law"
-    inside = [d for d in candidates if min(models.law.deltas) <= d <= max(models.law.deltas)]
-    return [{"tokens": float(t), "delta": min(inside, key=lambda d: models.forecast(t, d)[key])} for t in budgets]
+    return {"target_tokens": target, "by": key, "rows": rows, "recommended": min(eligible, key=lambda r: r[key])}
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. Report and plots
 
-LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - drop", "after_baseline": "saturating - drop",
-         "after_direct": "direct"}
+LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - drop",
+         "after_baseline": "saturating - drop", "after_direct": "direct"}
+
+
+def aligned(rows: list[list], widths: list[int], indent: str) -> list[str]:
+    """A table's rows, each cell right-aligned in its column."""
+    return [indent + " ".join(f"{cell:>{w}}" for cell, w in zip(row, widths)) for row in rows]
 
 
 def check_lines(check: dict) -> list[str]:
@@ -636,60 +581,67 @@ def check_lines(check: dict) -> list[str]:
              f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
     for b in check["budgets"]:
         keys = list(b["rows"][0]["forecast"])
-        lines += [f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
-                  f"error %) and before:",
-                  "    " + f"{'delta':>6} {'after':>7} " + " ".join(f"{LABEL[k]:>17}" for k in keys if k in AFTER)
-                  + f" {'before':>7} " + " ".join(f"{LABEL[k]:>17}" for k in keys if k not in AFTER)]
+        after, before = [k for k in keys if k in AFTER], [k for k in keys if k not in AFTER]
+        table = [["delta", "after", *(LABEL[k] for k in after), "before", *(LABEL[k] for k in before)]]
         for r in b["rows"]:
             cell = {k: f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f})" for k in keys}
-            lines.append("    " + f"{r['delta']:6g} {r['measured_after']:7.4f} " + " ".join(f"{cell[k]:>17}" for k in keys if k in AFTER)
-                         + f" {r['measured_before']:7.4f} " + " ".join(f"{cell[k]:>17}" for k in keys if k not in AFTER))
+            table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in after),
+                          f"{r['measured_before']:.4f}", *(cell[k] for k in before)])
+        lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
+                     f"error %) and before:")
+        lines += aligned(table, [6, 7] + [17] * len(after) + [7] + [17] * len(before), "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
-            lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured {b['best_measured']:g}), "
-                         f"regret {s['regret_pct']:.2f}%, Spearman {rho}, largest error {s['max_abs_error_pct']:.2f}%")
+            lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured "
+                         f"{b['best_measured']:g}), regret {s['regret_pct']:.2f}%, Spearman {rho}, "
+                         f"largest error {s['max_abs_error_pct']:.2f}%")
     return lines
 
 
 def format_report(results: dict) -> str:
     law, fc = results["law"], results["forecast"]
     lines = check_lines(results["check"]) + [""] if results.get("check") else []
-    lines += [f"The paper's law ({len(results['runs'])} runs, deltas {law['deltas']}; T in units of {law['t_scale']:.0e} "
-              f"tokens): RMSE {law['rmse']:.4f} on domain train and test loss (the saturating baseline, per delta, on "
-              f"test loss: {results['baseline_rmse']:.4f})", f"  {'param':<10}{'value':>11}   {CI_LEVEL:.0%} interval"]
+    lines += [f"The paper's law ({len(results['runs'])} runs, deltas {law['deltas']}; T in units of "
+              f"{law['t_scale']:.0e} tokens): RMSE {law['rmse']:.4f} on domain train and test loss (the saturating "
+              f"baseline, per delta, on test loss: {results['baseline_rmse']:.4f})",
+              f"  {'param':<10}{'value':>11}   {CI_LEVEL:.0%} interval"]
     for name, value in law["params"].items():
         ci = law["interval"].get(name)
         lines.append(f"  {name:<10}{value:11.4g}   " + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-"))
     lines += ["  flags: " + ("none" if not law["flags"] else "; ".join(law["flags"])),
               "  stage 1, each delta on its own:  delta  A_train  C_train  A_gap (+- stderr)"]
-    lines += [f"    {r['delta']:8g} {r['A_train']:8.4g} {r['C_train']:8.4g} {r['A_gap']:8.4g} (+- {r['A_gap_stderr']:.2g})"
-              for r in law["stage1"]]
+    lines += [f"    {r['delta']:8g} {r['A_train']:8.4g} {r['C_train']:8.4g} {r['A_gap']:8.4g} "
+              f"(+- {r['A_gap_stderr']:.2g})" for r in law["stage1"]]
     for kind, post in results["post"].items():
         lines.append(f"  after finetuning, {kind}: exponent {post['exponent']:.3g}, per delta "
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
-    lines += [f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
-              f"recommended by {LABEL[fc['by']]}):", "  " + f"{'delta':>7} {'repeats':>8} " + " ".join(
-                  f"{LABEL[k]:>17}" for k in fc["rows"][0] if k in LABEL) + f" {'interval':>17} {'wins':>5} {'onset':>7}"]
+    keys = [k for k in fc["rows"][0] if k in LABEL]
+    table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "wins", "onset"]]
     for r in fc["rows"]:
-        ci = f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-"
-        lines.append("  " + f"{r['delta']:7g} {r['repeats']:8.3g} " + " ".join(f"{r[k]:17.4f}" for k in r if k in LABEL)
-                     + f" {ci:>17} {r.get('wins', 0):5.0%} {approx(r['onset']) if r['onset'] else '-':>7}"
-                     + ("" if r["trained"] else "  untrained" if r["inside"] else "  outside the fitted deltas: not recommended"))
+        table.append([f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
+                      f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
+                      f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"])
+    notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else
+                    "  outside the fitted deltas: not recommended" for r in fc["rows"]]
+    lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
+                 f"recommended by {LABEL[fc['by']]}):")
+    lines += [row + note for row, note in zip(aligned(table, [7, 8] + [17] * len(keys) + [17, 5, 7], "  "), notes)]
     best = fc["recommended"]
     lines.append(f"Recommended domain_frac: {best['delta']:g} ({best['repeats']:.3g} repeats of D_dom)")
     return "\n".join(lines + [f"warning: {w}" for w in results["warnings"]])
 
 
-def bars(y, ci):
-    """Error bars from an interval (a bootstrap interval need not contain the point fit)."""
-    return np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None)
+def errorbars(ax, x, y, ci, **style):
+    """Points with their intervals (a bootstrap interval need not contain the point fit: clipped at 0)."""
+    y, ci = np.asarray(y), np.asarray(ci)
+    ax.errorbar(x, y, yerr=np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None), capsize=3, **style)
 
 
 def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    paths = []
+    fc, fit, paths = results["forecast"], models.law, []
 
     def save(fig, name):
         fig.tight_layout()
@@ -698,10 +650,9 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         paths.append(stem + name)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    deltas, fc = models.law.deltas, results["forecast"]
-    grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], models.law.max_tokens), 200)
-    for d, color in zip(deltas, plt.cm.viridis(np.linspace(0, 0.9, len(deltas)))):
-        train_loss, gap = law(models.law.params, grid / models.law.t_scale, d)
+    grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], fit.max_tokens), 200)
+    for d, color in zip(fit.deltas, plt.cm.viridis(np.linspace(0, 0.9, len(fit.deltas)))):
+        train_loss, gap = law(fit.params, grid / fit.t_scale, d)
         for ax, y in zip(axes, (train_loss, gap, train_loss + gap)):
             ax.plot(grid, y, color=color, label=f"delta {d:g}")
         for r in (r for r in runs if r.delta == d):
@@ -715,21 +666,19 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     if results.get("check"):
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
         for b in results["check"]["budgets"]:
+            measured = [r["measured_after"] for r in b["rows"]]
             for key, marker in zip(AFTER, "s^o"):
-                measured = np.array([r["measured_after"] for r in b["rows"]])
-                forecast = np.array([r["forecast"][key] for r in b["rows"]])
-                ci = np.array([r["interval"].get(key, [f, f]) for r, f in zip(b["rows"], forecast)])
-                ax.errorbar(measured, forecast, yerr=bars(forecast, ci), fmt=marker, capsize=3,
-                            label=f"{LABEL[key]} at {approx(b['tokens'])}")
+                forecast = [r["forecast"][key] for r in b["rows"]]
+                errorbars(ax, measured, forecast, [r["interval"].get(key, [f, f]) for r, f in zip(b["rows"], forecast)],
+                          fmt=marker, label=f"{LABEL[key]} at {approx(b['tokens'])}")
             for r in b["rows"]:
-                ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][POST_FT]), fontsize=7, xytext=(4, -8),
-                            textcoords="offset points")
+                ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][POST_FT]), fontsize=7,
+                            xytext=(4, -8), textcoords="offset points")
         lims = np.array(ax.get_xlim())
         ax.plot(lims, lims, "k-", lw=0.8, label="forecast = measured")
         ax.fill_between(lims, lims * 0.99, lims * 1.01, color="gray", alpha=0.25, label="within 1%")
         ax.set(xlabel="measured domain test loss after finetuning", ylabel="forecast from the pilots alone",
-               title=f"forecast check: fitted on {results['check']['scope']} "
-                     f"({CI_LEVEL:.0%} intervals)")
+               title=f"forecast check: fitted on {results['check']['scope']} ({CI_LEVEL:.0%} intervals)")
         ax.legend(fontsize=7)
         save(fig, "_check.png")
 
@@ -737,19 +686,20 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     for trained, marker in ((True, "o"), (False, "^")):
         pick = [r for r in fc["rows"] if r["trained"] == trained]
         if pick:
-            y = np.array([r[fc["by"]] for r in pick])
-            ci = np.array([r.get("interval", [v, v]) for r, v in zip(pick, y)])
-            ax.errorbar([r["delta"] for r in pick], y, yerr=bars(y, ci), fmt=marker, capsize=3,
-                        mfc=None if trained else "none", label="trained deltas" if trained else "untrained candidates")
+            y = [r[fc["by"]] for r in pick]
+            errorbars(ax, [r["delta"] for r in pick], y, [r.get("interval", [v, v]) for r, v in zip(pick, y)],
+                      fmt=marker, mfc=None if trained else "none",
+                      label="trained deltas" if trained else "untrained candidates")
     ax.plot(fc["recommended"]["delta"], fc["recommended"][fc["by"]], "r*", ms=14, label="recommended")
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set(xlabel="domain_frac (symlog axis)", ylabel=f"forecast domain test loss ({LABEL[fc['by']]})",
            title=f"forecast at {approx(fc['target_tokens'])} tokens ({CI_LEVEL:.0%} intervals)")
     ax.legend(fontsize=8)
     budget = results["best_by_budget"]
-    ax2.plot([b["tokens"] for b in budget], [b["delta"] for b in budget], "o-", label=f"best domain_frac ({LABEL[fc['by']]})")
-    ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac", title="best domain_frac by budget",
-            ylim=(0, 1.1 * max(r["delta"] for r in fc["rows"] if r["inside"])))  # the candidates' range
+    ax2.plot([b["tokens"] for b in budget], [b["delta"] for b in budget], "o-",
+             label=f"best domain_frac ({LABEL[fc['by']]})")
+    ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac",
+            title="best domain_frac by budget", ylim=(0, 1.1 * max(r["delta"] for r in fc["rows"] if r["inside"])))
     ax2.legend(fontsize=8)
     save(fig, "_recommendation.png")
     return paths
@@ -768,17 +718,18 @@ def fractions(text: str) -> list[float]:
 def parse_args(argv):
     p = data.ArgumentParser(prog="fit_laws.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="pretraining run folders (train.py --out_dir)")
-    p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py output folders of their checkpoints")
-    p.add_argument("--target_tokens", type=data.token_count, default=None,
+    p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py folders of their checkpoints")
+    p.add_argument("--target_tokens", type=data.token_count,
                    help="budget to recommend a domain_frac for, e.g. 40M (default: the largest fitted)")
-    p.add_argument("--candidates", type=fractions, default=None,
+    p.add_argument("--candidates", type=fractions,
                    help="domain_frac values to compare, e.g. 0,0.01,0.05 (default: the runs' own)")
-    p.add_argument("--fit_until", type=data.token_count, default=None,
+    p.add_argument("--fit_until", type=data.token_count,
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
-    p.add_argument("--holdout_delta", type=float, default=None,
+    p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
-    p.add_argument("--bootstrap", type=train.integer, default=20, help="residual-bootstrap refits for intervals (0: none)")
+    p.add_argument("--bootstrap", type=train.integer, default=20,
+                   help="residual-bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
@@ -795,27 +746,27 @@ def run(args) -> dict:
     max_tokens = max(float(r.tokens.max()) for r in runs)
     t_scale = float(10.0 ** round(math.log10(max_tokens)))
     target = args.target_tokens or max_tokens
-    # a milestone of 4M tokens is the first whole step past it (as train.py places milestones): so is fit_until
-    step = setting["tokens_per_step"]
+    step = setting["tokens_per_step"]  # a milestone is the first whole step past its token count: so is fit_until
     fit_until = math.inf if args.fit_until is None else math.ceil(args.fit_until / step) * step
     if target < min(fit_until, max_tokens):
         raise FitError(f"--target_tokens {approx(target)} is below the pilots' {approx(min(fit_until, max_tokens))} "
                        f"tokens: that was measured, not forecast; give a larger target")
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
-    candidates = args.candidates or models.law.deltas
+    candidates, fit, domain = args.candidates or models.law.deltas, models.law, setting["domain_train_tokens"]
+    baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in runs])
     results = {"runs": [{"path": r.path, "delta": r.delta, "evals": len(r.tokens)} for r in runs],
-               "finetunes": [vars(p) for p in points], "domain_tokens": setting["domain_train_tokens"],
-               "dataset_id": setting["dataset_id"], "settings": {**vars(args), "target_tokens": target},
-               "law": {"params": models.law.params._asdict(), "t_scale": t_scale, "deltas": models.law.deltas,
-                       "rmse": models.law.rmse, "flags": models.law.flags, "stage1": models.law.per_delta,
-                       "interval": {n: interval([b.law.params[i] for b in boot]) for i, n in enumerate(Params._fields)}
+               "finetunes": [p._asdict() for p in points], "domain_tokens": domain, "dataset_id": setting["dataset_id"],
+               "settings": {**vars(args), "target_tokens": target},
+               "law": {"params": fit.params._asdict(), "t_scale": t_scale, "deltas": fit.deltas, "rmse": fit.rmse,
+                       "flags": fit.flags, "stage1": fit.per_delta,
+                       "interval": {n: interval([getattr(b.law.params, n) for b in boot]) for n in Params._fields}
                        if boot else {}},
-               "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(np.concatenate(
-                   [saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in runs]) ** 2))),
+               "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(baseline_errors ** 2))),
                "post": {p.kind: {"exponent": p.exponent, "coef": p.coef} for p in (models.drop, models.direct) if p},
-               "forecast": recommend(models, boot, target, candidates, setting["domain_train_tokens"]),
-               "best_by_budget": best_by_budget(models, candidates, np.geomspace(max_tokens, 100 * max_tokens, 9)),
+               "forecast": recommend(models, boot, target, candidates, domain),
+               "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates, domain)
+                                   ["recommended"]["delta"]} for t in np.geomspace(max_tokens, 100 * max_tokens, 9)],
                "check": forecast_check(runs, points, fit_until, args.holdout_delta, t_scale, args.bootstrap, args.seed)
                if args.fit_until is not None or args.holdout_delta is not None else None,
                "warnings": warnings}
@@ -830,7 +781,7 @@ def run(args) -> dict:
 def main(argv=None):
     try:
         return run(parse_args(argv))
-    except FitError as e:
+    except (FitError, train.TrainError) as e:
         sys.exit(f"fit_laws.py: {e}")
 
 

@@ -50,23 +50,10 @@ SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
 
 
-def atomic_write(path, write_fn, mode="wb"):
-    """Write through a temporary file and rename, so a crash never leaves half a file behind."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
-# Tokenizers. Both are tiktoken Encodings, so everything downstream treats them alike.
+# Token files: two tokenizers (both tiktoken Encodings, so everything downstream treats them alike),
+# a file of tokens, and a dataset: meta.json and each split's shards (SplitWriter writes them,
+# open_split reads a split back as one array).
 
 GPT2_RANKS = os.path.join(ROOT, "assets", "gpt2.tiktoken")
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -90,9 +77,6 @@ def get_tokenizer(name: str) -> tiktoken.Encoding:
         raise DataError(f"unknown tokenizer {name!r}: use gpt2 or byte")
     return tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
-
-# ---------------------------------------------------------------------------------------------
-# Token files.
 
 MAGIC = b"SPTTOKS\0"
 VERSION = 1
@@ -165,9 +149,6 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
                         f"with another tokenizer; prepare the data with the one the model uses")
     return np.memmap(path, dtype={2: np.uint16, 4: np.uint32}[itemsize], mode="r", offset=HEADER_BYTES, shape=(count,))
 
-
-# ---------------------------------------------------------------------------------------------
-# Datasets: meta.json and the shards of each split, written by SplitWriter and read by open_split.
 
 class SplitWriter:
     """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
@@ -264,7 +245,7 @@ def open_split(data_dir: str, split: str) -> Tokens:
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixture.
+# The Mixture.
 
 class Mixture:
     """Batches of (inputs, targets) with a `domain_frac` share of sequences from the domain split.
@@ -406,12 +387,8 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            try:
-                raw = doc.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
-                raw = doc.encode("utf-8", errors="replace")
-                doc = raw.decode("utf-8")
-            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" inside a text is text
+            raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
+            ids = enc.encode_to_numpy(raw.decode("utf-8"), disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
@@ -541,16 +518,13 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    meta["splits"] = {split: meta["splits"][split] for split in SPLITS if split in meta["splits"]}
     meta["dataset_id"] = hashlib.sha256(json.dumps(
         [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
     meta["shard_dir"] = f"shards-{meta['dataset_id']}"
-    if os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # this very dataset, assembled before
-        shutil.rmtree(staging)
-    else:
+    if not os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # else this very dataset was assembled before
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
     atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    for name in os.listdir(out_dir):  # what earlier preparations left: shards, single-file splits, temporaries
+    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, old splits, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -642,8 +616,24 @@ DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 
 
 # ---------------------------------------------------------------------------------------------
-# The command line, and what every script shares: token counts as people write them (token_count;
-# train.format_tokens writes them that way) and flags through ArgumentParser.
+# The command line, and what every script shares: files written whole (atomic_write), token counts
+# as people write them (token_count; train.format_tokens writes them that way), flags through
+# ArgumentParser.
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Write through a temporary file and rename, so a crash never leaves half a file behind."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""

@@ -50,23 +50,10 @@ SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
 
 
-def atomic_write(path, write_fn, mode="wb"):
-    """Write through a temporary file and rename, so a crash never leaves half a file behind."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
-# Tokenizers. Both are tiktoken Encodings, so everything downstream treats them alike.
+# Token files: two tokenizers (both tiktoken Encodings, so everything downstream treats them alike),
+# a file of tokens, and a dataset: meta.json and each split's shards (SplitWriter writes them,
+# open_split reads a split back as one array).
 
 GPT2_RANKS = os.path.join(ROOT, "assets", "gpt2.tiktoken")
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -77,31 +64,23 @@ EOT = "<|endoftext|>"
 @functools.cache  # one per process: the worker processes ask for it for every unit
 def get_tokenizer(name: str) -> tiktoken.Encoding:
     """`gpt2`: GPT-2 BPE from the ranks file shipped in assets/ (tiktoken's own would download it).
-    `byte`: the 256 bytes plus end-of-text, for CPU experiments where 50k logits would dominate."""
+    `byte`: the 256 bytes plus end-of-text, for CPU experiments where 50k logits would dominate.
+    End-of-text is the id after the ranks: 50256 or 256."""
     if name == "gpt2":
         with open(GPT2_RANKS, "rb") as f:
             if hashlib.sha256(f.read()).hexdigest() != GPT2_RANKS_SHA256:
                 raise DataError(f"{GPT2_RANKS} is corrupt (sha256 mismatch): restore it with git checkout")
         ranks = tiktoken.load.load_tiktoken_bpe(GPT2_RANKS)
-        return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={EOT: 50256})
-    if name == "byte":
+    elif name == "byte":
         ranks = {bytes([i]): i for i in range(256)}
-        return tiktoken.Encoding("byte", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={EOT: 256})
-    raise DataError(f"unknown tokenizer {name!r}: use gpt2 or byte")
+    else:
+        raise DataError(f"unknown tokenizer {name!r}: use gpt2 or byte")
+    return tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
-
-# ---------------------------------------------------------------------------------------------
-# Token files.
 
 MAGIC = b"SPTTOKS\0"
 VERSION = 1
 HEADER_BYTES = 64
-
-
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
 
 
 class TokenWriter:
@@ -109,7 +88,8 @@ class TokenWriter:
     is written last, into a temporary file that replaces `path` only when complete."""
 
     def __init__(self, path: str, vocab_size: int):
-        self.path, self.vocab_size, self.dtype = path, vocab_size, token_dtype(vocab_size)
+        self.path, self.vocab_size = path, vocab_size
+        self.dtype = np.uint16 if vocab_size <= 2 ** 16 else np.uint32
         self.tmp = f"{path}.tmp{os.getpid()}"
         self.file = open(self.tmp, "wb")
         self.file.write(bytes(HEADER_BYTES))  # a placeholder until the count is known
@@ -125,10 +105,9 @@ class TokenWriter:
         self.count += tokens.size
 
     def close(self):
-        header = np.zeros(HEADER_BYTES // 8, dtype=np.int64)
-        header[1:5] = (VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size)
+        header = np.array([VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size], np.int64)
         self.file.seek(0)
-        self.file.write(MAGIC + header.tobytes()[len(MAGIC):])
+        self.file.write(MAGIC + header.tobytes())  # the rest of the 64 bytes stays zero
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -158,7 +137,7 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
         raise DataError(f"{path} is not an SPT token file (bad magic): prepare it again with data.py")
-    _, version, count, itemsize, file_vocab = np.frombuffer(raw[:40], dtype=np.int64).tolist()
+    version, count, itemsize, file_vocab = np.frombuffer(raw[8:40], dtype=np.int64).tolist()
     if version != VERSION or itemsize not in (2, 4):
         raise DataError(f"{path}: unsupported version {version} / token size {itemsize}: prepare it again")
     expected = HEADER_BYTES + count * itemsize
@@ -168,12 +147,8 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
     if vocab_size is not None and file_vocab != vocab_size:
         raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary, not {vocab_size}: it was made "
                         f"with another tokenizer; prepare the data with the one the model uses")
-    dtype = np.uint16 if itemsize == 2 else np.uint32
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+    return np.memmap(path, dtype={2: np.uint16, 4: np.uint32}[itemsize], mode="r", offset=HEADER_BYTES, shape=(count,))
 
-
-# ---------------------------------------------------------------------------------------------
-# Datasets: meta.json and the shards of each split, written by SplitWriter and read by open_split.
 
 class SplitWriter:
     """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
@@ -241,8 +216,7 @@ class Tokens:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [self.shards[0][:0]])
 
     def __array__(self, dtype=None, copy=None):
-        tokens = self[:]
-        return tokens if dtype is None else tokens.astype(dtype)
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 def open_split(data_dir: str, split: str) -> Tokens:
@@ -271,32 +245,31 @@ def open_split(data_dir: str, split: str) -> Tokens:
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixture.
+# The Mixture.
 
 class Mixture:
     """Batches of (inputs, targets) with a `domain_frac` share of sequences from the domain split.
 
     A split of N tokens is cut into n = (N - 1) // seq_len windows of seq_len + 1 tokens (inputs and
-    targets shifted by one). Each split is read epoch by epoch through a fresh seeded permutation of
-    its windows, so general data is never repeated until exhausted and domain repeats are exact. Within
-    an epoch no window comes twice; a step that straddles two epochs may hold a window from the end of
-    one and the same window from the start of the next (fewer than m^2 / n such pairs per epoch on
-    average, for m windows of that split per step): the price of epochs that are each an exact pass.
+    targets shifted by one), read epoch by epoch through a fresh seeded permutation of its windows:
+    general data is never repeated until exhausted, and domain repeats are exact. A step that straddles
+    two epochs may hold the same window twice, from the end of one and the start of the next (fewer
+    than m^2 / n such pairs per epoch on average, for m windows of that split per step): the price of
+    epochs that are each an exact pass.
 
     Step s draws `batch_size` sequences (the global batch, over all ranks and micro-steps), of which
         n_domain(s) = round((s + 1) * B * delta) - round(s * B * delta)
     come from the domain: cumulative rounding keeps the realized fraction within one sequence of
-    delta * B * steps at every step, even for delta * B < 1. Which slots of the batch hold domain
-    sequences is itself a seeded shuffle, so micro-batches and ranks all see the mix. Everything is a
-    pure function of the step; the only state is where this mixture started reading the general split
-    (non-zero when a run continues from another, as in SCPT: it goes on with general text it has not
-    seen, while the domain is read from its start), which `state_dict` returns.
+    delta * B * steps at every step, even for delta * B < 1. Which slots hold domain sequences is a
+    seeded shuffle, so micro-batches and ranks all see the mix. Everything is a pure function of the
+    step; the only state (`state_dict`) is where this mixture started reading the general split: not
+    zero when a run continues from another, as in SCPT, going on with general text it has not seen
+    while the domain is read from its start.
 
-    A split is read through `Tokens`, its shards memory-mapped as one index space, so a sharded split
-    gives the batches a single file would. Memory per rank: the shards are paged in by the OS as
-    batches touch them; what the Mixture holds is the current epoch's permutation of each split's
-    windows, 8 bytes per window (200B general tokens at seq_len 2048: 98M windows, 0.78 GB, twice that
-    for a moment when an epoch turns), whatever the number of shards.
+    Splits are read through `Tokens`, so a sharded split gives the batches a single file would. Memory
+    per rank: the OS pages shards in as batches touch them; the Mixture holds the current epoch's
+    permutation of each split's windows, 8 bytes per window (200B general tokens at seq_len 2048: 98M
+    windows, 0.78 GB, twice that for a moment when an epoch turns), whatever the number of shards.
     """
 
     def __init__(self, data_dir: str, domain_frac: float, batch_size: int, seq_len: int, seed: int = 0,
@@ -307,19 +280,16 @@ class Mixture:
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
         self.general_start = general_start
         self.splits, self.windows = {}, {}
-        for kind, needed in (("general", domain_frac < 1), ("domain", domain_frac > 0)):
-            if not needed:
+        for kind, share in (("general", 1 - domain_frac), ("domain", domain_frac)):
+            if share == 0:
                 continue
-            split = f"{kind}_train"
-            tokens = open_split(data_dir, split)
-            n = (len(tokens) - 1) // seq_len
-            most_per_step = math.ceil(batch_size * (domain_frac if kind == "domain" else 1 - domain_frac))
+            tokens = open_split(data_dir, f"{kind}_train")
+            n, most_per_step = (len(tokens) - 1) // seq_len, math.ceil(batch_size * share)
             if n < most_per_step:
-                raise DataError(f"{data_dir}/{split} holds {len(tokens):,} tokens = {n} windows of {seq_len + 1}, "
+                raise DataError(f"{data_dir}/{kind}_train holds {len(tokens):,} tokens = {n} windows of {seq_len + 1}, "
                                 f"fewer than the {most_per_step} one batch needs: use more data, a shorter "
                                 f"seq_len or a smaller batch")
             self.splits[kind], self.windows[kind] = tokens, n
-        self.domain_tokens = self.windows.get("domain", 0) * seq_len
         self.permutations = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
 
     def domain_count(self, step: int) -> int:
@@ -347,13 +317,11 @@ class Mixture:
     def batch_windows(self, step: int) -> list[tuple[str, int]]:
         """The global batch of `step` as (split kind, window index) pairs, in slot order."""
         pos, n_dom = self.position(step), self.domain_count(step + 1) - self.domain_count(step)
-        kinds = ["domain"] * n_dom + ["general"] * (self.batch_size - n_dom)
         slots = np.random.default_rng([self.seed, 2, step]).permutation(self.batch_size)
-        kinds = [kinds[i] for i in slots]
-        counters, out = dict(pos), []
-        for kind in kinds:
-            out.append((kind, self.window(kind, counters[kind])))
-            counters[kind] += 1
+        out = []
+        for kind in ("domain" if slot < n_dom else "general" for slot in slots):  # slots [0, n_dom) are domain
+            out.append((kind, self.window(kind, pos[kind])))
+            pos[kind] += 1
         return out
 
     def get_batch(self, step: int, part: int = 0, n_parts: int = 1):
@@ -419,12 +387,8 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            try:
-                raw = doc.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
-                raw = doc.encode("utf-8", errors="replace")
-                doc = raw.decode("utf-8")
-            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" inside a text is text
+            raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
+            ids = enc.encode_to_numpy(raw.decode("utf-8"), disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
@@ -554,16 +518,13 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    meta["splits"] = {split: meta["splits"][split] for split in SPLITS if split in meta["splits"]}
     meta["dataset_id"] = hashlib.sha256(json.dumps(
         [meta["tokenizer"]] + [meta["splits"][s]["sha256"] for s in sorted(meta["splits"])]).encode()).hexdigest()[:16]
     meta["shard_dir"] = f"shards-{meta['dataset_id']}"
-    if os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # this very dataset, assembled before
-        shutil.rmtree(staging)
-    else:
+    if not os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # else this very dataset was assembled before
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
     atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    for name in os.listdir(out_dir):  # what earlier preparations left: shards, single-file splits, temporaries
+    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, old splits, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -655,8 +616,24 @@ DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 
 
 # ---------------------------------------------------------------------------------------------
-# The command line, and what every script shares: token counts as people write them (token_count;
-# train.format_tokens writes them that way) and flags through ArgumentParser.
+# The command line, and what every script shares: files written whole (atomic_write), token counts
+# as people write them (token_count; train.format_tokens writes them that way), flags through
+# ArgumentParser.
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Write through a temporary file and rename, so a crash never leaves half a file behind."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
 
 def token_count(text: str) -> int:
     """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""

@@ -521,6 +521,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
             f = models.forecast(budget, p.delta)
             measured = {k: p.after if k in AFTER else p.before for k in f}
             rows.append({"delta": p.delta, "measured_before": p.before, "measured_after": p.after, "forecast": f,
+                         "onset": onset(models.law.params, p.delta, t_scale, models.law.max_tokens),
                          "error_pct": {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()},
                          "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f}
                          if boot else {}})

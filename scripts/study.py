@@ -229,6 +229,22 @@ def plots(study: dict, deltas: list, milestones: list, results_dir: str) -> list
 GOALS = {"regret_pct": 0.5, "max_abs_error_pct": 1.0}  # the forecast check's goals (issue 13)
 
 
+def why_missed(fit_results: dict, budget: dict, by: str) -> str:
+    """The delta with the largest error, and whether its measured loss after finetuning turned up after
+    the pilots: a curve fitted on them cannot foresee a turn-up they hold no sign of."""
+    worst = max(budget["rows"], key=lambda r: abs(r["error_pct"][by]))
+    earlier = [p for p in fit_results["finetunes"] if p["delta"] == worst["delta"] and p["tokens"] < budget["tokens"]]
+    low = min(earlier, key=lambda p: p["after"], default=None)
+    onset = "none within 1000x the pilots" if worst["onset"] is None else f"{fit_laws.approx(worst['onset'])} tokens"
+    why = (f"its measured loss after finetuning rose from {low['after']:.4f} at {fit_laws.approx(low['tokens'])} "
+           f"tokens to {worst['measured_after']:.4f}: a turn-up after the pilots"
+           if low and low["after"] < worst["measured_after"] else
+           f"forecast {worst['forecast'][by]:.4f} against {worst['measured_after']:.4f} measured")
+    return (f"- Why the goals were missed here: the largest error is at delta {worst['delta']:g} "
+            f"({worst['error_pct'][by]:+.2f}%); {why}. The paper's law fitted on the pilots places its "
+            f"overfitting onset (pretrained) at {onset}.")
+
+
 def forecast_section(fit_results: dict) -> list[str]:
     """The study's verdict: the laws fitted on the pilots alone, their forecasts against the runs."""
     check, by = fit_results["check"], fit_results["forecast"]["by"]
@@ -254,6 +270,8 @@ def forecast_section(fit_results: dict) -> list[str]:
                                            ("largest error", "max_abs_error_pct", GOALS["max_abs_error_pct"]))]
         lines += [f"- {fit_laws.LABEL[by]}: recommends delta = {s['recommended']:g}; the best measured is "
                   f"{b['best_measured']:g}; Spearman rank agreement {rho}; " + "; ".join(verdict) + "."]
+        if any(s[key] > goal for key, goal in GOALS.items()):
+            lines += [why_missed(fit_results, b, by)]
         lines += [f"- {fit_laws.LABEL[k]}: recommends {v['recommended']:g}, regret {v['regret_pct']:.2f}%, largest error "
                   f"{v['max_abs_error_pct']:.2f}%." for k, v in b["summary"].items() if k != by] + [""]
     return lines + ["![forecast check](fit_results_check.png)", ""]

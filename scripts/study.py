@@ -208,12 +208,14 @@ def plots(study: dict, deltas: list, milestones: list, results_dir: str) -> list
         target = ft[(0, last)]["best"]["domain_test_loss"]
         ax.axhline(target, color="gray", lw=0.8, ls="--", label="NPT -> FT at the largest budget")
         npt = [(t, ft[(0, t)]["best"]["domain_test_loss"]) for t in milestones]
-        for d in (d for d in deltas if d > 0):
+        for row, d in enumerate(d for d in deltas if d > 0):
             mult = evaluate.compute_multiplier(npt, [(t, ft[(d, t)]["best"]["domain_test_loss"]) for t in milestones])
             if mult:
                 ax.annotate("", xy=(last / mult, target), xytext=(last, target),
                             arrowprops=dict(arrowstyle="->", color=colors[d]))
-                ax.text(last / mult, target, f" {mult:.2f}x", color=colors[d], fontsize=8, va="bottom")
+                # one row of labels per delta: arrow tips that land close together stay readable
+                ax.annotate(f"{mult:.2f}x", xy=(last / mult, target), xytext=(2, 3 + 9 * row),
+                            textcoords="offset points", color=colors[d], fontsize=8)
     ax.set(xscale="log", xlabel="pretraining tokens", ylabel="domain test loss after finetuning",
            title="after finetuning; arrows: the compute multiplier")
     ax2.set(xlabel="domain test loss after finetuning", ylabel="general validation loss after finetuning",

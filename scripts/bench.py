@@ -21,7 +21,8 @@
    corpus and on a tenth of it, and the projection to 200B tokens on 64 cores. Each preparation runs
    as `python data.py` in a subprocess. Speed per worker is measured in CPU time (tiktoken's too), so
    that it holds on a shared machine: the tokens of the corpus beyond its tenth over the CPU seconds they
-   took. Scaling needs idle cores; the table says how many each run got. The goals it prints against: >= 1.8x from 1 to 2 workers,
+   took. Each kind of run is repeated (--repeats, interleaved) and its fastest kept. Scaling needs idle
+   cores; the table says how many each run got. The goals it prints against: >= 1.8x from 1 to 2 workers,
    >= 80% of tiktoken per worker, peak memory within 10% when the corpus grows 10x.
 Numbers from a machine shared with other work are noisy: rerun on an idle one.
 """
@@ -31,6 +32,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -238,13 +241,20 @@ def tiktoken_speed(corpus: str, mb: float) -> float:
     return tokens / (time.process_time() - t0)
 
 
-def bench_prepare(mb: float):
+def bench_prepare(mb: float, repeats: int):
     with tempfile.TemporaryDirectory() as tmp:
         print(f"writing a {mb:g} MB corpus and a tenth of it from the english source...")
         n_docs = write_corpus(os.path.join(tmp, "full"), mb)
         write_corpus(os.path.join(tmp, "tenth"), mb / 10)
-        runs = {(name, w): timed_prepare(os.path.join(tmp, name), os.path.join(tmp, f"ds-{name}-{w}"), w)
-                for name, w in (("tenth", 1), ("full", 1), ("full", 2))}
+        # the fastest of `repeats` runs each, interleaved: one run's speed drifts by 10-20% on a small machine
+        runs = {}
+        for i in tqdm(range(repeats), desc="prepare runs", unit="round"):
+            for name, w in (("tenth", 1), ("full", 1), ("full", 2)):
+                out = os.path.join(tmp, f"ds-{name}-{w}-{i}")
+                r = timed_prepare(os.path.join(tmp, name), out, w)
+                shutil.rmtree(out)
+                if (name, w) not in runs or r["tokenize"] < runs[name, w]["tokenize"]:
+                    runs[name, w] = r
         encode = tiktoken_speed(os.path.join(tmp, "full"), min(mb / 10, 30))
     one, two, tenth = runs["full", 1], runs["full", 2], runs["tenth", 1]
     print(f"\n{mb:g} MB of text, {n_docs:,} documents, {one['tokens']:,} GPT-2 tokens ({os.cpu_count()} CPUs)")
@@ -262,7 +272,7 @@ def bench_prepare(mb: float):
     rate_64 = per_worker * 64 * efficiency
     assemble_rate = one["tokens"] / max(one["assemble"], 1e-9)
     print(f"\n{'goal':46s} {'measured':>12s}")
-    busy = "" if two["cpu"] / two["wall"] > 1.8 else \
+    busy = "" if scaling >= 1.8 or two["cpu"] / two["wall"] > 1.8 else \
         f" (the 2-worker run had {two['cpu'] / two['wall']:.2f} CPUs: a busy machine, rerun on an idle one)"
     print(f"{'1 -> 2 workers, tokenizing >= 1.8x':46s} {scaling:11.2f}x {'ok' if scaling >= 1.8 else 'MISSED'}{busy}")
     print(f"{'per worker >= 80% of tiktoken (' + f'{encode:,.0f} tokens/cpu s)':46s} {per_worker / encode:11.0%} "
@@ -286,9 +296,10 @@ def main(argv=None):
     p.add_argument("--kernels", action="store_true", help="also the bare loop with the Triton kernels on and off")
     p.add_argument("--prepare", action="store_true", help="benchmark data preparation instead (CPU only)")
     p.add_argument("--mb", type=float, default=300, help="--prepare: corpus size in MB of text")
+    p.add_argument("--repeats", type=train.integer, default=3, help="--prepare: runs of each kind, the fastest kept")
     args = p.parse_args(argv)
     if args.prepare:
-        return bench_prepare(args.mb)
+        return bench_prepare(args.mb, args.repeats)
     rt = train.setup_runtime()
     with tempfile.TemporaryDirectory() as folder:
         synthetic_dataset(folder, args.vocab_size, 4_000_000)

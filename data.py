@@ -262,9 +262,10 @@ class Mixture:
     come from the domain: cumulative rounding keeps the realized fraction within one sequence of
     delta * B * steps at every step, even for delta * B < 1. Which slots hold domain sequences is a
     seeded shuffle, so micro-batches and ranks all see the mix. Everything is a pure function of the
-    step; the only state (`state_dict`) is where this mixture started reading the general split: not
-    zero when a run continues from another, as in SCPT, going on with general text it has not seen
-    while the domain is read from its start.
+    step. Steps and tokens are the run's own count: a run that continues another (--init_from, as
+    SCPT's last 10% does) starts at its parent's first_step and first_tokens, and reads on from
+    general_start, general text it has not seen, while its domain is read from the start and its
+    draws are a new mixture's (s below counts steps from first_step).
 
     Splits are read through `Tokens`, so a sharded split gives the batches a single file would. Memory
     per rank: the OS pages shards in as batches touch them; the Mixture holds the current epoch's
@@ -273,12 +274,12 @@ class Mixture:
     """
 
     def __init__(self, data_dir: str, domain_frac: float, batch_size: int, seq_len: int, seed: int = 0,
-                 general_start: int = 0):
+                 general_start: int = 0, first_step: int = 0, first_tokens: int = 0):
         if not 0 <= domain_frac <= 1:
             raise DataError(f"domain_frac={domain_frac} is outside [0, 1]: it is the share of domain tokens")
         check_seed(seed)
         self.domain_frac, self.batch_size, self.seq_len, self.seed = domain_frac, batch_size, seq_len, seed
-        self.general_start = general_start
+        self.general_start, self.first_step, self.first_tokens = general_start, first_step, first_tokens
         self.splits, self.windows = {}, {}
         for kind, share in (("general", 1 - domain_frac), ("domain", domain_frac)):
             if share == 0:
@@ -292,14 +293,19 @@ class Mixture:
             self.splits[kind], self.windows[kind] = tokens, n
         self.permutations = {}  # kind -> (epoch, that epoch's permutation): reading is sequential, one suffices
 
-    def domain_count(self, step: int) -> int:
-        """Domain sequences drawn in steps [0, step) of this mixture."""
-        return int(np.floor(step * self.batch_size * self.domain_frac + 0.5))
+    def domain_count(self, s: int) -> int:
+        """Domain sequences drawn in the first s steps of this mixture."""
+        return int(np.floor(s * self.batch_size * self.domain_frac + 0.5))
+
+    def tokens(self, step: int) -> int:
+        """Tokens the run has trained on before `step`."""
+        return self.first_tokens + (step - self.first_step) * self.batch_size * self.seq_len
 
     def position(self, step: int) -> dict:
         """How many windows of each split have been consumed before `step` (including the start)."""
-        dom = self.domain_count(step)
-        return {"general": self.general_start + step * self.batch_size - dom, "domain": dom}
+        s = step - self.first_step
+        dom = self.domain_count(s)
+        return {"general": self.general_start + s * self.batch_size - dom, "domain": dom}
 
     def domain_epochs(self, step: int) -> float:
         """E = repeats of the domain train split so far; equals T * delta / |D_dom| up to rounding."""
@@ -316,8 +322,9 @@ class Mixture:
 
     def batch_windows(self, step: int) -> list[tuple[str, int]]:
         """The global batch of `step` as (split kind, window index) pairs, in slot order."""
-        pos, n_dom = self.position(step), self.domain_count(step + 1) - self.domain_count(step)
-        slots = np.random.default_rng([self.seed, 2, step]).permutation(self.batch_size)
+        s = step - self.first_step
+        pos, n_dom = self.position(step), self.domain_count(s + 1) - self.domain_count(s)
+        slots = np.random.default_rng([self.seed, 2, s]).permutation(self.batch_size)
         out = []
         for kind in ("domain" if slot < n_dom else "general" for slot in slots):  # slots [0, n_dom) are domain
             out.append((kind, self.window(kind, pos[kind])))

@@ -113,7 +113,6 @@ class FinetuneConfig:
                                                    "run's, so losses compare)")
     eval_batch_size: int | None = train.setting(None, "windows per forward pass of an eval (default: the "
                                                       "pretraining run's)")
-    log_interval: int = train.setting(5, "steps between updates of the progress bar's loss")
     save_best: bool = train.setting(False, "keep the weights of the best point over the grid as ckpt_best.pt")
     seed: int = train.setting(0, "seed of the data order and of every configuration's start")
     # system
@@ -307,9 +306,9 @@ def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
     def train_steps(steps: range, desc: str):
         """Train over `steps`, recording every eval; returns early once the domain test loss stops improving."""
         nonlocal snapshot
-        for record in train.train_loop(model, optimizer, mixture, rt, schedule, steps, evaluate,
+        for record in train.train_loop(model, optimizer, schedule, mixture, steps, rt, evaluate,
                                        lambda step: step % plan.eval_interval == 0, grad_accum=plan.grad_accum,
-                                       grad_clip=cfg.grad_clip, log_interval=cfg.log_interval, desc=desc):
+                                       grad_clip=cfg.grad_clip, desc=desc):
             curve.append(point_of(record))
             stop = stopper.update(curve[-1]["domain_test_loss"])
             entry["best"] = curve[stopper.best_index]

@@ -121,7 +121,6 @@ class TrainConfig:
     eval_batch_size: int = setting(32, "windows per forward pass of an eval")
     ckpt_tokens: str = setting("", "token milestones for weights-only checkpoints ckpt_<tokens>.pt: 250K,500K,1M")
     ckpt_interval: int = setting(0, "steps between ckpt_latest.pt writes, a multiple of eval_interval (0: every eval)")
-    log_interval: int = setting(5, "steps between updates of the progress bar's loss")
     tensorboard: bool = setting(False, "also write the log's numbers to out_dir/tensorboard (needs tensorboard)")
     wandb: str = setting("", "also send them to this Weights & Biases project (needs wandb; WANDB_MODE=offline "
                              "runs without an account)")
@@ -175,7 +174,7 @@ RANGES = {
     "ckpt_interval": (lambda v: v >= 0, "an integer >= 0 (0: at every eval)"),
     "memory_gb": (lambda v: 0 <= v < math.inf, "a number of GB >= 0 (0: the GPU's memory)"),
     **{name: (lambda v: v >= 1, "a positive integer") for name in (
-        "batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size", "log_interval",
+        "batch_size", "grad_accum", "eval_interval", "eval_windows", "eval_batch_size",
         "patience", "n_layer", "n_head", "d_model", "d_ff", "seq_len")},
 }
 
@@ -709,18 +708,16 @@ def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows
 # ---------------------------------------------------------------------------------------------
 # The loop
 
-def train_loop(model, optimizer, mixture, rt: Runtime, schedule: Schedule, steps: range, evaluate, eval_at, *,
-               grad_accum: int, grad_clip: float, log_interval: int, desc: str, mixture_step0: int = 0,
-               tokens_offset: int = 0):
+def train_loop(model, optimizer, schedule: Schedule, mixture, steps: range, rt: Runtime, evaluate, eval_at, *,
+               grad_accum: int, grad_clip: float, desc: str):
     """Take the optimizer steps in `steps` and yield a log record at every eval: before the first step
     of a new run (steps from 0), after every step for which eval_at(step) holds, and after the last.
     The caller writes the record, and stops the run by breaking out of the loop.
 
-    Step s takes the global batch s - mixture_step0 of the mixture (an --init_from run counts its steps
-    on from its parent's, which is what keeps its schedule going, while its mixture starts at 0), in
-    grad_accum micro-batches shared by the processes, at the learning rate schedule(s), with gradients
-    clipped to norm grad_clip (0: not clipped). A record counts tokens from tokens_offset, the tokens
-    the run had seen at mixture_step0; evaluate() gives its losses (make_evaluator).
+    Step s takes the mixture's global batch s, in grad_accum micro-batches shared by the processes, at
+    the learning rate schedule(s), with gradients clipped to norm grad_clip (0: not clipped); evaluate()
+    gives a record's losses (make_evaluator). The three settings are all the loop needs: what a run
+    continues from (its step and token count) is the mixture's, the rest the caller's.
     """
     n_micro = grad_accum // rt.world_size
     ddp = isinstance(model, DDP)
@@ -741,23 +738,23 @@ def train_loop(model, optimizer, mixture, rt: Runtime, schedule: Schedule, steps
             raise Diverged(f"loss is {train_loss} at step {done}: lower --lr (the last good checkpoint is kept)")
         dt = time.time() - since
         tokens_per_s = (done - last_step) * tokens_per_step / dt if dt > 0 else 0.0
-        return {"step": done, "tokens": tokens_offset + (done - mixture_step0) * tokens_per_step,
-                "domain_frac": mixture.domain_frac, "domain_epochs": mixture.domain_epochs(done - mixture_step0),
-                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **evaluate(),
-                "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
-                "elapsed_s": time.time() - t_start}
+        return {"step": done, "tokens": mixture.tokens(done), "domain_frac": mixture.domain_frac,
+                "domain_epochs": mixture.domain_epochs(done), "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss, **evaluate(), "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * flops_per_token / peak if peak else None, "elapsed_s": time.time() - t_start}
 
     if steps.start == 0:
         first = record(0)
         since = time.time()
         yield first
     bar = tqdm(steps, desc=desc, disable=not rt.master, dynamic_ncols=True)
+    shown = time.time()
     try:
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step)
             for micro in range(n_micro):
-                x, y = mixture.get_batch(step - mixture_step0, rt.rank * n_micro + micro, rt.world_size * n_micro)
+                x, y = mixture.get_batch(step, rt.rank * n_micro + micro, rt.world_size * n_micro)
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
                 sync = micro == n_micro - 1  # all-reduce gradients once, on the last micro-step
                 with (contextlib.nullcontext() if sync or not ddp else model.no_sync()), rt.autocast():
@@ -770,9 +767,11 @@ def train_loop(model, optimizer, mixture, rt: Runtime, schedule: Schedule, steps
             optimizer.zero_grad(set_to_none=True)
             n_steps += 1
             done = step + 1
-            if rt.master and done % log_interval == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}",
-                                E=f"{mixture.domain_epochs(done - mixture_step0):.2f}", refresh=False)
+            # the bar's loss about once a second: reading it waits for the GPU to finish the step
+            if rt.master and time.time() - shown > 1:
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}", E=f"{mixture.domain_epochs(done):.2f}",
+                                refresh=False)
+                shown = time.time()
             if eval_at(done) or done == steps.stop:
                 line = record(done)
                 loss_sum.zero_()
@@ -990,7 +989,8 @@ def pretrain(cfg: TrainConfig):
         tokens_offset = init["tokens"]
         general_start = init["general_position"]
     model.to(rt.device)
-    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start=general_start)
+    mixture = data.Mixture(data_dir, cfg.domain_frac, cfg.batch_size, seq_len, cfg.seed, general_start=general_start,
+                           first_step=mixture_step0, first_tokens=tokens_offset)
     tokens_per_step = cfg.batch_size * seq_len
     # Steps count from the start of the first run (an --init_from run continues its parent's count).
     total_steps = mixture_step0 + math.ceil((cfg.max_tokens - tokens_offset) / tokens_per_step)
@@ -1042,8 +1042,7 @@ def pretrain(cfg: TrainConfig):
     def save(path, step, resumable):
         """A checkpoint of the run at `step`: resumable (ckpt_latest.pt) or the weights alone (a milestone)."""
         state = {"step": step, "mixture_step0": mixture_step0, "tokens_offset": tokens_offset,
-                 "tokens": tokens_offset + (step - mixture_step0) * tokens_per_step,
-                 "general_position": mixture.position(step - mixture_step0)["general"],
+                 "tokens": mixture.tokens(step), "general_position": mixture.position(step)["general"],
                  "model_config": raw.config_dict(), "config": dataclasses.asdict(cfg), "dataset_id": meta["dataset_id"]}
         if resumable:
             state.update(mixture=mixture.state_dict(), rng=torch.get_rng_state())
@@ -1059,11 +1058,9 @@ def pretrain(cfg: TrainConfig):
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps, cfg.horizon_mult,
                         cfg.decay_frac)
     milestone_steps = set(milestones.values())
-    for record in train_loop(model, optimizer, mixture, rt, schedule, range(start_step, total_steps), evaluate,
+    for record in train_loop(model, optimizer, schedule, mixture, range(start_step, total_steps), rt, evaluate,
                              lambda step: step % cfg.eval_interval == 0 or step in milestone_steps,
-                             grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, log_interval=cfg.log_interval,
-                             desc=f"pretrain d={cfg.domain_frac:g}", mixture_step0=mixture_step0,
-                             tokens_offset=tokens_offset):
+                             grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, desc=f"pretrain d={cfg.domain_frac:g}"):
         step = record["step"]
         with writes_in(out_dir, recovery):
             if rt.master:  # the log line first: a resume drops lines past its checkpoint, never adds one

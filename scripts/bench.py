@@ -122,9 +122,9 @@ def our_loop(model, rt, steps: int, warm_steps: int, folder: str, batch_size: in
     optimizer = train.configure_optimizer(model, LR, BETAS, EPS, WEIGHT_DECAY)
     schedule = train.Schedule("constant", LR, LR, warmup_steps=0, total_steps=steps + warm_steps)
     marks = {}
-    for record in train.train_loop(model, optimizer, mixture, rt, schedule, range(steps + warm_steps),
+    for record in train.train_loop(model, optimizer, schedule, mixture, range(steps + warm_steps), rt,
                                    lambda: {"domain_test_loss": math.nan}, lambda step: step == warm_steps,
-                                   grad_accum=1, grad_clip=GRAD_CLIP, log_interval=10 ** 9, desc="train.py loop"):
+                                   grad_accum=1, grad_clip=GRAD_CLIP, desc="train.py loop"):
         sync(rt.device)
         marks[record["step"]] = time.perf_counter()
     return {"tokens/s": steps * batch_size * seq_len / (marks[steps + warm_steps] - marks[warm_steps])}

@@ -566,6 +566,11 @@ def test_mixture_is_deterministic_and_resumable(tiny_data):
     drawn = [w for kind, w in d.batch_windows(0) if kind == "general"]
     assert drawn == [a.window("general", pos["general"] + i) for i in range(len(drawn))]
     assert a.position(51)["general"] > pos["general"]  # ... which is where `a` itself would go next
+    # ... counting the run's steps and tokens on from the parent's, while drawing as a new mixture
+    e = data.Mixture(tiny_data, 0.1, 16, 32, seed=7, general_start=pos["general"], first_step=50, first_tokens=9000)
+    assert all(torch.equal(e.get_batch(50 + s)[0], d.get_batch(s)[0]) for s in (0, 3, 40))
+    assert e.position(53) == d.position(3) and e.domain_epochs(90) == d.domain_epochs(40)
+    assert e.tokens(50) == 9000 and e.tokens(53) == 9000 + 3 * 16 * 32
 
 
 def test_mixture_errors(tiny_data):

@@ -120,3 +120,23 @@ def test_every_study_preset_parses():
         train.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
         assert len({d for d in preset["deltas"] if d > 0}) >= 3, name  # the 12-parameter law needs them
         assert study.pilots_until(preset) <= max(preset["milestones"]) / 4, name  # 3 or more pilot budgets
+
+
+def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
+    """--jobs: every command runs, on cores / jobs threads, its output in its own log; a failing one
+    stops the study with one line that names its log, after the others finished."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import study
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    write = "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS']); print('hello', sys.argv[1])"
+    jobs = {f"job{i}": [sys.executable, "-c", write, str(tmp_path / f"out{i}")] for i in range(3)}
+    study.run_all(jobs, 2, str(tmp_path / "logs"))
+    assert [open(tmp_path / f"out{i}").read() for i in range(3)] == ["2"] * 3
+    assert open(tmp_path / "logs" / "job1.txt").read() == f"hello {tmp_path / 'out1'}\n"
+    jobs["job0"] = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    jobs["job1"][-1] = str(tmp_path / "again")  # running beside job0: it finishes
+    with pytest.raises(SystemExit) as failed:
+        study.run_all(jobs, 2, str(tmp_path / "logs"))
+    assert str(failed.value) == (f"study.py: job0 failed (exit 3): see {tmp_path / 'logs' / 'job0.txt'}; rerun the "
+                                 f"same command once fixed, finished work is kept")
+    assert open(tmp_path / "logs" / "job0.txt").read() == "boom\n" and os.path.exists(tmp_path / "again")

@@ -40,11 +40,10 @@ finetuning at a budget of T pretraining tokens.
    numbers are in the README's "Results at CPU scale").
 
 4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
-   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py
-   places its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with
-   the measurements: per delta the error, the rank agreement (Spearman) and the regret of the
-   recommendation (its measured loss over the best measured, in %). scripts/study.py's report opens
-   with this table.
+   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py places
+   its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with the
+   measurements: per delta the error, the rank agreement (Spearman) and the regret of the recommendation
+   (its measured loss over the best measured, in %). scripts/study.py's report opens with this table.
 
 5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
    inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
@@ -53,7 +52,6 @@ finetuning at a budget of T pretraining tokens.
 
 Writes --out (JSON, atomically) and PNG plots next to it, and prints the report; errors are one line.
 """
-import argparse
 import json
 import math
 import os
@@ -95,20 +93,8 @@ def warn(message: str, warnings: list):
 # ---------------------------------------------------------------------------------------------
 # 1. Data: the runs' eval points and the finetuned checkpoints
 
-@dataclass
-class Run:
-    """One pretraining run: its domain_frac and the evals kept for fitting."""
-    path: str
-    delta: float
-    tokens: np.ndarray
-    train: np.ndarray  # domain train loss
-    test: np.ndarray  # domain test loss
-
-    def until(self, max_tokens: float) -> "Run":
-        keep = self.tokens <= max_tokens
-        return Run(self.path, self.delta, self.tokens[keep], self.train[keep], self.test[keep])
-
-
+# One pretraining run: its domain_frac and the evals kept for fitting (tokens, domain train and test loss).
+Run = namedtuple("Run", "path delta tokens train test")
 # One finetuned checkpoint: its pretraining tokens, domain test loss before and after, general loss after.
 Finetuned = namedtuple("Finetuned", "path delta tokens before after general_after")
 
@@ -198,11 +184,17 @@ Params = namedtuple("Params", "A_train b_train_s b_train_g b_gap_s b_gap_g a1 a2
 # Bounds of the fitted vector: the paper's Params, except that slot k0 holds C_train(1) >= 0 (see to_params).
 LOWER = Params(0.0, -3.0, -3.0, 0.0, -3.0, 0.0, 0.01, -50.0, 0.0, 0.0, 1e-4, 0.0)
 UPPER = Params(np.inf, 0.0, 0.0, 10.0, 0.0, np.inf, 5.0, 50.0, np.inf, np.inf, 1.0, np.inf)
+# What a fitted parameter on its bound says about the law's assumptions (a flag in the report).
+ON_BOUND = {"b_train_s": "train loss that does not fall with pure domain data", "b_train_g": "train loss that does "
+            "not fall with general data", "b_gap_s": "a gap that does not grow (b_gap_s at 0)",
+            "b_gap_g": "b_gap_g at its bound", "a1": "no train-test gap at all (a1 = 0)",
+            "a2": "A_gap(d) barely vanishes at d = 0 (a2 at its lower bound)", "k1": "C_train(d) flat near d = 0",
+            "k2": "a log singularity of C_train at d = 0 (k2 at its lower bound)", "k0": "C_train(1) = 0: a floor "
+            "of zero loss with pure domain data", "k3": "C_train(d) not linear in d (k3 = 0)"}
 
 
 def to_params(x) -> Params:
-    """The fitted vector -> the paper's parameters. The vector holds C_train(1) where the paper has k0:
-    with k1, k3 >= 0, C_train falls with d, so C_train(1) >= 0 keeps the whole floor non-negative."""
+    """The fitted vector -> the paper's parameters: the vector holds C_train(1) where the paper has k0 (part 2)."""
     c_one, k1, k2, k3 = x[8:]
     return Params(*x[:8], c_one + k1 * math.log(1 + k2) + k3, k1, k2, k3)
 
@@ -240,8 +232,7 @@ class Law:
     flags: list
 
     def test(self, tokens, delta):
-        train_loss, gap = law(self.params, np.asarray(tokens, dtype=float) / self.t_scale, delta)
-        return train_loss + gap
+        return sum(law(self.params, np.asarray(tokens, dtype=float) / self.t_scale, delta))
 
 
 def per_delta_fit(endpoints, pts: dict):
@@ -266,10 +257,10 @@ def per_delta_fit(endpoints, pts: dict):
     return np.concatenate(residuals), rows
 
 
-def initial_params(endpoints, rows) -> np.ndarray:
-    """A start for the joint fit from stage 1: the gamma kernel fitted to the positive A_gap's in log
-    space (log A_gap = log a1 + a2 log d + a3 d is linear), the log-linear floor to the C_train's (linear
-    for each k2 of a scan)."""
+def starting_points(endpoints, rows, seed: int) -> list[np.ndarray]:
+    """The joint fit's starts. The first from stage 1: the gamma kernel fitted to the positive A_gap's in
+    log space (log A_gap = log a1 + a2 log d + a3 d is linear), the log-linear floor to the C_train's
+    (linear for each k2 of a scan). Then RANDOM_STARTS around it: exponents, a2, a3 and k2 drawn anew."""
     d = np.array([r["delta"] for r in rows])
     a_gap, c_train = np.array([r["A_gap"] for r in rows]), np.array([r["C_train"] for r in rows])
     ok = (d > 0) & (a_gap > 0)
@@ -283,7 +274,15 @@ def initial_params(endpoints, rows) -> np.ndarray:
     k0, k1, k3, k2 = min(floors, key=lambda k: np.sum((k[0] - k[1] * np.log(d + k[3]) - k[2] * d - c_train) ** 2))
     a_train = [r["A_train"] for r in rows if r["A_train"] > 0]
     a_train = float(np.median(a_train)) if a_train else 1.0
-    return inside(to_vector(Params(a_train, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))))
+    starts = [inside(to_vector(Params(a_train, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))))]
+    rng = np.random.default_rng(seed)
+    for _ in range(RANDOM_STARTS):
+        x = starts[0].copy()
+        x[1:5] = rng.uniform(np.array(LOWER[1:5]), np.array([-1e-3, -1e-3, 3.0, 0.0]))
+        x[[0, 5, 9]] *= np.exp(rng.normal(0, 0.7, 3))  # A_train, a1, k1
+        x[6], x[7], x[10] = rng.uniform(0.2, 2.0), rng.uniform(-20, 10), 10 ** rng.uniform(-4, 0)
+        starts.append(inside(x))
+    return starts
 
 
 def inside(x: np.ndarray) -> np.ndarray:
@@ -291,14 +290,6 @@ def inside(x: np.ndarray) -> np.ndarray:
     lo, hi = np.array(LOWER), np.array(UPPER)
     margin = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
     return np.clip(x, lo + margin, hi - margin)
-
-
-def random_start(rng, x0: np.ndarray) -> np.ndarray:
-    x = x0.copy()
-    x[1:5] = rng.uniform(np.array(LOWER[1:5]), np.array([-1e-3, -1e-3, 3.0, 0.0]))
-    x[[0, 5, 9]] *= np.exp(rng.normal(0, 0.7, 3))
-    x[6], x[7], x[10] = rng.uniform(0.2, 2.0), rng.uniform(-20, 10), 10 ** rng.uniform(-4, 0)
-    return inside(x)
 
 
 def jacobians(x: np.ndarray, t, d):
@@ -316,8 +307,7 @@ def jacobians(x: np.ndarray, t, d):
 
 
 def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
-    """The paper's law on `runs`: stage 1 (each delta on its own), then stage 2, least squares on train and
-    test loss from stage 1's start and random ones (or from x0 alone: the bootstrap starts from the fit)."""
+    """The paper's law on `runs`, stage 1 then 2 (part 2); from x0 alone if given (the bootstrap's refits)."""
     pts = {"t": np.concatenate([r.tokens for r in runs]) / t_scale,
            "d": np.concatenate([np.full(len(r.tokens), r.delta) for r in runs]),
            "train": np.concatenate([r.train for r in runs]), "test": np.concatenate([r.test for r in runs])}
@@ -325,9 +315,7 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
                   for s in ([-0.5, -0.3, 0.5, -0.1], [-0.2, -0.2, 1.0, -0.01], [-1.0, -0.5, 2.0, -0.5])),
                  key=lambda res: res.cost)
     rows = per_delta_fit(stage1.x, pts)[1]
-    if x0 is None:
-        init, rng = initial_params(stage1.x, rows), np.random.default_rng(seed)
-        starts = [init] + [random_start(rng, init) for _ in range(RANDOM_STARTS)]
+    starts = starting_points(stage1.x, rows, seed) if x0 is None else [x0]
     target = np.concatenate([pts["train"], pts["test"]])
 
     def residuals(x):
@@ -340,31 +328,20 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
 
     with np.errstate(all="ignore"):
         fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
-                                       max_nfev=3000) for s in (starts if x0 is None else [x0])]
+                                       max_nfev=3000) for s in starts]
     fits = [res for res in fits if np.isfinite(res.cost)]
     if not fits:
         raise FitError("the law's fit failed from every starting point: check the runs' losses")
     best = min(fits, key=lambda res: res.cost)  # the first of equals, as the starts come
-    return Law(to_params(best.x), t_scale, sorted({r.delta for r in runs}), float(pts["t"].max() * t_scale),
-               math.sqrt(2 * best.cost / len(target)), rows, flags_of(best.x, rows))
-
-
-def flags_of(x: np.ndarray, rows: list) -> list[str]:
-    """What the fit says about the law's assumptions: bounds reached, significant stage-1 surprises."""
-    why = {"b_train_s": "train loss that does not fall with pure domain data", "b_train_g": "train loss that does "
-           "not fall with general data", "b_gap_s": "a gap that does not grow (b_gap_s at 0)",
-           "b_gap_g": "b_gap_g at its bound", "a1": "no train-test gap at all (a1 = 0)",
-           "a2": "A_gap(d) barely vanishes at d = 0 (a2 at its lower bound)", "k1": "C_train(d) flat near d = 0",
-           "k2": "a log singularity of C_train at d = 0 (k2 at its lower bound)", "k0": "C_train(1) = 0: a floor "
-           "of zero loss with pure domain data", "k3": "C_train(d) not linear in d (k3 = 0)"}
-    flags = [why[name] for name, v, lo, hi in zip(Params._fields, x, LOWER, UPPER)
-             if name in why and (v - lo < 1e-5 * (1 + abs(lo)) or hi - v < 1e-5 * (1 + abs(hi)))]
-    for r in rows:
+    flags = [ON_BOUND[name] for name, v, lo, hi in zip(Params._fields, best.x, LOWER, UPPER)
+             if name in ON_BOUND and (v - lo < 1e-5 * (1 + abs(lo)) or hi - v < 1e-5 * (1 + abs(hi)))]
+    for r in rows:  # stage-1 coefficients of the wrong sign, beyond noise
         if r["delta"] > 0 and r["A_gap"] < -NOISE_FLAGS * r["A_gap_stderr"]:
             flags.append(f"stage 1: delta {r['delta']:g} has a significantly negative gap (test below train)")
         if r["A_train"] < -NOISE_FLAGS * r["A_train_stderr"]:
             flags.append(f"stage 1: delta {r['delta']:g} has a rising domain train loss")
-    return flags
+    return Law(to_params(best.x), t_scale, sorted({r.delta for r in runs}), float(pts["t"].max() * t_scale),
+               math.sqrt(2 * best.cost / len(target)), rows, flags)
 
 
 # The baseline: a saturating power law per delta
@@ -402,8 +379,7 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 
 @dataclass
 class PostFT:
-    """Per finetuned delta, with one exponent for all (docstring, part 3): "drop", log(before / after) =
-    a_d x^b + c_d, or "direct", the loss after finetuning E_d + B_d x^-b; x = tokens / t_scale."""
+    """A model of part 3, one exponent for all deltas: "drop" (a_d, c_d) or "direct" (E_d, B_d) per delta."""
     kind: str
     exponent: float
     coef: dict  # delta -> (a, c) or (E, B)
@@ -478,13 +454,11 @@ def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: i
 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
-    """Refits on every run's fitted curves plus its own residuals drawn with replacement, and on the finetuned
-    losses the same way around the direct fit; every law refit starts from the fit itself."""
+    """n refits on resampled residuals (part 5), the law's each starting from the fit itself."""
     rng, boot, t_scale = np.random.default_rng(seed + 1), [], models.law.t_scale
-    curves = []  # per run, (fitted, residuals) of its train and of its test loss
-    for r in runs:
-        train_fit, gap_fit = law(models.law.params, r.tokens / t_scale, r.delta)
-        curves.append([(train_fit, r.train - train_fit), (train_fit + gap_fit, r.test - train_fit - gap_fit)])
+    fitted = [law(models.law.params, r.tokens / t_scale, r.delta) for r in runs]  # (train, gap) per run
+    curves = [[(train_fit, r.train - train_fit), (train_fit + gap_fit, r.test - train_fit - gap_fit)]
+              for r, (train_fit, gap_fit) in zip(runs, fitted)]
     after = np.array([float(models.direct(p.tokens, p.delta)) for p in points])
     noise = np.array([p.after for p in points]) - after
     for _ in range(n):
@@ -502,8 +476,7 @@ def interval(values) -> list[float]:
 
 def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scale: float, n_boot: int,
                    seed: int) -> dict:
-    """Refit everything without what the check scores (evals and finetunes beyond fit_until, and the runs
-    of the held-out delta) and compare its forecasts with each finetuned budget it did not see."""
+    """Part 4: refit without what is scored (beyond fit_until, the held-out delta), forecast what was not seen."""
     seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
     budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
@@ -511,7 +484,8 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
                        "--holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
-    cut_runs = [r.until(fit_until) for r in runs if r.delta != holdout]
+    cut_runs = [Run(r.path, r.delta, *(v[r.tokens <= fit_until] for v in (r.tokens, r.train, r.test)))
+                for r in runs if r.delta != holdout]
     models = fit_models(cut_runs, seen, t_scale, seed)
     boot = bootstrap(cut_runs, seen, models, n_boot, seed)
     checks = []
@@ -581,16 +555,15 @@ def check_lines(check: dict) -> list[str]:
     lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
              f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
     for b in check["budgets"]:
-        keys = list(b["rows"][0]["forecast"])
-        after, before = [k for k in keys if k in AFTER], [k for k in keys if k not in AFTER]
-        table = [["delta", "after", *(LABEL[k] for k in after), "before", *(LABEL[k] for k in before)]]
+        before = [k for k in b["rows"][0]["forecast"] if k not in AFTER]  # law, baseline
+        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in before)]]
         for r in b["rows"]:
-            cell = {k: f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f})" for k in keys}
-            table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in after),
+            cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
+            table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in AFTER),
                           f"{r['measured_before']:.4f}", *(cell[k] for k in before)])
         lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
                      f"error %) and before:")
-        lines += aligned(table, [6, 7] + [17] * len(after) + [7] + [17] * len(before), "    ")
+        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(before), "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
             lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured "
@@ -633,8 +606,8 @@ def format_report(results: dict) -> str:
 
 
 def errorbars(ax, x, y, ci, **style):
-    """Points with their intervals (a bootstrap interval need not contain the point fit: clipped at 0)."""
-    y, ci = np.asarray(y), np.asarray(ci)
+    """Points with their intervals, if any (a bootstrap interval need not contain the point fit: clipped at 0)."""
+    y, ci = np.asarray(y), np.array([c or [v, v] for c, v in zip(ci, y)])  # no interval: no bar
     ax.errorbar(x, y, yerr=np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None), capsize=3, **style)
 
 
@@ -642,15 +615,9 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fc, fit, paths = results["forecast"], models.law, []
+    fc, fit, figures = results["forecast"], models.law, {}
 
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(stem + name, dpi=110)
-        plt.close(fig)
-        paths.append(stem + name)
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    figures["curves"], axes = plt.subplots(1, 3, figsize=(15, 4.5))
     grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], fit.max_tokens), 200)
     for d, color in zip(fit.deltas, plt.cm.viridis(np.linspace(0, 0.9, len(fit.deltas)))):
         train_loss, gap = law(fit.params, grid / fit.t_scale, d)
@@ -662,16 +629,14 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     for ax, title in zip(axes, ("domain train loss", "train-test gap", "domain test loss")):
         ax.set(xscale="log", xlabel="pretraining tokens", ylabel=title, title=f"{title}: evals (dots), the paper's law")
     axes[2].legend(fontsize=8)
-    save(fig, "_curves.png")
 
     if results.get("check"):
-        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        figures["check"], ax = plt.subplots(figsize=(6.5, 5.5))
         for b in results["check"]["budgets"]:
-            measured = [r["measured_after"] for r in b["rows"]]
             for key, marker in zip(AFTER, "s^o"):
-                forecast = [r["forecast"][key] for r in b["rows"]]
-                errorbars(ax, measured, forecast, [r["interval"].get(key, [f, f]) for r, f in zip(b["rows"], forecast)],
-                          fmt=marker, label=f"{LABEL[key]} at {approx(b['tokens'])}")
+                errorbars(ax, [r["measured_after"] for r in b["rows"]], [r["forecast"][key] for r in b["rows"]],
+                          [r["interval"].get(key) for r in b["rows"]], fmt=marker,
+                          label=f"{LABEL[key]} at {approx(b['tokens'])}")
             for r in b["rows"]:
                 ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][POST_FT]), fontsize=7,
                             xytext=(4, -8), textcoords="offset points")
@@ -681,29 +646,28 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         ax.set(xlabel="measured domain test loss after finetuning", ylabel="forecast from the pilots alone",
                title=f"forecast check: fitted on {results['check']['scope']} ({CI_LEVEL:.0%} intervals)")
         ax.legend(fontsize=7)
-        save(fig, "_check.png")
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for trained, marker in ((True, "o"), (False, "^")):
+    figures["recommendation"], (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for trained, marker, label in ((True, "o", "trained deltas"), (False, "^", "untrained candidates")):
         pick = [r for r in fc["rows"] if r["trained"] == trained]
         if pick:
-            y = [r[fc["by"]] for r in pick]
-            errorbars(ax, [r["delta"] for r in pick], y, [r.get("interval", [v, v]) for r, v in zip(pick, y)],
-                      fmt=marker, mfc=None if trained else "none",
-                      label="trained deltas" if trained else "untrained candidates")
+            errorbars(ax, [r["delta"] for r in pick], [r[fc["by"]] for r in pick], [r.get("interval") for r in pick],
+                      fmt=marker, mfc=None if trained else "none", label=label)
     ax.plot(fc["recommended"]["delta"], fc["recommended"][fc["by"]], "r*", ms=14, label="recommended")
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set(xlabel="domain_frac (symlog axis)", ylabel=f"forecast domain test loss ({LABEL[fc['by']]})",
            title=f"forecast at {approx(fc['target_tokens'])} tokens ({CI_LEVEL:.0%} intervals)")
     ax.legend(fontsize=8)
-    budget = results["best_by_budget"]
-    ax2.plot([b["tokens"] for b in budget], [b["delta"] for b in budget], "o-",
+    ax2.plot(*zip(*[(b["tokens"], b["delta"]) for b in results["best_by_budget"]]), "o-",
              label=f"best domain_frac ({LABEL[fc['by']]})")
     ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac",
             title="best domain_frac by budget", ylim=(0, 1.1 * max(r["delta"] for r in fc["rows"] if r["inside"])))
     ax2.legend(fontsize=8)
-    save(fig, "_recommendation.png")
-    return paths
+    for name, fig in figures.items():
+        fig.tight_layout()
+        fig.savefig(f"{stem}_{name}.png", dpi=110)
+        plt.close(fig)
+    return [f"{stem}_{name}.png" for name in figures]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_a_negative_gap_is_flagged_only_when_it_is_significant():
         runs.append(fit_laws.Run(f"d{d}", d, TOKENS, train + rng.normal(0, 0.02, 40), train + rng.normal(0, 0.02, 40)))
     flags = fit_laws.fit_law(runs, 1e11).flags  # no gap at all, only noise: nothing significant
     assert not any("negative gap" in f for f in flags)
-    runs[-1].test = runs[-1].train - 0.3 * (TOKENS / UNIT) ** 0.5  # test well below train, growing
+    runs[-1] = runs[-1]._replace(test=runs[-1].train - 0.3 * (TOKENS / UNIT) ** 0.5)  # well below train, growing
     assert any("delta 0.1 has a significantly negative gap" in f for f in fit_laws.fit_law(runs, 1e11).flags)
 
 

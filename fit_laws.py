@@ -484,6 +484,9 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
                        "--holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
+    if not seen:
+        raise FitError(f"no finetune is left to fit on at or below --fit_until {approx(fit_until)}: raise it to "
+                       f"{approx(min(p.tokens for p in points))} or more")
     cut_runs = [Run(r.path, r.delta, *(v[r.tokens <= fit_until] for v in (r.tokens, r.train, r.test)))
                 for r in runs if r.delta != holdout]
     models = fit_models(cut_runs, seen, t_scale, seed)

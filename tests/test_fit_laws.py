@@ -259,6 +259,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
                                                                  "domain_test_loss": 3}])
     fails(runs + [short, "--out", out], capsys, "usable evals", "train longer")
     fails(runs + ["--finetune", *fts, "--fit_until", "1e11", "--out", out], capsys, "nothing to score", "beyond --fit_until")
+    fails(runs + ["--finetune", *fts, "--fit_until", "5e9", "--out", out], capsys, "no finetune is left", "raise it")
     fails(runs + ["--finetune", *fts[:2], "--out", out], capsys, "3 or more pretraining token counts")
     fails(runs + ["--finetune", write_finetune(str(tmp_path / "ftx"), 0.1, 1e10, rng, dataset_id="x"), "--out", out],
           capsys, "finetuned on dataset x")

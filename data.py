@@ -93,16 +93,16 @@ class TokenWriter:
         self.tmp = f"{path}.tmp{os.getpid()}"
         self.file = open(self.tmp, "wb")
         self.file.write(bytes(HEADER_BYTES))  # a placeholder until the count is known
-        self.count, self.sha256 = 0, hashlib.sha256()
+        self.count = 0
 
-    def append(self, tokens: np.ndarray):
+    def append(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
         if tokens.size and int(tokens.max()) >= self.vocab_size:
             raise DataError(f"token id {int(tokens.max())} >= vocab size {self.vocab_size} while writing {self.path}")
-        raw = tokens.astype(self.dtype, copy=False).tobytes()
-        self.file.write(raw)
-        self.sha256.update(raw)  # of the token bytes only, as meta.json records it
+        tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self.file.write(tokens)  # the array's own bytes: no copy
         self.count += tokens.size
+        return tokens  # as written, in the file's dtype (SplitWriter hashes them)
 
     def close(self):
         header = np.array([VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size], np.int64)
@@ -151,8 +151,8 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
 
 
 class SplitWriter:
-    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
-    sha256 is that of its shards' sha256s, so that each shard can be checked on its own."""
+    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). A
+    shard's sha256 is of its tokens' bytes; the split's, of its shards' sha256s (so each can be checked)."""
 
     def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
         self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
@@ -162,9 +162,9 @@ class SplitWriter:
         while len(tokens):
             if self.writer is None:
                 path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
-                self.writer = TokenWriter(path, self.vocab_size)
+                self.writer, self.sha256 = TokenWriter(path, self.vocab_size), hashlib.sha256()
             room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
-            self.writer.append(tokens[:room])
+            self.sha256.update(self.writer.append(tokens[:room]))
             tokens = tokens[room:]
             if self.writer.count == self.shard_tokens:
                 self.close()
@@ -172,7 +172,7 @@ class SplitWriter:
     def close(self) -> dict:
         if self.writer:
             self.writer.close()
-            self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
+            self.shards.append({"tokens": self.writer.count, "sha256": self.sha256.hexdigest()})
             self.writer = None
         return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
                 "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
@@ -387,17 +387,21 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
-            ids = enc.encode_to_numpy(raw.decode("utf-8"), disallowed_special=())  # "<|endoftext|>" in a text is text
+            try:
+                raw = doc.encode()
+            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
+                raw = doc.encode(errors="replace")
+                doc = raw.decode()
+            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
             pending += (eot, ids)
             if len(pending) >= 512:  # a few MB at a time: memory does not grow with the unit
-                writer.append(np.concatenate(pending))
+                writer.append(np.concatenate(pending, dtype=writer.dtype))
                 pending = []
-        writer.append(np.concatenate(pending or [eot[:0]]))
-    index = {"hashes": np.frombuffer(bytes(hashes), np.uint64), "tokens": np.array(lengths, np.uint32),
+        writer.append(np.concatenate(pending or [eot[:0]], dtype=writer.dtype))
+    index = {"hashes": np.frombuffer(hashes, np.uint64), "tokens": np.array(lengths, np.uint32),
              "bytes": np.array(sizes, np.uint32)}
     atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
     return sum(lengths)

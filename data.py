@@ -15,7 +15,7 @@ needs from data, in the order a reader needs it:
 3. prepare: named sources of documents (corpora.py) -> a dataset, split per document by a hash of its
    text: worker processes tokenize independent units in parallel, on one machine or many, and a
    killed preparation keeps what it finished.
-4. The command line, and helpers that every script shares (every script imports this file):
+4. The command line, and the helpers that every script imports from here:
        python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
        python data.py --general english --domain smiles --tokenizer byte --name chem-byte

@@ -4,18 +4,18 @@ Specialized pretraining (SPT) mixes a small domain corpus into pretraining as a 
 delta (`domain_frac`) of the tokens, repeating it as often as needed. This file holds what training
 needs from data, in the order a reader needs it:
 
-1. Token files: text becomes tokens (GPT-2 BPE, or bytes for CPU experiments), an end-of-text token
-   before every document; a file is a 64-byte header (magic, version, token count, bytes per token,
-   vocabulary size), then the tokens as uint16 (when the vocabulary fits) or uint32, memory-mapped.
-   A dataset is a folder: meta.json, and the four splits (general_train, general_val, domain_train,
-   domain_test) as shards of up to SHARD_TOKENS tokens in shards-<dataset id>/, read as one array.
+1. Token files: documents become tokens (GPT-2 BPE, or bytes for CPU experiments), an end-of-text
+   token before each; a file is a 64-byte header (magic, version, token count, bytes per token,
+   vocabulary size), then the tokens as uint16 (when the vocabulary fits) or uint32. A dataset is a
+   folder: meta.json and the splits (general_train, general_val, domain_train, domain_test), each as
+   shards of up to SHARD_TOKENS tokens, read back as one memory-mapped array.
 2. The Mixture: batches in which delta of the sequences come from domain_train, each a pure function
    of (seed, delta, batch geometry, step): a run resumes exactly, splits across torchrun ranks without
    overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
-3. prepare: named sources of documents (corpora.py) -> a dataset. Splits are per document, decided by
-   a hash of its text: no global shuffle, so worker processes tokenize independent units in parallel,
-   a killed preparation keeps what it finished, and many machines can share one.
-4. The command line:
+3. prepare: named sources of documents (corpora.py) -> a dataset, split per document by a hash of its
+   text: worker processes tokenize independent units in parallel, on one machine or many, and a
+   killed preparation keeps what it finished.
+4. The command line, and the helpers that every script imports from here:
        python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
        python data.py --general english --domain smiles --tokenizer byte --name chem-byte
@@ -46,19 +46,20 @@ from corpora import SOURCES, DataError, resolve_source  # noqa: F401 (data.SOURC
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
+DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
 
 
 # ---------------------------------------------------------------------------------------------
-# Token files: two tokenizers (both tiktoken Encodings, so everything downstream treats them alike),
-# a file of tokens, and a dataset: meta.json and each split's shards (SplitWriter writes them,
-# open_split reads a split back as one array).
+# 1. Token files: two tokenizers (tiktoken Encodings both, so all downstream treats them alike), a
+# file of tokens, and a dataset (SplitWriter writes a split's shards, open_split reads them back).
 
 GPT2_RANKS = os.path.join(ROOT, "assets", "gpt2.tiktoken")
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
+MAGIC, VERSION, HEADER_BYTES = b"SPTTOKS\0", 1, 64
 
 
 @functools.cache  # one per process: the worker processes ask for it for every unit
@@ -78,14 +79,9 @@ def get_tokenizer(name: str) -> tiktoken.Encoding:
     return tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
 
-MAGIC = b"SPTTOKS\0"
-VERSION = 1
-HEADER_BYTES = 64
-
-
 class TokenWriter:
-    """Append token arrays to a token file without holding them all: the header (with the count)
-    is written last, into a temporary file that replaces `path` only when complete."""
+    """Append token arrays to a token file without holding them all: the header (with the count) goes in
+    last, and the file replaces `path` only when complete (after an error in a `with`, `path` stays)."""
 
     def __init__(self, path: str, vocab_size: int):
         self.path, self.vocab_size = path, vocab_size
@@ -93,16 +89,16 @@ class TokenWriter:
         self.tmp = f"{path}.tmp{os.getpid()}"
         self.file = open(self.tmp, "wb")
         self.file.write(bytes(HEADER_BYTES))  # a placeholder until the count is known
-        self.count, self.sha256 = 0, hashlib.sha256()
+        self.count = 0
 
-    def append(self, tokens: np.ndarray):
+    def append(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
         if tokens.size and int(tokens.max()) >= self.vocab_size:
             raise DataError(f"token id {int(tokens.max())} >= vocab size {self.vocab_size} while writing {self.path}")
-        raw = tokens.astype(self.dtype, copy=False).tobytes()
-        self.file.write(raw)
-        self.sha256.update(raw)  # of the token bytes only, as meta.json records it
+        tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self.file.write(tokens)  # the array's own bytes: no copy
         self.count += tokens.size
+        return tokens  # as written, in the file's dtype (SplitWriter hashes them)
 
     def close(self):
         header = np.array([VERSION, self.count, np.dtype(self.dtype).itemsize, self.vocab_size], np.int64)
@@ -118,10 +114,9 @@ class TokenWriter:
 
     def __exit__(self, exc_type, *_):
         if exc_type is None:
-            self.close()
-        else:  # leave whatever was at `path` untouched
-            self.file.close()
-            os.remove(self.tmp)
+            return self.close()
+        self.file.close()
+        os.remove(self.tmp)
 
 
 def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
@@ -140,10 +135,9 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
     version, count, itemsize, file_vocab = np.frombuffer(raw[8:40], dtype=np.int64).tolist()
     if version != VERSION or itemsize not in (2, 4):
         raise DataError(f"{path}: unsupported version {version} / token size {itemsize}: prepare it again")
-    expected = HEADER_BYTES + count * itemsize
-    if os.path.getsize(path) != expected:
+    if os.path.getsize(path) != HEADER_BYTES + count * itemsize:
         raise DataError(f"{path} is truncated or corrupt ({os.path.getsize(path)} bytes, header says "
-                        f"{expected}): prepare the dataset again")
+                        f"{HEADER_BYTES + count * itemsize}): prepare the dataset again")
     if vocab_size is not None and file_vocab != vocab_size:
         raise DataError(f"{path} holds tokens of a {file_vocab}-token vocabulary, not {vocab_size}: it was made "
                         f"with another tokenizer; prepare the data with the one the model uses")
@@ -151,8 +145,8 @@ def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
 
 
 class SplitWriter:
-    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). Its
-    sha256 is that of its shards' sha256s, so that each shard can be checked on its own."""
+    """A split's tokens, appended in order, as shards of shard_tokens tokens (the last one shorter). A
+    shard's sha256 is of its tokens' bytes; the split's, of its shards' sha256s (so each can be checked)."""
 
     def __init__(self, folder: str, split: str, vocab_size: int, shard_tokens: int):
         self.folder, self.split, self.vocab_size, self.shard_tokens = folder, split, vocab_size, shard_tokens
@@ -162,9 +156,9 @@ class SplitWriter:
         while len(tokens):
             if self.writer is None:
                 path = os.path.join(self.folder, f"{self.split}-{len(self.shards):05d}.bin")
-                self.writer = TokenWriter(path, self.vocab_size)
+                self.writer, self.sha256 = TokenWriter(path, self.vocab_size), hashlib.sha256()
             room = min(self.shard_tokens - self.writer.count, 1 << 20)  # 1M tokens at a time: memory stays flat
-            self.writer.append(tokens[:room])
+            self.sha256.update(self.writer.append(tokens[:room]))
             tokens = tokens[room:]
             if self.writer.count == self.shard_tokens:
                 self.close()
@@ -172,31 +166,29 @@ class SplitWriter:
     def close(self) -> dict:
         if self.writer:
             self.writer.close()
-            self.shards.append({"tokens": self.writer.count, "sha256": self.writer.sha256.hexdigest()})
+            self.shards.append({"tokens": self.writer.count, "sha256": self.sha256.hexdigest()})
             self.writer = None
         return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards,
                 "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest()}
 
 
 def load_meta(data_dir: str) -> dict:
-    path = os.path.join(data_dir, "meta.json")
+    path, again = os.path.join(data_dir, "meta.json"), f"prepare it again with `python data.py --out {data_dir}`"
     if not os.path.exists(path):
         raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
     try:
         with open(path) as f:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{path} is not valid JSON: prepare the dataset again with `python data.py --out {data_dir}`")
+        raise DataError(f"{path} is not valid JSON: {again}")
     if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
-        raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: prepare the dataset again "
-                        f"with `python data.py --out {data_dir}`")
+        raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: {again}")
     return meta
 
 
 class Tokens:
-    """A split as one array of tokens: its shards, memory-mapped, behind one index space. It has a
-    length, contiguous slices (which read only the shards they touch: a window may straddle two) and
-    np.asarray (which reads them all)."""
+    """A split's shards, memory-mapped, as one array: a length, contiguous slices (which read only the
+    shards they touch: a window may straddle two) and np.asarray (which reads them all)."""
 
     def __init__(self, shards: list[np.memmap]):
         self.shards = shards
@@ -207,12 +199,10 @@ class Tokens:
 
     def __getitem__(self, index: slice) -> np.ndarray:
         start, stop, _ = index.indices(len(self))
-        k = int(np.searchsorted(self.starts, start, side="right")) - 1
-        pieces = []
+        k, pieces = int(np.searchsorted(self.starts, start, side="right")) - 1, []
         while start < stop:
-            piece = self.shards[k][start - self.starts[k]:stop - self.starts[k]]
-            pieces.append(piece)
-            start, k = start + len(piece), k + 1
+            pieces.append(self.shards[k][start - self.starts[k]:stop - self.starts[k]])
+            start, k = start + len(pieces[-1]), k + 1
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [self.shards[0][:0]])
 
     def __array__(self, dtype=None, copy=None):
@@ -220,10 +210,9 @@ class Tokens:
 
 
 def open_split(data_dir: str, split: str) -> Tokens:
-    """A split of a prepared dataset, each shard checked against meta.json: a shard that is missing,
-    cut short, of another vocabulary (another tokenizer) or of another size (a file copied from another
-    dataset or split) is refused. (Whether a model's vocabulary matches the dataset's is checked where
-    a checkpoint meets a dataset: train.check_vocabulary.)"""
+    """A split of a prepared dataset. A shard that is missing, cut short, of another vocabulary (another
+    tokenizer) or of another size than meta.json says (copied from another dataset or split) is refused.
+    (Whether a model's vocabulary matches is checked where a checkpoint meets a dataset: train.py.)"""
     meta = load_meta(data_dir)
     info = meta["splits"].get(split)
     if not info or info["tokens"] == 0:
@@ -245,32 +234,28 @@ def open_split(data_dir: str, split: str) -> Tokens:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Mixture.
+# 2. The Mixture.
 
 class Mixture:
     """Batches of (inputs, targets) with a `domain_frac` share of sequences from the domain split.
 
-    A split of N tokens is cut into n = (N - 1) // seq_len windows of seq_len + 1 tokens (inputs and
-    targets shifted by one), read epoch by epoch through a fresh seeded permutation of its windows:
-    general data is never repeated until exhausted, and domain repeats are exact. A step that straddles
-    two epochs may hold the same window twice, from the end of one and the start of the next (fewer
-    than m^2 / n such pairs per epoch on average, for m windows of that split per step): the price of
-    epochs that are each an exact pass.
+    A split of N tokens is n = (N - 1) // seq_len windows of seq_len + 1 tokens (inputs and targets
+    shifted by one), read epoch by epoch through a fresh seeded permutation: general data is never
+    repeated until exhausted, and domain repeats are exact. (A step that straddles two epochs may hold
+    a window twice: fewer than m^2 / n such pairs per epoch on average, for m windows per step.)
 
     Step s draws `batch_size` sequences (the global batch, over all ranks and micro-steps), of which
         n_domain(s) = round((s + 1) * B * delta) - round(s * B * delta)
     come from the domain: cumulative rounding keeps the realized fraction within one sequence of
-    delta * B * steps at every step, even for delta * B < 1. Which slots hold domain sequences is a
-    seeded shuffle, so micro-batches and ranks all see the mix. Everything is a pure function of the
-    step. Steps and tokens are the run's own count: a run that continues another (--init_from, as
-    SCPT's last 10% does) starts at its parent's first_step and first_tokens, and reads on from
-    general_start, general text it has not seen, while its domain is read from the start and its
-    draws are a new mixture's (s below counts steps from first_step).
+    delta * B * steps at every step, even for delta * B < 1. A seeded shuffle puts them in the slots,
+    so that every micro-batch and rank sees the mix. Steps and tokens are the run's own count: a run
+    that continues another (--init_from, as SCPT's last 10% does) starts at its parent's first_step and
+    first_tokens and reads on from general_start, general text it has not seen, while its domain is
+    read from the start and its draws are a new mixture's (s below counts steps from first_step).
 
-    Splits are read through `Tokens`, so a sharded split gives the batches a single file would. Memory
-    per rank: the OS pages shards in as batches touch them; the Mixture holds the current epoch's
-    permutation of each split's windows, 8 bytes per window (200B general tokens at seq_len 2048: 98M
-    windows, 0.78 GB, twice that for a moment when an epoch turns), whatever the number of shards.
+    Splits are read through `Tokens`: a sharded split gives the batches one file would. Memory per rank:
+    the OS pages shards in as batches touch them, and each split's current epoch permutation takes 8
+    bytes per window (200B tokens at seq_len 2048: 0.78 GB; twice that as an epoch turns).
     """
 
     def __init__(self, data_dir: str, domain_frac: float, batch_size: int, seq_len: int, seed: int = 0,
@@ -346,26 +331,30 @@ class Mixture:
                 "seq_len": self.seq_len, "general_start": self.general_start}
 
 
+def check_seed(seed: int):
+    if seed < 0:  # numpy's seeded generators take non-negative integers only
+        raise DataError(f"seed {seed}: use a non-negative integer")
+
+
 # ---------------------------------------------------------------------------------------------
-# prepare: sources -> units -> tokens -> document-level splits -> shards + meta.json
+# 3. prepare: sources -> units -> tokens -> document-level splits -> shards + meta.json
 #
-# 1. Tokenize. A source (corpora.py) is a list of units: a package's texts, a 16 MiB range of a local
-#    file, a hosted file. Worker processes tokenize each unit into .work/<group>-<key>/<unit>.bin (its
-#    documents' tokens) and <unit>.npz (per document: a 64-bit hash of its text, its tokens and bytes).
-#    A unit with its .npz is done and never redone: a killed preparation loses only the units in flight,
-#    and N machines sharing the folder each take every N-th unit (--part i/N). The key names the source,
-#    the tokenizer and the units, so another preparation's work is never mixed in.
-# 2. Choose, from the .npz files alone, in one process (64 bytes of memory per document):
-#    - one copy of each distinct text: the first in reading order (unit, then place in the unit);
-#    - each document gets a place p, uniform in [0, 2^64), from its text's hash, the seed and the group,
-#      and is held out when p < holdout_frac * 2^64 (when none is, the one of lowest p is). Copies of
-#      a text share p, so they never straddle train and test, and no budget moves the held-out split;
-#    - a token budget keeps the training documents of lowest p, up to the one that reaches it: a random
-#      sample of the whole source, not its first files, and budgets nest. Falling short is an error;
-#    - an online source is read only as far as its budget needs: the first units, in order, whose
-#      training documents hold it (a few more may have been tokenized; they are left out).
-# 3. Assemble. The chosen documents' tokens are copied, in reading order, into shards in a new folder;
-#    meta.json, written last and atomically, switches the dataset over to them.
+# Tokenize: a source (corpora.py) is a list of units (a package's texts, a 16 MiB range of a local
+#   file, a hosted file). Worker processes tokenize each into .work/<group>-<key>/<unit>.bin (its
+#   documents' tokens) and <unit>.npz (per document: a 64-bit hash of its text, its tokens and bytes),
+#   which marks it done: a killed preparation loses only the units in flight, and N machines sharing
+#   the folder each take every N-th unit (--part i/N). The key names source, tokenizer and units.
+# Choose, from the .npz files alone (64 bytes of memory per document):
+#   - the first copy of each distinct text, in reading order;
+#   - a place p, uniform in [0, 2^64), per document from its text's hash, the seed and the group; held
+#     out when p < holdout_frac * 2^64 (if none is, the lowest). Copies share p, so they never straddle
+#     train and test, and no budget moves the held-out split;
+#   - a token budget keeps the training documents of lowest p, up to the one that reaches it: a random
+#     sample of the whole source, and budgets nest. Falling short is an error;
+#   - an online source is read only as far as its budget needs: the first units whose training
+#     documents hold it (any more that were tokenized are left out).
+# Assemble: the chosen documents' tokens go, in reading order, into shards in a new folder; meta.json,
+#   written last and atomically, switches the dataset over to them.
 
 @dataclass
 class Group:
@@ -394,17 +383,21 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            raw = doc.encode("utf-8", errors="replace")  # a lone surrogate (half an emoji) becomes "?"
-            ids = enc.encode_to_numpy(raw.decode("utf-8"), disallowed_special=())  # "<|endoftext|>" in a text is text
+            try:
+                raw = doc.encode()
+            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
+                raw = doc.encode(errors="replace")
+                doc = raw.decode()
+            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
             pending += (eot, ids)
             if len(pending) >= 512:  # a few MB at a time: memory does not grow with the unit
-                writer.append(np.concatenate(pending))
+                writer.append(np.concatenate(pending, dtype=writer.dtype))
                 pending = []
-        writer.append(np.concatenate(pending or [eot[:0]]))
-    index = {"hashes": np.frombuffer(bytes(hashes), np.uint64), "tokens": np.array(lengths, np.uint32),
+        writer.append(np.concatenate(pending or [eot[:0]], dtype=writer.dtype))
+    index = {"hashes": np.frombuffer(hashes, np.uint64), "tokens": np.array(lengths, np.uint32),
              "bytes": np.array(sizes, np.uint32)}
     atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
     return sum(lengths)
@@ -429,9 +422,9 @@ def tokenize(tasks: list[tuple], workers: int):
 
 
 def units_needed(g: Group, seed: int, first_round: int) -> int:
-    """How many units, from the first, to tokenize: all of an offline source. Of an online one: when the
-    finished units hold the budget, those it uses; else as many more as the training tokens per unit
-    seen so far say are missing (after a first round of one unit per machine, to see it)."""
+    """How many units, from the first, to tokenize: all of an offline source; of an online one, those
+    the budget uses once finished units hold it, else as many more as their tokens per unit say (after
+    a first round of one unit per machine, to see it)."""
     if not g.source.online:
         return len(g.units)
     done = next((u for u in range(len(g.units)) if not os.path.exists(g.path(u, ".npz"))), len(g.units))
@@ -482,46 +475,31 @@ def choose(g: Group, n: int, seed: int) -> dict:
             "used": used, "distinct": int(first.sum()), "train_tokens": int(tokens[train].sum())}
 
 
-def check_choice(g: Group, choice: dict, allow_short: bool):
-    held = choice["masks"][g.splits[1]]
-    if not choice["distinct"]:
-        raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
-    if not choice["train_tokens"]:
-        raise DataError(f"{g.name} source {g.spec!r} has {choice['distinct']} distinct documents: too few to hold "
-                        f"out {g.holdout_frac:.0%} of them; use more data")
-    if g.budget and choice["train_tokens"] < g.budget and not allow_short:
-        raise DataError(f"{g.splits[0]}: {g.spec!r} holds {choice['train_tokens']:,} training tokens "
-                        f"({choice['distinct']:,} distinct documents, {held.sum():,} held out), short of the "
-                        f"{g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass --allow_short")
-
-
-def write_splits(g: Group, choice: dict, folder: str, vocab_size: int, shard_tokens: int) -> dict:
-    """Copy each split's documents, in reading order, from the units' token files into its shards."""
-    writers = {split: SplitWriter(folder, split, vocab_size, shard_tokens) for split in g.splits}
-    first_doc = np.searchsorted(choice["unit_of"], np.arange(choice["used"] + 1))
-    for u in tqdm(range(choice["used"]), desc=f"assemble {g.name}", unit="unit", leave=False):
-        lo, hi = first_doc[u], first_doc[u + 1]
-        starts = np.concatenate([[0], np.cumsum(choice["tokens"][lo:hi], dtype=np.int64)])
-        tokens = read_tokens(g.path(u, ".bin"))
-        if len(tokens) != starts[-1]:
-            raise DataError(f"{g.path(u, '.bin')} does not match its .npz: delete both and run again")
-        for split, writer in writers.items():
-            kept = choice["masks"][split][lo:hi].view(np.int8)
-            runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # where runs of kept documents start, end
-            for a, b in runs.reshape(-1, 2):
-                writer.append(tokens[starts[a]:starts[b]])
-    return {split: {**writer.close(), "documents": int(choice["masks"][split].sum()),
-                    "bytes": int(choice["bytes"][choice["masks"][split]].sum())} for split, writer in writers.items()}
-
-
 def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
-    """Write the shards into a folder of their own, then switch meta.json over to them."""
+    """Copy each split's documents, in reading order, from the units' token files into shards in a
+    folder of their own, then switch meta.json over to them."""
     staging = os.path.join(out_dir, f".assemble{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
         for g, choice in zip(groups, choices):
-            meta["splits"].update(write_splits(g, choice, staging, meta["vocab_size"], shard_tokens))
+            writers = {split: SplitWriter(staging, split, meta["vocab_size"], shard_tokens) for split in g.splits}
+            first_doc = np.searchsorted(choice["unit_of"], np.arange(choice["used"] + 1))
+            for u in tqdm(range(choice["used"]), desc=f"assemble {g.name}", unit="unit", leave=False):
+                lo, hi = first_doc[u], first_doc[u + 1]
+                starts = np.concatenate([[0], np.cumsum(choice["tokens"][lo:hi], dtype=np.int64)])
+                tokens = read_tokens(g.path(u, ".bin"))
+                if len(tokens) != starts[-1]:
+                    raise DataError(f"{g.path(u, '.bin')} does not match its .npz: delete both and run again")
+                for split, writer in writers.items():
+                    kept = choice["masks"][split][lo:hi].view(np.int8)
+                    runs = np.flatnonzero(np.diff(np.concatenate([[0], kept, [0]])))  # where kept runs start, end
+                    for a, b in runs.reshape(-1, 2):
+                        writer.append(tokens[starts[a]:starts[b]])
+            for split, writer in writers.items():
+                mask = choice["masks"][split]
+                meta["splits"][split] = {**writer.close(), "documents": int(mask.sum()),
+                                         "bytes": int(choice["bytes"][mask].sum())}
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -538,11 +516,6 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
         elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
             os.remove(path)
     return meta
-
-
-def check_seed(seed: int):
-    if seed < 0:  # numpy's seeded generators take non-negative integers only
-        raise DataError(f"seed {seed}: use a non-negative integer")
 
 
 def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gpt2",
@@ -590,8 +563,17 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
             print(f"part {part} is done; when all parts are, run the same command without --part to finish")
             return None
         choices = [choose(g, wanted[g.name], seed) for g in groups]
-        for g, choice in zip(groups, choices):
-            check_choice(g, choice, allow_short)
+        for g, c in zip(groups, choices):
+            if not c["distinct"]:
+                raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
+            if not c["train_tokens"]:
+                raise DataError(f"{g.name} source {g.spec!r} has {c['distinct']} distinct documents: too few to hold "
+                                f"out {g.holdout_frac:.0%} of them; use more data")
+            if g.budget and c["train_tokens"] < g.budget and not allow_short:
+                raise DataError(f"{g.splits[0]}: {g.spec!r} holds {c['train_tokens']:,} training tokens "
+                                f"({c['distinct']:,} distinct documents, {c['masks'][g.splits[1]].sum():,} held out), "
+                                f"short of the {g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass "
+                                f"--allow_short")
         t1 = time.time()
         meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
                 "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
@@ -610,22 +592,16 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
 
 
 def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
-    """train.py calls this so that `python train.py` works on a fresh machine."""
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        if os.path.abspath(data_dir) != os.path.abspath(DEFAULT_DATA_DIR):
-            raise DataError(f"{data_dir} has no meta.json: prepare it with `python data.py --out {data_dir}`")
+    """train.py calls this so that `python train.py` works on a fresh machine (elsewhere, load_meta says what to do)."""
+    if os.path.abspath(data_dir) == DEFAULT_DATA_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
         print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
         prepare(data_dir, **DEFAULT_PREPARE)
     return data_dir
 
 
-DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
-
-
 # ---------------------------------------------------------------------------------------------
-# The command line, and what every script shares: files written whole (atomic_write), token counts
-# as people write them (token_count; train.format_tokens writes them that way), flags through
-# ArgumentParser.
+# 4. The command line, and what every script shares: files written whole (atomic_write), token
+# counts as people write them (token_count; train.format_tokens writes them), flags (ArgumentParser).
 
 def atomic_write(path, write_fn, mode="wb"):
     """Write through a temporary file and rename, so a crash never leaves half a file behind."""
@@ -653,8 +629,8 @@ def token_count(text: str) -> int:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help as this project writes it: the script's docstring as written, then one line per flag,
-    its meaning followed by its default (unless there is none, or the meaning says what it is)."""
+    """--help as written here: the script's docstring as it is, then a line per flag, its meaning and
+    its default (unless there is none, or the meaning says what it is)."""
 
     def _get_help_string(self, action):  # argparse's own hook for this (ArgumentDefaultsHelpFormatter's)
         text = action.help or ""
@@ -665,8 +641,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for every script here: --help through HelpFormatter, and an error in one line (argparse's
-    usage block of every flag would bury the message)."""
+    """--help through HelpFormatter, and an error in one line (not buried under argparse's usage block)."""
 
     def __init__(self, **kwargs):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
@@ -683,18 +658,18 @@ def main(argv=None):
     p.add_argument("--domain", default=DEFAULT_PREPARE["domain"], help="domain source, the same way ('': none)")
     p.add_argument("--tokenizer", default=DEFAULT_PREPARE["tokenizer"], choices=["gpt2", "byte"],
                    help="gpt2 (BPE, 50,257 tokens) or byte (256 bytes + end-of-text)")
-    p.add_argument("--name", default=None, help="dataset name: data/<name> (default: data/default)")
-    p.add_argument("--out", default=None, help="output folder (instead of --name)")
+    p.add_argument("--name", help="dataset name: data/<name> (default: data/default)")
+    p.add_argument("--out", help="output folder (instead of --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=token_count, default=None,
+    p.add_argument("--domain_tokens", type=token_count,
                    help="keep a random sample of N domain training tokens: 3e6, 3M (default: all)")
-    p.add_argument("--general_tokens", type=token_count, default=None,
+    p.add_argument("--general_tokens", type=token_count,
                    help="keep a random sample of N general training tokens: 2e9, 200B (default: all)")
     p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
     p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")
-    p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: one per CPU core)")
-    p.add_argument("--part", default=None, help="i/N: tokenize only the i-th of N shares (machines); 0 <= i < N")
+    p.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU core)")
+    p.add_argument("--part", help="i/N: tokenize only the i-th of N shares (machines); 0 <= i < N")
     args = p.parse_args(argv)
     if args.list:
         return print(corpora.describe())

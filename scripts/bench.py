@@ -273,7 +273,8 @@ def bench_prepare(mb: float, repeats: int):
     assemble_rate = one["tokens"] / max(one["assemble"], 1e-9)
     print(f"\n{'goal':46s} {'measured':>12s}")
     busy = "" if scaling >= 1.8 or two["cpu"] / two["wall"] > 1.8 else \
-        f" (the 2-worker run had {two['cpu'] / two['wall']:.2f} CPUs: a busy machine, rerun on an idle one)"
+        f" (the 2-worker run used {two['cpu'] / two['wall']:.2f} CPUs on average: other work on the machine, " \
+        f"or workers left waiting; on an idle machine it is the latter)"
     print(f"{'1 -> 2 workers, tokenizing >= 1.8x':46s} {scaling:11.2f}x {'ok' if scaling >= 1.8 else 'MISSED'}{busy}")
     print(f"{'per worker >= 80% of tiktoken (' + f'{encode:,.0f} tokens/cpu s)':46s} {per_worker / encode:11.0%} "
           f"{'ok' if per_worker >= 0.8 * encode else 'MISSED'} (per CPU second, reading and assembling included)")

@@ -62,7 +62,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -115,6 +115,8 @@ class TrainConfig:
     eps: float = setting(1e-5, "AdamW epsilon")
     weight_decay: float = setting(0.1, "AdamW weight decay, of matrices only")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    ema: float = setting(0.0, "evals and milestones use an exponential moving average of the weights with this "
+                              "decay per step (0: the weights themselves)")
     # evaluation, logging and checkpoints
     eval_interval: int = setting(25, "steps between evals, one log.jsonl line each")
     eval_windows: int = setting(64, "fixed windows of each split an eval measures")
@@ -166,6 +168,7 @@ RANGES = {
     "eps": (lambda v: 0 < v < math.inf, "a number > 0"),
     "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
     "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: no clipping)"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1): the weight average's decay per step (0: none)"),
     "max_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
     "extend_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
     "eval_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
@@ -297,6 +300,51 @@ def configure_optimizer(model, lr, betas, eps, weight_decay):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     fused = all(p.is_cuda for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (--ema): after step t,
+        average <- average + (1 - d_t) * (weights - average),  d_t = min(decay, (1 + t) / (10 + t)).
+    At a nearly constant learning rate (cosine_truncated) the weights keep jumping around their
+    optimum, and a tiny model's loss on a domain it has barely seen jumps with them, by 0.02-0.03 nats
+    from one eval to the next; the average over the last ~1 / (1 - decay) steps sits closer to the
+    optimum and moves smoothly. d_t grows from 0.1 (TensorFlow's ExponentialMovingAverage rule), so that
+    early evals average only the last ~10% of the steps rather than remember the random start. Works
+    on sharded weights as on plain ones: each process averages the parameters it holds."""
+
+    def __init__(self, model, decay: float):
+        self.model, self.decay, self.steps = model, decay, 0
+        self.weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self):
+        self.steps += 1
+        keep = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for name, p in self.model.named_parameters():
+            self.weights[name].lerp_(p, 1 - keep)
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def in_model(self):
+        """The model holds the average inside the with-block and its own weights again after it. (FSDP
+        keeps the root's weights gathered after a forward pass: they go back into their shards first,
+        so that each copy lands in the shards the optimizer updates and the next forward gathers anew.)"""
+        reshard(self.model)
+        own = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        for name, p in self.model.named_parameters():
+            p.copy_(self.weights[name])
+        try:
+            yield
+        finally:
+            reshard(self.model)
+            for name, p in self.model.named_parameters():
+                p.copy_(own[name])
+
+
+def reshard(model):
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 @dataclass(frozen=True)
@@ -458,19 +506,23 @@ def load_model(path: str, device="cpu") -> tuple[GPT, dict]:
     return model.to(device), ckpt
 
 
-def load_training_state(model, optimizer, ckpt: dict, path: str):
-    """What --resume reads besides the weights: the optimizer state and the random state. A folder's
-    optimizer state is resharded by DCP to this run's processes; a run saved before its first step has
-    none (an AdamW state of zeros would count a step that never happened)."""
+def load_training_state(model, optimizer, ckpt: dict, path: str, average: WeightAverage | None = None):
+    """What --resume reads besides the weights: the optimizer state, the weight average (--ema) and the
+    random state. A folder's tensors are resharded by DCP to this run's processes; a run saved before its
+    first step has no optimizer state (an AdamW state of zeros would count a step that never happened)."""
     if os.path.isdir(path):
-        state = {"model": model.state_dict()}
+        state = {"model": model.state_dict(), **({"ema": average.weights} if average else {})}
         if any(k.startswith("optimizer.") for k in shard_contents(path)):
             state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-        dcp.load(state, checkpoint_id=path)
+        dcp.load(state, checkpoint_id=path)  # into the tensors in place
         if "optimizer" in state:
             set_optimizer_state_dict(model, optimizer, state["optimizer"])
     else:
         optimizer.load_state_dict(ckpt["optimizer"])
+        for name, weights in (average.weights.items() if average else ()):
+            weights.copy_(ckpt["ema"][name])
+    if average:
+        average.steps = ckpt["ema_steps"]
     torch.set_rng_state(ckpt["rng"])
 
 
@@ -515,7 +567,7 @@ def count_params(mc: GPTConfig) -> int:
 
 
 def memory_plan(mc: GPTConfig, micro_batch: int, world_size: int, parallel: str, act_ckpt: bool,
-                dtype: torch.dtype, device_type: str) -> dict[str, float]:
+                dtype: torch.dtype, device_type: str, ema: bool = False) -> dict[str, float]:
     """Bytes per process by what holds them. "total" is the plan: what lives through the whole step,
     plus the larger of what forward and backward hold and what the optimizer step adds."""
     d, f, h, L, V = mc.d_model, mc.d_ff, mc.n_head, mc.n_layer, mc.padded_vocab
@@ -528,6 +580,8 @@ def memory_plan(mc: GPTConfig, micro_batch: int, world_size: int, parallel: str,
     weight_bytes = a if parallel == "fsdp" else 4  # FSDP gathers the weights in the compute dtype
     whole_step = {"parameters": 4 * params / shards, "gradients": 4 * params / shards,
                   "optimizer": 8 * params / shards}
+    if ema:  # --ema: the average, sharded like the weights
+        whole_step["weight average"] = 4 * params / shards
     if parallel == "ddp" and world_size > 1:
         whole_step["gradient buckets"] = 4 * params  # DDP all-reduces a flat copy of the gradients
     passes = {"activations": blocks + tokens * 8 * d + weight_bytes * output_params}
@@ -556,9 +610,10 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, rt: Runtime):
     micro = cfg.batch_size // cfg.grad_accum
 
     def total(parallel=cfg.parallel, act_ckpt=cfg.act_ckpt, micro_batch=micro):
-        return memory_plan(mc, micro_batch, rt.world_size, parallel, act_ckpt, rt.dtype, rt.device.type)["total"]
+        return memory_plan(mc, micro_batch, rt.world_size, parallel, act_ckpt, rt.dtype, rt.device.type,
+                           cfg.ema > 0)["total"]
 
-    plan = memory_plan(mc, micro, rt.world_size, cfg.parallel, cfg.act_ckpt, rt.dtype, rt.device.type)
+    plan = memory_plan(mc, micro, rt.world_size, cfg.parallel, cfg.act_ckpt, rt.dtype, rt.device.type, cfg.ema > 0)
     budget = cfg.memory_gb * GB or (torch.cuda.get_device_properties(rt.device).total_memory
                                      if rt.device.type == "cuda" else 0)
     if rt.master:
@@ -694,14 +749,17 @@ def mean_loss(model, tokens, seq_len: int, n_windows: int, batch_size: int, devi
     return (total[0] / total[1]).item()
 
 
-def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows: int, eval_batch_size: int):
-    """A function that measures the three losses of a log line (general val, domain train, domain test)."""
+def make_evaluator(model, rt: Runtime, data_dir: str, seq_len: int, eval_windows: int, eval_batch_size: int,
+                   average: WeightAverage | None = None):
+    """A function that measures the three losses of a log line (general val, domain train, domain test):
+    of the model's weights, or of their `average` (--ema)."""
     splits = {name: data.open_split(data_dir, split) for name, split in LOSS_SPLITS}
 
     def evaluate():
-        return {name: mean_loss(model, tokens, seq_len, eval_windows, eval_batch_size, rt.device, rt.autocast,
-                                rt.rank, rt.world_size)
-                for name, tokens in splits.items()}
+        with average.in_model() if average else contextlib.nullcontext():
+            return {name: mean_loss(model, tokens, seq_len, eval_windows, eval_batch_size, rt.device, rt.autocast,
+                                    rt.rank, rt.world_size)
+                    for name, tokens in splits.items()}
     return evaluate
 
 
@@ -916,7 +974,7 @@ def parse_milestones(spec: str) -> list[int]:
 
 # What defines the data stream and the schedule: a resumed run must keep them.
 RESUME_FIXED = ("domain_frac", "batch_size", "seq_len", "seed", "max_tokens", "schedule", "lr", "min_lr",
-                "warmup_steps", "horizon_mult", "decay_frac")
+                "warmup_steps", "horizon_mult", "decay_frac", "ema")
 
 
 def check_geometry(batch_size: int, grad_accum: int, world_size: int):
@@ -965,7 +1023,8 @@ def pretrain(cfg: TrainConfig):
             raise TrainError(f"{latest} holds weights only (a milestone's), not the optimizer and data position an "
                              f"exact resume needs: start a new run from it with --init_from in another --out_dir")
         before = ckpt["config"]
-        changed = [k for k in RESUME_FIXED if before.get(k) != getattr(cfg, k)]
+        changed = [k for k in RESUME_FIXED  # (a run from before a setting existed had its default)
+                   if before.get(k, TrainConfig.__dataclass_fields__[k].default) != getattr(cfg, k)]
         if changed:
             was = ", ".join(f"{k}={before.get(k)}" for k in changed)
             raise TrainError(f"--resume with other {', '.join(changed)} than the run in {out_dir} ({was}): an "
@@ -1007,14 +1066,17 @@ def pretrain(cfg: TrainConfig):
     if sharded:
         shard_model(model, rt, compile_blocks=cfg.compile)
     optimizer = configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if ckpt is not None:
-        load_training_state(model, optimizer, ckpt, latest)
+        load_training_state(model, optimizer, ckpt, latest, average)
+    if average:
+        optimizer.register_step_post_hook(lambda *_: average.update())
     raw = model
     if cfg.compile and not sharded:
         model = torch.compile(model)
     if rt.world_size > 1 and not sharded:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = make_evaluator(model, rt, data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size)
+    evaluate = make_evaluator(model, rt, data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size, average)
 
     def recovery():  # what a failed write leaves intact, and the command that goes on from there
         if os.path.exists(latest):
@@ -1040,20 +1102,26 @@ def pretrain(cfg: TrainConfig):
               f"{total_steps - start_step} steps on {rt.world_size} x {rt.device.type}, domain_frac {cfg.domain_frac}")
 
     def save(path, step, resumable):
-        """A checkpoint of the run at `step`: resumable (ckpt_latest.pt) or the weights alone (a milestone)."""
+        """A checkpoint of the run at `step`: resumable (ckpt_latest.pt: the weights, the optimizer state
+        and the weight average) or a milestone's weights alone (with --ema the average's, which the evals
+        measured and finetuning starts from)."""
         state = {"step": step, "mixture_step0": mixture_step0, "tokens_offset": tokens_offset,
                  "tokens": mixture.tokens(step), "general_position": mixture.position(step)["general"],
                  "model_config": raw.config_dict(), "config": dataclasses.asdict(cfg), "dataset_id": meta["dataset_id"]}
-        if resumable:
-            state.update(mixture=mixture.state_dict(), rng=torch.get_rng_state())
-        if sharded:
+        with average.in_model() if average and not resumable else contextlib.nullcontext():
             tensors = {"model": raw.state_dict()}
-            if resumable and optimizer.state:  # before the first step there is none (load_training_state)
-                tensors["optimizer"] = get_optimizer_state_dict(raw, optimizer)
-            save_sharded(path, tensors, state, rt)
-        elif rt.master:
-            save_checkpoint(path, {"model": raw.state_dict(), **state,
-                                   **({"optimizer": optimizer.state_dict()} if resumable else {})})
+            if resumable:
+                state.update(mixture=mixture.state_dict(), rng=torch.get_rng_state())
+                if sharded and optimizer.state:  # none before the first step (load_training_state)
+                    tensors["optimizer"] = get_optimizer_state_dict(raw, optimizer)
+                elif not sharded:
+                    tensors["optimizer"] = optimizer.state_dict()
+                if average:
+                    tensors["ema"], state["ema_steps"] = average.weights, average.steps
+            if sharded:
+                save_sharded(path, tensors, state, rt)
+            elif rt.master:
+                save_checkpoint(path, {**tensors, **state})
 
     schedule = Schedule(cfg.schedule, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps, cfg.horizon_mult,
                         cfg.decay_frac)

@@ -123,6 +123,23 @@ def test_a_killed_sharded_run_resumes_exactly_on_any_number_of_processes(runs, t
     assert_same_losses(read_log(one), read_log(runs[1]), rel=1e-5)
 
 
+def test_a_sharded_weight_average_resumes_and_is_the_milestone(tiny_data, tmp_path):
+    """--ema on 2 FSDP ranks, killed at step 12 and resumed: each rank's shard of the average comes
+    back, so the log (the average's losses) is one process's; the milestone holds the average."""
+    plain, killed = str(tmp_path / "plain"), str(tmp_path / "killed")
+    train.main(tiny_args(tiny_data, plain, "--ema", "0.9"))
+    done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp", "--ema", "0.9"), port=29534,
+                    script=KILL_AT_STEP.format(root=ROOT, step=12), tmp_path=tmp_path)
+    assert done.returncode != 0 and train.load_checkpoint(os.path.join(killed, "ckpt_latest.pt"))["step"] == 8
+    done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp", "--ema", "0.9", "--resume"), port=29535)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_losses(read_log(plain), read_log(killed), rel=1e-4)
+    result = evaluate.evaluate_checkpoint(os.path.join(killed, "ckpt_2048.pt"), n_items=4, device="cpu")
+    logged = next(r for r in read_log(killed) if r["step"] == 8)
+    for key in LOSSES[1:]:
+        assert result[key] == pytest.approx(logged[key], rel=1e-5)
+
+
 def test_bad_sharded_checkpoints_fail_in_one_line(runs, tiny_data, tmp_path):
     plain, fsdp = runs
     with pytest.raises(train.TrainError, match="holds a model with d_model=64 \\(not 128\\)"):

@@ -46,19 +46,21 @@ def test_run_learns_logs_and_checkpoints(tiny_data, tmp_path):
     assert {"model", "optimizer", "mixture", "rng"} <= set(latest)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("average", [[], ["--ema", "0.9"]])
+def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch, average):
+    """With --ema the log's losses are the weight average's: they resume exactly only if it does."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    train.main(tiny_args(tiny_data, full, "--ckpt_tokens", "4096"))
+    train.main(tiny_args(tiny_data, full, "--ckpt_tokens", "4096", *average))
     # Interrupt after step 16: what a crash would leave is the step-16 checkpoint as the latest one,
     # plus log lines written after it (which resume must drop).
     save = train.save_checkpoint
     monkeypatch.setattr(train, "save_checkpoint", lambda path, state: state["step"] <= 16 and save(path, state))
-    train.main(tiny_args(tiny_data, resumed, "--ckpt_tokens", "4096"))
+    train.main(tiny_args(tiny_data, resumed, "--ckpt_tokens", "4096", *average))
     monkeypatch.undo()
     with open(os.path.join(resumed, "log.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in read_log(full)[:4])  # up to step 24: one line too many
     open(os.path.join(resumed, "ckpt_latest.pt.tmp4242"), "wb").write(b"half a checkpoint")  # cut off by a kill
-    train.main(tiny_args(tiny_data, resumed, "--resume"))
+    train.main(tiny_args(tiny_data, resumed, "--resume", *average))
     assert not os.path.exists(os.path.join(resumed, "ckpt_latest.pt.tmp4242"))
     a, b = read_log(full), read_log(resumed)
     assert [r["step"] for r in b] == [r["step"] for r in a]
@@ -94,6 +96,36 @@ def test_a_killed_run_resumes_to_the_uninterrupted_log(tiny_data, tmp_path, monk
     assert [r["domain_test_loss"] for r in b] == pytest.approx([r["domain_test_loss"] for r in a], rel=1e-6)
 
 
+def test_the_weight_average_follows_its_rule_and_is_what_evals_and_milestones_hold(tiny_data, tmp_path):
+    """WeightAverage by hand on one weight; then a run with --ema: the milestone holds the average (its
+    losses are the logged ones at its step), ckpt_latest.pt the weights themselves."""
+    layer = torch.nn.Linear(1, 1, bias=False)
+    average = train.WeightAverage(layer, decay=0.9)
+    expected = layer.weight.item()
+    for t, w in enumerate([1.0, 2.0, -3.0, 4.0] * 8, start=1):
+        layer.weight.data.fill_(w)
+        average.update()
+        keep = min(0.9, (1 + t) / (10 + t))  # 0.18, 0.25, ... up to 0.9
+        expected = keep * expected + (1 - keep) * w
+        assert average.weights["weight"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(KeyError), average.in_model():
+        assert layer.weight.item() == pytest.approx(expected, rel=1e-6)
+        raise KeyError  # the model gets its own weights back however the block ends
+    assert layer.weight.item() == 4.0
+
+    out = str(tmp_path / "ema")
+    train.main(tiny_args(tiny_data, out, "--ckpt_tokens", "4096", "--ema", "0.9", "--max_tokens", "4096"))
+    milestone, latest = (train.load_model(os.path.join(out, f)) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
+    assert milestone[1]["step"] == latest[1]["step"] == 16 and latest[1]["ema_steps"] == 16
+    assert not torch.equal(milestone[0].wte.weight, latest[0].wte.weight)
+    assert torch.equal(milestone[0].wte.weight, latest[1]["ema"]["wte.weight"])
+    split = train.data.open_split(tiny_data, "domain_test")
+    assert train.mean_loss(milestone[0], split, 32, 8, 32, "cpu") == pytest.approx(read_log(out)[-1]["domain_test_loss"],
+                                                                                  rel=1e-6)
+    assert train.mean_loss(latest[0], split, 32, 8, 32, "cpu") != pytest.approx(read_log(out)[-1]["domain_test_loss"],
+                                                                               rel=1e-3)
+
+
 def test_init_from_continues_tokens_and_general_data(tiny_data, tmp_path):
     npt, scpt = str(tmp_path / "npt"), str(tmp_path / "scpt")
     train.main(tiny_args(tiny_data, npt, "--domain_frac", "0", "--ckpt_tokens", "6144"))
@@ -122,9 +154,9 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path, capsys):
         train.main(tiny_args(tiny_data, str(tmp_path / "none"), "--resume"))
     with pytest.raises(train.TrainError, match="other domain_frac"):
         train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume", "--domain_frac", "0.5"))
-    with pytest.raises(train.TrainError, match="other min_lr, horizon_mult"):  # the whole schedule is kept
+    with pytest.raises(train.TrainError, match="other min_lr, horizon_mult, ema"):  # the whole schedule is kept
         train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume", "--min_lr", "0",
-                             "--horizon_mult", "1"))
+                             "--horizon_mult", "1", "--ema", "0.99"))
     with pytest.raises(train.TrainError, match="is finished.*--init_from"):
         train.main(tiny_args(tiny_data, out, "--max_tokens", "1024", "--resume"))
     other = str(tmp_path / "other")
@@ -143,7 +175,8 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path, capsys):
     with pytest.raises(train.TrainError, match="not a checkpoint of train.py.*model_config"):
         train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
     for flags, message in ((["--grad_accum", "3"], "batch_size 8 must split into grad_accum 3"),
-                           (["--eval_interval", "0"], "--eval_interval 0: must be a positive integer")):
+                           (["--eval_interval", "0"], "--eval_interval 0: must be a positive integer"),
+                           (["--ema", "1"], r"--ema 1.0: must be in \[0, 1\)")):
         with pytest.raises(train.TrainError, match=message):
             train.main(tiny_args(tiny_data, str(tmp_path / "v"), *flags))
         assert not os.path.exists(tmp_path / "v")  # refused before anything is written

@@ -191,7 +191,8 @@ def load_study(preset: dict, out: str) -> dict:
 
 def overfitting(log: list[dict], window: int = 5) -> dict:
     """Where the pretraining domain test loss bottomed out and where it ended, on a trailing mean of
-    `window` evals: single evals of a small model at an un-annealed LR jump by a few hundredths."""
+    `window` evals: single evals of a small model at an un-annealed LR jump by a few hundredths. Their
+    jitter: the median change from one eval to the next over the last third of the run, unsmoothed."""
     points = [r for r in log if r["tokens"] > 0]
     window = max(1, min(window, len(points) // 2))
     test = np.array([r["domain_test_loss"] for r in points])
@@ -201,7 +202,8 @@ def overfitting(log: list[dict], window: int = 5) -> dict:
     return {"min_tokens": points[best + window - 1]["tokens"], "min_loss": float(smooth[best]),
             "final_loss": float(smooth[-1]), "rise": float(smooth[-1] - smooth[best]),
             "recent_change": float(smooth[-1] - smooth[-1 - window]) if len(smooth) > window else float("nan"),
-            "final_gap": float(gap[-window:].mean()), "final_epochs": points[-1]["domain_epochs"], "window": window}
+            "final_gap": float(gap[-window:].mean()), "final_epochs": points[-1]["domain_epochs"], "window": window,
+            "jitter": float(np.median(np.abs(np.diff(test[len(test) * 2 // 3:]))))}
 
 
 def plots(study: dict, deltas: list, milestones: list, results_dir: str) -> list[str]:
@@ -361,11 +363,13 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     lines += ["## Overfitting during pretraining", "",
               f"The pretraining domain test loss, as a trailing mean over {w} evals: its minimum, its value at the "
               f"end, how much it changed over the last {w} evals, and the train-test gap at the end (mean of the last "
-              f"{w} evals).", ""]
+              f"{w} evals). Jitter: the median change between consecutive evals (unsmoothed) over the last third of "
+              f"the run, which the study's design aims to keep <= {NOISE} nats.", ""]
     rows = [[f"{d:g}", f"{o['final_epochs']:.1f}", format_tokens(o["min_tokens"]), f"{o['min_loss']:.4f}",
-             f"{o['final_loss']:.4f}", f"{o['recent_change']:+.4f}", f"{o['final_gap']:+.4f}"] for d, o in over.items()]
+             f"{o['final_loss']:.4f}", f"{o['recent_change']:+.4f}", f"{o['final_gap']:+.4f}", f"{o['jitter']:.4f}"]
+            for d, o in over.items()]
     lines += table(["delta", "E at end", "min at tokens", "min (smoothed)", "end (smoothed)",
-                    f"change, last {w} evals", "test - train gap"], rows) + [""]
+                    f"change, last {w} evals", "test - train gap", "jitter"], rows) + [""]
     lines += [f"![pretraining curves]({figures[0]})", ""]
 
     evals = read_jsonl(eval_path)

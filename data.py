@@ -127,7 +127,7 @@ def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
 def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
     """Memory-map a token file after checking its header, its size and (optionally) its vocabulary."""
     if not os.path.exists(path):
-        raise DataError(f"{path} does not exist: run `python data.py` (see --help) to prepare the data")
+        raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
@@ -183,6 +183,8 @@ def load_meta(data_dir: str) -> dict:
         raise DataError(f"{path} is not valid JSON: {again}")
     if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
         raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: {again}")
+    if "shard_dir" not in meta:
+        raise DataError(f"{data_dir} was prepared before datasets had shards: delete it, then {again}")
     return meta
 
 
@@ -217,19 +219,13 @@ def open_split(data_dir: str, split: str) -> Tokens:
     info = meta["splits"].get(split)
     if not info or info["tokens"] == 0:
         raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
-    if "shards" in info:
-        files = [(os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin"), shard["tokens"])
-                 for k, shard in enumerate(info["shards"])]
-    else:  # a dataset prepared before shards: one file per split
-        files = [(os.path.join(data_dir, f"{split}.bin"), info["tokens"])]
     shards = []
-    for path, count in files:
-        if not os.path.exists(path):
-            raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
+    for k, shard in enumerate(info["shards"]):
+        path = os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin")
         shards.append(read_tokens(path, meta["vocab_size"]))
-        if len(shards[-1]) != count:
-            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says {count:,}: it "
-                            f"belongs to another dataset or split; prepare the dataset again")
+        if len(shards[-1]) != shard["tokens"]:
+            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says "
+                            f"{shard['tokens']:,}: it belongs to another dataset or split; prepare the dataset again")
     return Tokens(shards)
 
 
@@ -509,11 +505,11 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     if not os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # else this very dataset was assembled before
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
     atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, old splits, temporaries
+    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, work, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
+        elif ".tmp" in name:
             os.remove(path)
     return meta
 

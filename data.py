@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 import corpora
-from corpora import SOURCES, DataError, resolve_source  # noqa: F401 (data.SOURCES, data.DataError: the interface)
+from corpora import DataError, resolve_source  # data.DataError: every script raises it for bad data
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
@@ -379,12 +379,8 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            try:
-                raw = doc.encode()
-            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
-                raw = doc.encode(errors="replace")
-                doc = raw.decode()
-            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" in a text is text
+            raw = doc.encode(errors="replace")  # a lone surrogate (half an emoji) becomes "?"
+            ids = enc.encode_to_numpy(raw.decode(), disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))

@@ -583,14 +583,6 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     return meta
 
 
-def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
-    """train.py calls this so that `python train.py` works on a fresh machine (elsewhere, load_meta says what to do)."""
-    if os.path.abspath(data_dir) == DEFAULT_DATA_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
-        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
-        prepare(data_dir, **DEFAULT_PREPARE)
-    return data_dir
-
-
 # ---------------------------------------------------------------------------------------------
 # 4. The command line, and what every script shares: files written whole (atomic_write), token
 # counts as people write them (token_count; train.format_tokens writes them), flags (ArgumentParser).

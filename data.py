@@ -119,11 +119,6 @@ class TokenWriter:
         os.remove(self.tmp)
 
 
-def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
-    with TokenWriter(path, vocab_size) as writer:
-        writer.append(tokens)
-
-
 def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
     """Memory-map a token file after checking its header, its size and (optionally) its vocabulary."""
     if not os.path.exists(path):

@@ -32,18 +32,23 @@ def test_byte_tokenizer_is_bytes_plus_eot():
     assert enc.encode_ordinary(text) == list(text.encode("utf-8"))
 
 
+def write_tokens(path, tokens, vocab_size):
+    with data.TokenWriter(path, vocab_size) as writer:
+        writer.append(tokens)
+
+
 def test_token_file_roundtrip_and_dtype(tmp_path):
     for vocab, dtype in ((257, np.uint16), (70000, np.uint32)):
         tokens = np.random.default_rng(0).integers(0, vocab, 1000)
         path = str(tmp_path / f"t{vocab}.bin")
-        data.write_tokens(path, tokens, vocab)
+        write_tokens(path, tokens, vocab)
         back = data.read_tokens(path, vocab)
         assert back.dtype == dtype and np.array_equal(back, tokens)
 
 
 def test_token_file_errors(tmp_path):
     path = str(tmp_path / "t.bin")
-    data.write_tokens(path, np.arange(100), 257)
+    write_tokens(path, np.arange(100), 257)
     with pytest.raises(data.DataError, match="vocabulary"):
         data.read_tokens(path, 50257)
     with open(path, "r+b") as f:  # truncate: drop the last tokens
@@ -57,7 +62,7 @@ def test_token_file_errors(tmp_path):
     with pytest.raises(data.DataError, match="is missing"):
         data.read_tokens(str(tmp_path / "missing.bin"))
     with pytest.raises(data.DataError, match="vocab size"):
-        data.write_tokens(str(tmp_path / "bad.bin"), np.array([300]), 257)
+        write_tokens(str(tmp_path / "bad.bin"), np.array([300]), 257)
 
 
 def split_tokens(data_dir, split):
@@ -136,7 +141,7 @@ def test_a_damaged_dataset_is_refused_in_one_line(tmp_path, tiny_data):
     # a shard of another tokenizer
     other = os.path.join(shards, "general_train-00001.bin")
     kept = open(other, "rb").read()
-    data.write_tokens(other, np.zeros(meta["splits"]["general_train"]["shards"][1]["tokens"]), 50257)
+    write_tokens(other, np.zeros(meta["splits"]["general_train"]["shards"][1]["tokens"]), 50257)
     refused("another tokenizer")
     open(other, "wb").write(kept)
     # a shard cut short, and one missing
@@ -160,7 +165,7 @@ def test_datasets_from_before_shards_are_refused_in_one_line(tmp_path, tiny_data
     shutil.copytree(tiny_data, folder)
     meta = data.load_meta(str(folder))
     for s in data.SPLITS:
-        data.write_tokens(str(folder / f"{s}.bin"), split_tokens(tiny_data, s), 257)
+        write_tokens(str(folder / f"{s}.bin"), split_tokens(tiny_data, s), 257)
         meta["splits"][s] = {k: v for k, v in meta["splits"][s].items() if k != "shards"}
     del meta["shard_dir"]
     (folder / "meta.json").write_text(json.dumps(meta))

@@ -31,9 +31,8 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import tiktoken
@@ -352,12 +351,11 @@ class Group:
     """The general or the domain half of a dataset: a source, its train and held-out splits, a budget,
     and once planned, the source's units and the folder they are tokenized into."""
     name: str
-    spec: str
+    source: corpora.Source
     holdout_frac: float
     budget: int | None
     splits: tuple[str, str]
-    source: corpora.Source = None
-    units: list = field(default_factory=list)
+    units: list = None
     work: str = ""
 
     def path(self, u: int, suffix: str) -> str:
@@ -528,15 +526,14 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"--out {out_dir} is a file, not a folder: choose another path")
     enc = get_tokenizer(tokenizer)
-    groups = [Group("general", general, val_frac, general_tokens, ("general_train", "general_val"))]
-    if domain:
-        groups.append(Group("domain", domain, test_frac, domain_tokens, ("domain_train", "domain_test")))
-    for g in groups:
-        g.source = resolve_source(g.spec)  # a mistyped name fails before any work
+    groups = [Group("general", resolve_source(general), val_frac, general_tokens, ("general_train", "general_val"))]
+    if domain:  # (a mistyped source name fails here, before any work)
+        groups.append(Group("domain", resolve_source(domain), test_frac, domain_tokens,
+                            ("domain_train", "domain_test")))
     try:
         for g in groups:  # an online source plans for its budget plus the held-out share
             g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
-            key = hashlib.sha256(json.dumps([g.spec, tokenizer, g.units]).encode()).hexdigest()[:16]
+            key = hashlib.sha256(json.dumps([g.source.name, tokenizer, g.units]).encode()).hexdigest()[:16]
             g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
             os.makedirs(g.work, exist_ok=True)
         while True:  # (the units finished refine how many an online source needs)
@@ -552,12 +549,12 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
         choices = [choose(g, wanted[g.name], seed) for g in groups]
         for g, c in zip(groups, choices):
             if not c["distinct"]:
-                raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
+                raise DataError(f"{g.name} source {g.source.name!r} yielded no documents: check its name or path")
             if not c["train_tokens"]:
-                raise DataError(f"{g.name} source {g.spec!r} has {c['distinct']} distinct documents: too few to hold "
-                                f"out {g.holdout_frac:.0%} of them; use more data")
+                raise DataError(f"{g.name} source {g.source.name!r} has {c['distinct']} distinct documents: too few "
+                                f"to hold out {g.holdout_frac:.0%} of them; use more data")
             if g.budget and c["train_tokens"] < g.budget and not allow_short:
-                raise DataError(f"{g.splits[0]}: {g.spec!r} holds {c['train_tokens']:,} training tokens "
+                raise DataError(f"{g.splits[0]}: {g.source.name!r} holds {c['train_tokens']:,} training tokens "
                                 f"({c['distinct']:,} distinct documents, {c['masks'][g.splits[1]].sum():,} held out), "
                                 f"short of the {g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass "
                                 f"--allow_short")

@@ -461,8 +461,7 @@ def choose(g: Group, n: int, seed: int) -> dict:
 
 
 def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
-    """Copy each split's documents, in reading order, from the units' token files into shards in a
-    folder of their own, then switch meta.json over to them."""
+    """Assemble, as described above (the shards go into a staging folder renamed when complete)."""
     staging = os.path.join(out_dir, f".assemble{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -576,8 +575,7 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. The command line, and what every script shares: files written whole (atomic_write), token
-# counts as people write them (token_count; train.format_tokens writes them), flags (ArgumentParser).
+# 4. What every script shares (atomic_write, token_count, ArgumentParser), then the command line.
 
 def atomic_write(path, write_fn, mode="wb"):
     """Write through a temporary file and rename, so a crash never leaves half a file behind."""
@@ -595,7 +593,7 @@ def atomic_write(path, write_fn, mode="wb"):
 
 
 def token_count(text: str) -> int:
-    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
+    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T (train.format_tokens writes one)."""
     text = str(text).strip()
     scale = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}.get(text[-1:].upper(), 1)
     value = float(text[:-1] if scale > 1 else text) * scale

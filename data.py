@@ -31,9 +31,8 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import tiktoken
@@ -42,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 import corpora
-from corpora import SOURCES, DataError, resolve_source  # noqa: F401 (data.SOURCES, data.DataError: the interface)
+from corpora import DataError, resolve_source  # data.DataError: every script raises it for bad data
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
@@ -119,15 +118,10 @@ class TokenWriter:
         os.remove(self.tmp)
 
 
-def write_tokens(path: str, tokens: np.ndarray, vocab_size: int):
-    with TokenWriter(path, vocab_size) as writer:
-        writer.append(tokens)
-
-
 def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
     """Memory-map a token file after checking its header, its size and (optionally) its vocabulary."""
     if not os.path.exists(path):
-        raise DataError(f"{path} does not exist: run `python data.py` (see --help) to prepare the data")
+        raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
@@ -183,6 +177,8 @@ def load_meta(data_dir: str) -> dict:
         raise DataError(f"{path} is not valid JSON: {again}")
     if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
         raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: {again}")
+    if "shard_dir" not in meta:
+        raise DataError(f"{data_dir} was prepared before datasets had shards: delete it, then {again}")
     return meta
 
 
@@ -217,19 +213,13 @@ def open_split(data_dir: str, split: str) -> Tokens:
     info = meta["splits"].get(split)
     if not info or info["tokens"] == 0:
         raise DataError(f"{data_dir} has no {split} split: prepare it with a domain source (data.py --domain)")
-    if "shards" in info:
-        files = [(os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin"), shard["tokens"])
-                 for k, shard in enumerate(info["shards"])]
-    else:  # a dataset prepared before shards: one file per split
-        files = [(os.path.join(data_dir, f"{split}.bin"), info["tokens"])]
     shards = []
-    for path, count in files:
-        if not os.path.exists(path):
-            raise DataError(f"{path} is missing: the dataset is incomplete; prepare it again with data.py")
+    for k, shard in enumerate(info["shards"]):
+        path = os.path.join(data_dir, meta["shard_dir"], f"{split}-{k:05d}.bin")
         shards.append(read_tokens(path, meta["vocab_size"]))
-        if len(shards[-1]) != count:
-            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says {count:,}: it "
-                            f"belongs to another dataset or split; prepare the dataset again")
+        if len(shards[-1]) != shard["tokens"]:
+            raise DataError(f"{path} holds {len(shards[-1]):,} tokens but {data_dir}/meta.json says "
+                            f"{shard['tokens']:,}: it belongs to another dataset or split; prepare the dataset again")
     return Tokens(shards)
 
 
@@ -361,12 +351,11 @@ class Group:
     """The general or the domain half of a dataset: a source, its train and held-out splits, a budget,
     and once planned, the source's units and the folder they are tokenized into."""
     name: str
-    spec: str
+    source: corpora.Source
     holdout_frac: float
     budget: int | None
     splits: tuple[str, str]
-    source: corpora.Source = None
-    units: list = field(default_factory=list)
+    units: list = None
     work: str = ""
 
     def path(self, u: int, suffix: str) -> str:
@@ -383,12 +372,8 @@ def tokenize_unit(task: tuple) -> int:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
                 continue
-            try:
-                raw = doc.encode()
-            except UnicodeEncodeError:  # a lone surrogate (half an emoji) becomes "?"
-                raw = doc.encode(errors="replace")
-                doc = raw.decode()
-            ids = enc.encode_to_numpy(doc, disallowed_special=())  # "<|endoftext|>" in a text is text
+            raw = doc.encode(errors="replace")  # a lone surrogate (half an emoji) becomes "?"
+            ids = enc.encode_to_numpy(raw.decode(), disallowed_special=())  # "<|endoftext|>" in a text is text
             hashes += hashlib.blake2b(raw, digest_size=8).digest()
             lengths.append(len(ids) + 1)
             sizes.append(len(raw))
@@ -476,8 +461,7 @@ def choose(g: Group, n: int, seed: int) -> dict:
 
 
 def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
-    """Copy each split's documents, in reading order, from the units' token files into shards in a
-    folder of their own, then switch meta.json over to them."""
+    """Assemble, as described above (the shards go into a staging folder renamed when complete)."""
     staging = os.path.join(out_dir, f".assemble{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -509,11 +493,11 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     if not os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # else this very dataset was assembled before
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
     atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
-    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, old splits, temporaries
+    for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, work, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        elif name in [f"{s}.bin" for s in SPLITS] or ".tmp" in name or name.endswith(".partial"):
+        elif ".tmp" in name:
             os.remove(path)
     return meta
 
@@ -541,15 +525,14 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"--out {out_dir} is a file, not a folder: choose another path")
     enc = get_tokenizer(tokenizer)
-    groups = [Group("general", general, val_frac, general_tokens, ("general_train", "general_val"))]
-    if domain:
-        groups.append(Group("domain", domain, test_frac, domain_tokens, ("domain_train", "domain_test")))
-    for g in groups:
-        g.source = resolve_source(g.spec)  # a mistyped name fails before any work
+    groups = [Group("general", resolve_source(general), val_frac, general_tokens, ("general_train", "general_val"))]
+    if domain:  # (a mistyped source name fails here, before any work)
+        groups.append(Group("domain", resolve_source(domain), test_frac, domain_tokens,
+                            ("domain_train", "domain_test")))
     try:
         for g in groups:  # an online source plans for its budget plus the held-out share
             g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
-            key = hashlib.sha256(json.dumps([g.spec, tokenizer, g.units]).encode()).hexdigest()[:16]
+            key = hashlib.sha256(json.dumps([g.source.name, tokenizer, g.units]).encode()).hexdigest()[:16]
             g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
             os.makedirs(g.work, exist_ok=True)
         while True:  # (the units finished refine how many an online source needs)
@@ -565,12 +548,12 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
         choices = [choose(g, wanted[g.name], seed) for g in groups]
         for g, c in zip(groups, choices):
             if not c["distinct"]:
-                raise DataError(f"{g.name} source {g.spec!r} yielded no documents: check its name or path")
+                raise DataError(f"{g.name} source {g.source.name!r} yielded no documents: check its name or path")
             if not c["train_tokens"]:
-                raise DataError(f"{g.name} source {g.spec!r} has {c['distinct']} distinct documents: too few to hold "
-                                f"out {g.holdout_frac:.0%} of them; use more data")
+                raise DataError(f"{g.name} source {g.source.name!r} has {c['distinct']} distinct documents: too few "
+                                f"to hold out {g.holdout_frac:.0%} of them; use more data")
             if g.budget and c["train_tokens"] < g.budget and not allow_short:
-                raise DataError(f"{g.splits[0]}: {g.spec!r} holds {c['train_tokens']:,} training tokens "
+                raise DataError(f"{g.splits[0]}: {g.source.name!r} holds {c['train_tokens']:,} training tokens "
                                 f"({c['distinct']:,} distinct documents, {c['masks'][g.splits[1]].sum():,} held out), "
                                 f"short of the {g.budget:,} asked for: lower --{g.name}_tokens, add data, or pass "
                                 f"--allow_short")
@@ -591,17 +574,8 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     return meta
 
 
-def ensure_default_dataset(data_dir: str = DEFAULT_DATA_DIR) -> str:
-    """train.py calls this so that `python train.py` works on a fresh machine (elsewhere, load_meta says what to do)."""
-    if os.path.abspath(data_dir) == DEFAULT_DATA_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
-        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
-        prepare(data_dir, **DEFAULT_PREPARE)
-    return data_dir
-
-
 # ---------------------------------------------------------------------------------------------
-# 4. The command line, and what every script shares: files written whole (atomic_write), token
-# counts as people write them (token_count; train.format_tokens writes them), flags (ArgumentParser).
+# 4. What every script shares (atomic_write, token_count, ArgumentParser), then the command line.
 
 def atomic_write(path, write_fn, mode="wb"):
     """Write through a temporary file and rename, so a crash never leaves half a file behind."""
@@ -619,7 +593,7 @@ def atomic_write(path, write_fn, mode="wb"):
 
 
 def token_count(text: str) -> int:
-    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T."""
+    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T (train.format_tokens writes one)."""
     text = str(text).strip()
     scale = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}.get(text[-1:].upper(), 1)
     value = float(text[:-1] if scale > 1 else text) * scale

@@ -1008,7 +1008,11 @@ def pretrain(cfg: TrainConfig):
                          f"{' (on any number of processes)' if os.path.isdir(latest) else ''}")
     if rt.master and folder == "restart":
         print(f"note: {out_dir} holds a run killed before its first checkpoint: starting it again", file=sys.stderr)
-    data_dir = data.ensure_default_dataset(cfg.data_dir) if rt.master else cfg.data_dir
+    data_dir = cfg.data_dir
+    if rt.master and os.path.abspath(data_dir) == data.DEFAULT_DATA_DIR \
+            and not os.path.exists(os.path.join(data_dir, "meta.json")):  # `python train.py` on a fresh machine
+        print(f"no dataset at {data_dir}: preparing the default one first (python data.py), once")
+        data.prepare(data_dir, **data.DEFAULT_PREPARE)
     if rt.world_size > 1:
         dist.barrier()  # rank 0 may have prepared the default dataset
     meta = data.load_meta(data_dir)

@@ -64,12 +64,16 @@ def sync(device: torch.device):
 def synthetic_dataset(folder: str, vocab_size: int, n_tokens: int):
     """Random tokens in the four splits: throughput does not depend on what the tokens say."""
     rng = np.random.default_rng(0)
+    shards = os.path.join(folder, "shards-bench")
+    os.makedirs(shards)
     splits = {}
     for split in data.SPLITS:
         tokens = rng.integers(0, vocab_size, n_tokens if "train" in split else n_tokens // 10)
-        data.write_tokens(os.path.join(folder, f"{split}.bin"), tokens, vocab_size)
-        splits[split] = {"tokens": int(tokens.size), "documents": 1, "bytes": int(tokens.size), "sha256": ""}
-    meta = {"tokenizer": "synthetic", "vocab_size": vocab_size, "eot_token": 0, "splits": splits, "dataset_id": "bench"}
+        writer = data.SplitWriter(shards, split, vocab_size, data.SHARD_TOKENS)
+        writer.append(tokens)
+        splits[split] = {**writer.close(), "documents": 1, "bytes": int(tokens.size)}
+    meta = {"tokenizer": "synthetic", "vocab_size": vocab_size, "eot_token": 0, "splits": splits, "dataset_id": "bench",
+            "shard_dir": "shards-bench"}
     data.atomic_write(os.path.join(folder, "meta.json"), lambda f: json.dump(meta, f), mode="w")
 
 

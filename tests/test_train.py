@@ -46,6 +46,22 @@ def test_run_learns_logs_and_checkpoints(tiny_data, tmp_path):
     assert {"model", "optimizer", "mixture", "rng"} <= set(latest)
 
 
+def test_the_default_dataset_is_prepared_on_first_use(tmp_path, monkeypatch):
+    """`python train.py` on a fresh machine prepares the default dataset first; any other missing dataset
+    is a one-line error, and nothing is prepared for it."""
+    from conftest import write_corpus
+    gen, dom = write_corpus(str(tmp_path))
+    default, other = str(tmp_path / "default"), str(tmp_path / "other")
+    monkeypatch.setattr(train.data, "DEFAULT_DATA_DIR", default)
+    monkeypatch.setattr(train.data, "DEFAULT_PREPARE", dict(general=f"local:{gen}", domain=f"local:{dom}",
+                                                            tokenizer="byte"))
+    train.main(tiny_args(default, str(tmp_path / "run")))
+    assert train.data.load_meta(default)["sources"] == {"general": f"local:{gen}", "domain": f"local:{dom}"}
+    with pytest.raises(train.data.DataError, match="other has no meta.json: prepare it with"):
+        train.main(tiny_args(other, str(tmp_path / "run2")))
+    assert not os.path.exists(other)
+
+
 @pytest.mark.parametrize("average", [[], ["--ema", "0.9"]])
 def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch, average):
     """With --ema the log's losses are the weight average's: they resume exactly only if it does."""

@@ -221,18 +221,8 @@ def onset(p: Params, d: float, t_scale: float, max_tokens: float) -> float | Non
     return tokens if tokens <= ONSET_HORIZON * max_tokens else None
 
 
-@dataclass
-class Law:
-    params: Params
-    t_scale: float
-    deltas: list
-    max_tokens: float
-    rmse: float
-    per_delta: list  # stage 1
-    flags: list
-
-    def test(self, tokens, delta):
-        return sum(law(self.params, np.asarray(tokens, dtype=float) / self.t_scale, delta))
+# The fitted law: its Params, the token unit of t, the deltas and largest token count fitted, RMSE, stage 1, flags.
+Law = namedtuple("Law", "params t_scale deltas max_tokens rmse per_delta flags")
 
 
 def per_delta_fit(endpoints, pts: dict):
@@ -292,8 +282,8 @@ def inside(x: np.ndarray) -> np.ndarray:
     return np.clip(x, lo + margin, hi - margin)
 
 
-def jacobians(x: np.ndarray, t, d):
-    """d(train)/dx and d(gap)/dx, (points, 12) each: exact derivatives make the joint fit fast."""
+def jacobian(x: np.ndarray, t, d):
+    """d(train loss)/dx above d(test loss)/dx, as fit_law stacks its residuals: exact derivatives make it fast."""
     p = to_params(x)
     gap = law(p, t, d)[1]
     log_t, power_train = np.log(t), t ** (d * p.b_train_s + (1 - d) * p.b_train_g)
@@ -303,7 +293,8 @@ def jacobians(x: np.ndarray, t, d):
                p.k1 / (1 + p.k2) - p.k1 / (d + p.k2), 1 - d]
     j_gap = [zero, zero, zero, gap * log_t * d, gap * log_t * (1 - d), gap / p.a1 if p.a1 else zero,
              gap * np.log(np.where(d > 0, d, 1.0)), gap * d, zero, zero, zero, zero]
-    return np.stack(np.broadcast_arrays(*j_train), axis=1), np.stack(np.broadcast_arrays(*j_gap), axis=1)
+    j_train, j_gap = (np.stack(np.broadcast_arrays(*j), axis=1) for j in (j_train, j_gap))
+    return np.vstack([j_train, j_train + j_gap])
 
 
 def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
@@ -322,13 +313,9 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
         train_loss, gap = law(to_params(x), pts["t"], pts["d"])
         return np.concatenate([train_loss, train_loss + gap]) - target
 
-    def jacobian(x):
-        j_train, j_gap = jacobians(x, pts["t"], pts["d"])
-        return np.vstack([j_train, j_train + j_gap])
-
     with np.errstate(all="ignore"):
-        fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
-                                       max_nfev=3000) for s in starts]
+        fits = [optimize.least_squares(residuals, s, jac=lambda x: jacobian(x, pts["t"], pts["d"]),
+                                       bounds=(LOWER, UPPER), x_scale="jac", max_nfev=3000) for s in starts]
     fits = [res for res in fits if np.isfinite(res.cost)]
     if not fits:
         raise FitError("the law's fit failed from every starting point: check the runs' losses")
@@ -433,7 +420,7 @@ class Models:
 
     def forecast(self, tokens: float, delta: float) -> dict:
         """Before finetuning by the law and the baseline; after, by each of them less the drop, and direct."""
-        out = {"law": float(self.law.test(tokens, delta)),
+        out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta))),
                "baseline": float(saturating(self.baseline, tokens, delta, self.law.t_scale))}
         if self.drop:
             shrink = math.exp(-float(self.drop(tokens, delta)))

@@ -8,7 +8,7 @@ SPT mixes a small domain corpus D_dom into pretraining as a share delta of the t
 as needed: more delta helps the domain until the repeats make the model memorise D_dom and its domain
 *test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and finetunes of their
 checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss after
-finetuning at a budget of T pretraining tokens.
+finetuning at T pretraining tokens. It writes --out (JSON, atomically), PNG plots next to it and a report.
 
 1. The law (PAPER.md). A saturating power law can only fall, but the domain *train* loss, on the
    repeated tokens, does keep falling; what grows is the train-test *gap*. So the paper models both:
@@ -22,35 +22,30 @@ finetuning at a budget of T pretraining tokens.
 
 2. The fit: least squares on every eval's domain train and test loss (the paper's objective) inside
    bounds with the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap without
-   domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train(1) >= 0, fitted in
-   place of k0, so that C_train >= 0 on [0, 1]: on curves straight in log T, A_train T^b + C with b -> 0
-   would otherwise become a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) whose
-   forecasts fall below zero. Stage 1 fits each delta on its own (A_train, C_train, A_gap: linear for
-   fixed exponents) to show A_gap(d) and C_train(d) before a form is imposed, and to start stage 2, the
-   joint fit, which also starts from random points. Flagged: a parameter on its bound, a stage-1
-   coefficient of the wrong sign by more than 3 standard errors. The baseline, per delta, can only
-   saturate: L_test = E + B T^-beta, fitted as the Chinchilla paper does (Huber loss on log loss).
+   domain data), k1, k3 >= 0 (more domain data cannot raise the floor); and C_train(1) >= 0, fitted in
+   place of k0, so that C_train >= 0 on [0, 1]: else, on curves straight in log T, A_train T^b + C with
+   b -> 0 becomes a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) that forecasts
+   losses below zero. Stage 1 fits each delta alone (A_train, C_train, A_gap: linear for fixed exponents),
+   to show A_gap(d) and C_train(d) before a form is imposed and to start stage 2, the joint fit (also
+   from random starts). Flagged: a parameter on its bound, a stage-1 coefficient of the wrong sign by
+   more than 3 standard errors. The baseline, per delta, can only saturate: L_test = E + B T^-beta.
 
 3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained loss
-   shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a log
-   ratio so that no extrapolation pushes a loss below zero); and "direct", the pilots' losses after
-   finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go
-   below zero nor turn up. Deltas between finetuned ones get interpolated coefficients. POST_FT, the one
-   that recommends, was chosen by the forecast checks of the committed studies (results/*/REPORT.md; the
-   numbers are in the README's "Results at CPU scale").
+   shrunk by the paper's drop, as a log ratio so that no extrapolation pushes a loss below zero:
+   log(before / after) = a_d x^b + c_d; and "direct", the pilots' losses after finetuning fitted as they
+   are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go below zero nor turn up.
+   Between finetuned deltas the coefficients are interpolated. POST_FT, the one that recommends, was chosen
+   by the forecast checks of the committed studies (results/*/REPORT.md; README, "Results at CPU scale").
 
 4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
-   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py places
-   its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with the
-   measurements: per delta the error, the rank agreement (Spearman) and the regret of the recommendation
-   (its measured loss over the best measured, in %). scripts/study.py's report opens with this table.
+   refits every model on the evals and finetunes at T <= T0, --holdout_delta d without that delta's runs;
+   per delta, each forecast's error; per model, the rank agreement (Spearman) with the measurements and
+   its recommendation's regret (its measured loss over the best measured, in %): study.py's first table.
 
 5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
    inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
    bootstrap intervals (each run's curves plus its own residuals resampled, the finetunes the same way;
    points on a curve are correlated, so the intervals are optimistic) and how often it wins across them.
-
-Writes --out (JSON, atomically) and PNG plots next to it, and prints the report; errors are one line.
 """
 import json
 import math

@@ -172,7 +172,7 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The paper's law, and how it is fitted
+# 2. The paper's law and how it is fitted; the baseline, a saturating power law per delta
 
 Params = namedtuple("Params", "A_train b_train_s b_train_g b_gap_s b_gap_g a1 a2 a3 k0 k1 k2 k3")  # docstring, 1.
 
@@ -326,8 +326,6 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
                math.sqrt(2 * best.cost / len(target)), rows, flags)
 
 
-# The baseline: a saturating power law per delta
-
 def fit_saturating(x: np.ndarray, y: np.ndarray) -> dict:
     """L = E + B x^-beta, as the Chinchilla paper fits it: Huber loss (threshold 1e-3) on log loss,
     summed, from a grid of starts (least_squares with loss="huber" minimises that very sum)."""
@@ -379,18 +377,16 @@ class PostFT:
 def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
     """For a fixed exponent both curves are linear in their coefficients (direct: non-negative ones), so
     the exponent is scanned on a grid and refined in the best cell: no starting points to get wrong."""
-    deltas = sorted({p.delta for p in points})
+    deltas, direct = sorted({p.delta for p in points}), kind == "direct"
     x = np.array([p.tokens for p in points]) / t_scale
     onehot = np.array([[p.delta == d for d in deltas] for p in points], dtype=float)
-    if kind == "direct":
-        y, grid = np.array([p.after for p in points]), np.linspace(0.01, 3.0, 300)
-    else:
-        y, grid = np.log([p.before / p.after for p in points]), np.linspace(-3.0, 3.0, 601)
+    y = np.array([p.after for p in points]) if direct else np.log([p.before / p.after for p in points])
+    grid = np.linspace(0.01, 3.0, 300) if direct else np.linspace(-3.0, 3.0, 601)
 
     def solve(b):
-        power = onehot * (x ** (-b if kind == "direct" else b))[:, None]
-        design = np.hstack([onehot, power] if kind == "direct" else [power, onehot])
-        coef = optimize.nnls(design, y)[0] if kind == "direct" else np.linalg.lstsq(design, y, rcond=None)[0]
+        power = onehot * (x ** (-b if direct else b))[:, None]
+        design = np.hstack([onehot, power] if direct else [power, onehot])
+        coef = optimize.nnls(design, y)[0] if direct else np.linalg.lstsq(design, y, rcond=None)[0]
         return float(np.sum((design @ coef - y) ** 2)), coef
 
     i = int(np.argmin([solve(g)[0] for g in grid]))

@@ -111,7 +111,7 @@ def field(record: dict, key: str, where: str):
 
 
 def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[list[Run], dict]:
-    """Every run's evals at tokens > max(0, min_tokens) with finite losses, and what the runs share
+    """Every run's evals at tokens > min_tokens (>= 0) with finite losses, and what the runs share
     (dataset, model shape, |D_dom|): runs that differ in any of them are refused."""
     runs, setting = [], None
     for run_dir in run_dirs:
@@ -126,9 +126,8 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
                                f"one model shape; fit them separately")
         log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
-        points = [by_step[s] for s in sorted(by_step) if by_step[s]["tokens"] > max(0.0, min_tokens)]
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
-                           for r in points], dtype=float).reshape(-1, 3)
+                           for _, r in sorted(by_step.items()) if r["tokens"] > min_tokens], dtype=float).reshape(-1, 3)
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             warn(f"{run_dir}: dropped {int((~finite).sum())} evals with NaN or missing losses", warnings)
@@ -458,8 +457,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
     seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
     budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
-        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of "
-                       "--holdout_delta")
+        raise FitError("the check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
     if not seen:
@@ -500,8 +498,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
 
 
 def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int) -> dict:
-    """Every candidate's forecasts at the target; the best inside the fitted deltas by POST_FT (the
-    pretrained test loss by the law when no finetunes were given)."""
+    """Every candidate's forecasts at the target; the best by POST_FT (by the law without finetunes) is recommended."""
     key, fit = POST_FT if models.drop else "law", models.law
     lo, hi = min(fit.deltas), max(fit.deltas)
     rows = [{"delta": d, "repeats": target * d / domain_tokens, "trained": d in fit.deltas, "inside": lo <= d <= hi,
@@ -509,8 +506,7 @@ def recommend(models: Models, boot: list[Models], target: float, candidates: lis
             for d in candidates]
     eligible = [r for r in rows if r["inside"]]
     if not eligible:
-        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates "
-                       f"there")
+        raise FitError(f"no candidate is within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates in it")
     if boot:
         samples = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot])
         best = np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1)  # per bootstrap refit
@@ -674,8 +670,7 @@ def parse_args(argv):
     p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
-    p.add_argument("--bootstrap", type=train.integer, default=20,
-                   help="residual-bootstrap refits for intervals (0: none)")
+    p.add_argument("--bootstrap", type=train.integer, default=20, help="bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")

@@ -441,8 +441,7 @@ def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, 
     for _ in range(n):
         resampled = [Run(r.path, r.delta, r.tokens, *(fit + res[rng.integers(0, len(res), len(res))] for fit, res in c))
                      for r, c in zip(runs, curves)]
-        shifted = [p._replace(after=a + e)
-                   for p, a, e in zip(points, after, rng.choice(noise, len(points)) if points else [])]
+        shifted = [p._replace(after=a + e) for p, a, e in zip(points, after, rng.choice(noise, len(points)))]
         boot.append(fit_models(resampled, shifted, t_scale, seed, x0=inside(to_vector(models.law.params))))
     return boot
 

@@ -272,7 +272,7 @@ def starting_points(endpoints, rows, seed: int) -> list[np.ndarray]:
 def inside(x: np.ndarray) -> np.ndarray:
     """Strictly inside the box: least_squares needs a feasible start."""
     lo, hi = np.array(LOWER), np.array(UPPER)
-    margin = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
+    margin = 1e-6 * (1 + np.abs(lo))  # every lower bound is finite
     return np.clip(x, lo + margin, hi - margin)
 
 
@@ -398,7 +398,7 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 # ---------------------------------------------------------------------------------------------
 # 4. Forecasts: every model fitted on the same data, the forecast check and the recommendation
 
-AFTER = ("after_law", "after_baseline", "after_direct")
+BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_baseline", "after_direct")  # before / after finetuning
 
 
 @dataclass
@@ -531,15 +531,14 @@ def check_lines(check: dict) -> list[str]:
     lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
              f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
     for b in check["budgets"]:
-        before = [k for k in b["rows"][0]["forecast"] if k not in AFTER]  # law, baseline
-        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in before)]]
+        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in BEFORE)]]
         for r in b["rows"]:
             cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
             table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in AFTER),
-                          f"{r['measured_before']:.4f}", *(cell[k] for k in before)])
+                          f"{r['measured_before']:.4f}", *(cell[k] for k in BEFORE)])
         lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
                      f"error %) and before:")
-        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(before), "    ")
+        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(BEFORE), "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
             lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured "

@@ -52,7 +52,6 @@ import math
 import os
 import sys
 from collections import namedtuple
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
@@ -356,13 +355,9 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 # ---------------------------------------------------------------------------------------------
 # 3. After finetuning
 
-@dataclass
-class PostFT:
-    """A model of part 3, one exponent for all deltas: "drop" (a_d, c_d) or "direct" (E_d, B_d) per delta."""
-    kind: str
-    exponent: float
-    coef: dict  # delta -> (a, c) or (E, B)
-    t_scale: float
+class PostFT(namedtuple("PostFT", "kind exponent coef t_scale")):
+    """A model of part 3, one exponent for all deltas: "drop" or "direct", with coef mapping each delta
+    to its (a_d, c_d) or (E_d, B_d); tokens are in units of t_scale."""
 
     def __call__(self, tokens, delta):
         x = np.asarray(tokens, dtype=float) / self.t_scale
@@ -401,12 +396,9 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_baseline", "after_direct")  # before / after finetuning
 
 
-@dataclass
-class Models:
-    law: Law
-    baseline: dict
-    drop: PostFT | None  # both None without finetunes
-    direct: PostFT | None
+class Models(namedtuple("Models", "law baseline drop direct")):
+    """Every model fitted on the same data: the Law, the baseline (per delta), and after finetuning the
+    drop and direct PostFT's (both None without finetunes)."""
 
     def forecast(self, tokens: float, delta: float) -> dict:
         """Before finetuning by the law and the baseline; after, by each of them less the drop, and direct."""

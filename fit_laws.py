@@ -558,10 +558,9 @@ def format_report(results: dict) -> str:
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
     keys = [k for k in fc["rows"][0] if k in LABEL]
     table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "wins", "onset"]]
-    for r in fc["rows"]:
-        table.append([f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
-                      f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
-                      f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"])
+    table += [[f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
+               f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
+               f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"] for r in fc["rows"]]
     notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else
                     "  outside the fitted deltas: not recommended" for r in fc["rows"]]
     lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "

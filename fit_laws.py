@@ -8,7 +8,7 @@ SPT mixes a small domain corpus D_dom into pretraining as a share delta of the t
 as needed: more delta helps the domain until the repeats make the model memorise D_dom and its domain
 *test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and finetunes of their
 checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss after
-finetuning at a budget of T pretraining tokens.
+finetuning at T pretraining tokens. It writes --out (JSON, atomically), PNG plots next to it and a report.
 
 1. The law (PAPER.md). A saturating power law can only fall, but the domain *train* loss, on the
    repeated tokens, does keep falling; what grows is the train-test *gap*. So the paper models both:
@@ -22,42 +22,36 @@ finetuning at a budget of T pretraining tokens.
 
 2. The fit: least squares on every eval's domain train and test loss (the paper's objective) inside
    bounds with the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap without
-   domain data), k1, k3 >= 0 (more domain data cannot raise the floor), and C_train(1) >= 0, fitted in
-   place of k0, so that C_train >= 0 on [0, 1]: on curves straight in log T, A_train T^b + C with b -> 0
-   would otherwise become a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) whose
-   forecasts fall below zero. Stage 1 fits each delta on its own (A_train, C_train, A_gap: linear for
-   fixed exponents) to show A_gap(d) and C_train(d) before a form is imposed, and to start stage 2, the
-   joint fit, which also starts from random points. Flagged: a parameter on its bound, a stage-1
-   coefficient of the wrong sign by more than 3 standard errors. The baseline, per delta, can only
-   saturate: L_test = E + B T^-beta, fitted as the Chinchilla paper does (Huber loss on log loss).
+   domain data), k1, k3 >= 0 (more domain data cannot raise the floor); and C_train(1) >= 0, fitted in
+   place of k0, so that C_train >= 0 on [0, 1]: else, on curves straight in log T, A_train T^b + C with
+   b -> 0 becomes a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) that forecasts
+   losses below zero. Stage 1 fits each delta alone (A_train, C_train, A_gap: linear for fixed exponents),
+   to show A_gap(d) and C_train(d) before a form is imposed and to start stage 2, the joint fit (also
+   from random starts). Flagged: a parameter on its bound, a stage-1 coefficient of the wrong sign by
+   more than 3 standard errors. The baseline, per delta, can only saturate: L_test = E + B T^-beta.
 
 3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained loss
-   shrunk by what finetuning takes off, log(before / after) = a_d x^b + c_d (the paper's drop, as a log
-   ratio so that no extrapolation pushes a loss below zero); and "direct", the pilots' losses after
-   finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go
-   below zero nor turn up. Deltas between finetuned ones get interpolated coefficients. POST_FT, the one
-   that recommends, was chosen by the forecast checks of the committed studies (results/*/REPORT.md; the
-   numbers are in the README's "Results at CPU scale").
+   shrunk by the paper's drop, as a log ratio so that no extrapolation pushes a loss below zero:
+   log(before / after) = a_d x^b + c_d; and "direct", the pilots' losses after finetuning fitted as they
+   are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go below zero nor turn up.
+   Between finetuned deltas the coefficients are interpolated. POST_FT, the one that recommends, was chosen
+   by the forecast checks of the committed studies (results/*/REPORT.md; README, "Results at CPU scale").
 
 4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
-   refits every model on the evals and finetunes at T <= T0 (rounded up to a whole step, as train.py places
-   its milestones), --holdout_delta d without that delta's runs. The forecasts are compared with the
-   measurements: per delta the error, the rank agreement (Spearman) and the regret of the recommendation
-   (its measured loss over the best measured, in %). scripts/study.py's report opens with this table.
+   refits every model on the evals and finetunes at T <= T0, --holdout_delta d without that delta's runs;
+   per delta, each forecast's error; per model, the rank agreement (Spearman) with the measurements and
+   its recommendation's regret (its measured loss over the best measured, in %): study.py's first table.
 
 5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
    inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
    bootstrap intervals (each run's curves plus its own residuals resampled, the finetunes the same way;
    points on a curve are correlated, so the intervals are optimistic) and how often it wins across them.
-
-Writes --out (JSON, atomically) and PNG plots next to it, and prints the report; errors are one line.
 """
 import json
 import math
 import os
 import sys
 from collections import namedtuple
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
@@ -116,7 +110,7 @@ def field(record: dict, key: str, where: str):
 
 
 def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[list[Run], dict]:
-    """Every run's evals at tokens > max(0, min_tokens) with finite losses, and what the runs share
+    """Every run's evals at tokens > min_tokens (>= 0) with finite losses, and what the runs share
     (dataset, model shape, |D_dom|): runs that differ in any of them are refused."""
     runs, setting = [], None
     for run_dir in run_dirs:
@@ -131,9 +125,8 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
                                f"one model shape; fit them separately")
         log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
-        points = [by_step[s] for s in sorted(by_step) if by_step[s]["tokens"] > max(0.0, min_tokens)]
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
-                           for r in points], dtype=float).reshape(-1, 3)
+                           for _, r in sorted(by_step.items()) if r["tokens"] > min_tokens], dtype=float).reshape(-1, 3)
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             warn(f"{run_dir}: dropped {int((~finite).sum())} evals with NaN or missing losses", warnings)
@@ -177,7 +170,7 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The paper's law, and how it is fitted
+# 2. The paper's law and how it is fitted; the baseline, a saturating power law per delta
 
 Params = namedtuple("Params", "A_train b_train_s b_train_g b_gap_s b_gap_g a1 a2 a3 k0 k1 k2 k3")  # docstring, 1.
 
@@ -221,18 +214,8 @@ def onset(p: Params, d: float, t_scale: float, max_tokens: float) -> float | Non
     return tokens if tokens <= ONSET_HORIZON * max_tokens else None
 
 
-@dataclass
-class Law:
-    params: Params
-    t_scale: float
-    deltas: list
-    max_tokens: float
-    rmse: float
-    per_delta: list  # stage 1
-    flags: list
-
-    def test(self, tokens, delta):
-        return sum(law(self.params, np.asarray(tokens, dtype=float) / self.t_scale, delta))
+# The fitted law: its Params, the token unit of t, the deltas and largest token count fitted, RMSE, stage 1, flags.
+Law = namedtuple("Law", "params t_scale deltas max_tokens rmse per_delta flags")
 
 
 def per_delta_fit(endpoints, pts: dict):
@@ -288,12 +271,12 @@ def starting_points(endpoints, rows, seed: int) -> list[np.ndarray]:
 def inside(x: np.ndarray) -> np.ndarray:
     """Strictly inside the box: least_squares needs a feasible start."""
     lo, hi = np.array(LOWER), np.array(UPPER)
-    margin = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
+    margin = 1e-6 * (1 + np.abs(lo))  # every lower bound is finite
     return np.clip(x, lo + margin, hi - margin)
 
 
-def jacobians(x: np.ndarray, t, d):
-    """d(train)/dx and d(gap)/dx, (points, 12) each: exact derivatives make the joint fit fast."""
+def jacobian(x: np.ndarray, t, d):
+    """d(train loss)/dx above d(test loss)/dx, as fit_law stacks its residuals: exact derivatives make it fast."""
     p = to_params(x)
     gap = law(p, t, d)[1]
     log_t, power_train = np.log(t), t ** (d * p.b_train_s + (1 - d) * p.b_train_g)
@@ -303,7 +286,8 @@ def jacobians(x: np.ndarray, t, d):
                p.k1 / (1 + p.k2) - p.k1 / (d + p.k2), 1 - d]
     j_gap = [zero, zero, zero, gap * log_t * d, gap * log_t * (1 - d), gap / p.a1 if p.a1 else zero,
              gap * np.log(np.where(d > 0, d, 1.0)), gap * d, zero, zero, zero, zero]
-    return np.stack(np.broadcast_arrays(*j_train), axis=1), np.stack(np.broadcast_arrays(*j_gap), axis=1)
+    j_train, j_gap = (np.stack(np.broadcast_arrays(*j), axis=1) for j in (j_train, j_gap))
+    return np.vstack([j_train, j_train + j_gap])
 
 
 def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
@@ -322,13 +306,9 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
         train_loss, gap = law(to_params(x), pts["t"], pts["d"])
         return np.concatenate([train_loss, train_loss + gap]) - target
 
-    def jacobian(x):
-        j_train, j_gap = jacobians(x, pts["t"], pts["d"])
-        return np.vstack([j_train, j_train + j_gap])
-
     with np.errstate(all="ignore"):
-        fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(LOWER, UPPER), x_scale="jac",
-                                       max_nfev=3000) for s in starts]
+        fits = [optimize.least_squares(residuals, s, jac=lambda x: jacobian(x, pts["t"], pts["d"]),
+                                       bounds=(LOWER, UPPER), x_scale="jac", max_nfev=3000) for s in starts]
     fits = [res for res in fits if np.isfinite(res.cost)]
     if not fits:
         raise FitError("the law's fit failed from every starting point: check the runs' losses")
@@ -343,8 +323,6 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
     return Law(to_params(best.x), t_scale, sorted({r.delta for r in runs}), float(pts["t"].max() * t_scale),
                math.sqrt(2 * best.cost / len(target)), rows, flags)
 
-
-# The baseline: a saturating power law per delta
 
 def fit_saturating(x: np.ndarray, y: np.ndarray) -> dict:
     """L = E + B x^-beta, as the Chinchilla paper fits it: Huber loss (threshold 1e-3) on log loss,
@@ -377,13 +355,9 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 # ---------------------------------------------------------------------------------------------
 # 3. After finetuning
 
-@dataclass
-class PostFT:
-    """A model of part 3, one exponent for all deltas: "drop" (a_d, c_d) or "direct" (E_d, B_d) per delta."""
-    kind: str
-    exponent: float
-    coef: dict  # delta -> (a, c) or (E, B)
-    t_scale: float
+class PostFT(namedtuple("PostFT", "kind exponent coef t_scale")):
+    """A model of part 3, one exponent for all deltas: "drop" or "direct", with coef mapping each delta
+    to its (a_d, c_d) or (E_d, B_d); tokens are in units of t_scale."""
 
     def __call__(self, tokens, delta):
         x = np.asarray(tokens, dtype=float) / self.t_scale
@@ -397,18 +371,16 @@ class PostFT:
 def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
     """For a fixed exponent both curves are linear in their coefficients (direct: non-negative ones), so
     the exponent is scanned on a grid and refined in the best cell: no starting points to get wrong."""
-    deltas = sorted({p.delta for p in points})
+    deltas, direct = sorted({p.delta for p in points}), kind == "direct"
     x = np.array([p.tokens for p in points]) / t_scale
     onehot = np.array([[p.delta == d for d in deltas] for p in points], dtype=float)
-    if kind == "direct":
-        y, grid = np.array([p.after for p in points]), np.linspace(0.01, 3.0, 300)
-    else:
-        y, grid = np.log([p.before / p.after for p in points]), np.linspace(-3.0, 3.0, 601)
+    y = np.array([p.after for p in points]) if direct else np.log([p.before / p.after for p in points])
+    grid = np.linspace(0.01, 3.0, 300) if direct else np.linspace(-3.0, 3.0, 601)
 
     def solve(b):
-        power = onehot * (x ** (-b if kind == "direct" else b))[:, None]
-        design = np.hstack([onehot, power] if kind == "direct" else [power, onehot])
-        coef = optimize.nnls(design, y)[0] if kind == "direct" else np.linalg.lstsq(design, y, rcond=None)[0]
+        power = onehot * (x ** (-b if direct else b))[:, None]
+        design = np.hstack([onehot, power] if direct else [power, onehot])
+        coef = optimize.nnls(design, y)[0] if direct else np.linalg.lstsq(design, y, rcond=None)[0]
         return float(np.sum((design @ coef - y) ** 2)), coef
 
     i = int(np.argmin([solve(g)[0] for g in grid]))
@@ -421,19 +393,16 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 # ---------------------------------------------------------------------------------------------
 # 4. Forecasts: every model fitted on the same data, the forecast check and the recommendation
 
-AFTER = ("after_law", "after_baseline", "after_direct")
+BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_baseline", "after_direct")  # before / after finetuning
 
 
-@dataclass
-class Models:
-    law: Law
-    baseline: dict
-    drop: PostFT | None  # both None without finetunes
-    direct: PostFT | None
+class Models(namedtuple("Models", "law baseline drop direct")):
+    """Every model fitted on the same data: the Law, the baseline (per delta), and after finetuning the
+    drop and direct PostFT's (both None without finetunes)."""
 
     def forecast(self, tokens: float, delta: float) -> dict:
         """Before finetuning by the law and the baseline; after, by each of them less the drop, and direct."""
-        out = {"law": float(self.law.test(tokens, delta)),
+        out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta))),
                "baseline": float(saturating(self.baseline, tokens, delta, self.law.t_scale))}
         if self.drop:
             shrink = math.exp(-float(self.drop(tokens, delta)))
@@ -464,8 +433,7 @@ def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, 
     for _ in range(n):
         resampled = [Run(r.path, r.delta, r.tokens, *(fit + res[rng.integers(0, len(res), len(res))] for fit, res in c))
                      for r, c in zip(runs, curves)]
-        shifted = [p._replace(after=a + e)
-                   for p, a, e in zip(points, after, rng.choice(noise, len(points)) if points else [])]
+        shifted = [p._replace(after=a + e) for p, a, e in zip(points, after, rng.choice(noise, len(points)))]
         boot.append(fit_models(resampled, shifted, t_scale, seed, x0=inside(to_vector(models.law.params))))
     return boot
 
@@ -480,8 +448,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
     seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
     budgets = sorted({p.tokens for p in points if p not in seen})
     if not budgets:
-        raise FitError("the forecast check has nothing to score: give finetunes beyond --fit_until or of "
-                       "--holdout_delta")
+        raise FitError("the check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
         raise FitError(f"--holdout_delta {holdout:g}: no run has it (the runs have {sorted({r.delta for r in runs})})")
     if not seen:
@@ -522,8 +489,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
 
 
 def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int) -> dict:
-    """Every candidate's forecasts at the target; the best inside the fitted deltas by POST_FT (the
-    pretrained test loss by the law when no finetunes were given)."""
+    """Every candidate's forecasts at the target; the best by POST_FT (by the law without finetunes) is recommended."""
     key, fit = POST_FT if models.drop else "law", models.law
     lo, hi = min(fit.deltas), max(fit.deltas)
     rows = [{"delta": d, "repeats": target * d / domain_tokens, "trained": d in fit.deltas, "inside": lo <= d <= hi,
@@ -531,8 +497,7 @@ def recommend(models: Models, boot: list[Models], target: float, candidates: lis
             for d in candidates]
     eligible = [r for r in rows if r["inside"]]
     if not eligible:
-        raise FitError(f"no candidate lies within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates "
-                       f"there")
+        raise FitError(f"no candidate is within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates in it")
     if boot:
         samples = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot])
         best = np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1)  # per bootstrap refit
@@ -558,15 +523,14 @@ def check_lines(check: dict) -> list[str]:
     lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
              f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
     for b in check["budgets"]:
-        before = [k for k in b["rows"][0]["forecast"] if k not in AFTER]  # law, baseline
-        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in before)]]
+        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in BEFORE)]]
         for r in b["rows"]:
             cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
             table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in AFTER),
-                          f"{r['measured_before']:.4f}", *(cell[k] for k in before)])
+                          f"{r['measured_before']:.4f}", *(cell[k] for k in BEFORE)])
         lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
                      f"error %) and before:")
-        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(before), "    ")
+        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(BEFORE), "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
             lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured "
@@ -594,10 +558,9 @@ def format_report(results: dict) -> str:
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
     keys = [k for k in fc["rows"][0] if k in LABEL]
     table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "wins", "onset"]]
-    for r in fc["rows"]:
-        table.append([f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
-                      f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
-                      f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"])
+    table += [[f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
+               f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
+               f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"] for r in fc["rows"]]
     notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else
                     "  outside the fitted deltas: not recommended" for r in fc["rows"]]
     lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
@@ -696,8 +659,7 @@ def parse_args(argv):
     p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
-    p.add_argument("--bootstrap", type=train.integer, default=20,
-                   help="residual-bootstrap refits for intervals (0: none)")
+    p.add_argument("--bootstrap", type=train.integer, default=20, help="bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")

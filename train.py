@@ -519,8 +519,9 @@ def load_training_state(model, optimizer, ckpt: dict, path: str, average: Weight
             set_optimizer_state_dict(model, optimizer, state["optimizer"])
     else:
         optimizer.load_state_dict(ckpt["optimizer"])
-        for name, weights in (average.weights.items() if average else ()):
-            weights.copy_(ckpt["ema"][name])
+        if average:
+            for name, weights in average.weights.items():
+                weights.copy_(ckpt["ema"][name])
     if average:
         average.steps = ckpt["ema_steps"]
     torch.set_rng_state(ckpt["rng"])

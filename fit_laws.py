@@ -109,8 +109,8 @@ def field(record: dict, key: str, where: str):
     return record[key]
 
 
-def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[list[Run], dict]:
-    """Every run's evals at tokens > min_tokens (>= 0) with finite losses, and what the runs share
+def load_runs(run_dirs: list[str], warnings: list) -> tuple[list[Run], dict]:
+    """Every run's evals past step 0 with finite losses, and what the runs share
     (dataset, model shape, |D_dom|): runs that differ in any of them are refused."""
     runs, setting = [], None
     for run_dir in run_dirs:
@@ -126,13 +126,13 @@ def load_runs(run_dirs: list[str], min_tokens: float, warnings: list) -> tuple[l
         log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
-                           for _, r in sorted(by_step.items()) if r["tokens"] > min_tokens], dtype=float).reshape(-1, 3)
+                           for _, r in sorted(by_step.items()) if r["tokens"] > 0], dtype=float).reshape(-1, 3)
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             warn(f"{run_dir}: dropped {int((~finite).sum())} evals with NaN or missing losses", warnings)
         values = values[finite]
         if len(values) < 3:
-            raise FitError(f"{run_dir} has {len(values)} usable evals above --min_tokens; the law needs 3 or more "
+            raise FitError(f"{run_dir} has {len(values)} usable evals; the law needs 3 or more "
                            f"per run: train longer or evaluate more often")
         runs.append(Run(run_dir, float(field(config, "domain_frac", config_path)), *values.T))
     deltas = sorted({r.delta for r in runs})
@@ -658,7 +658,6 @@ def parse_args(argv):
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
     p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
-    p.add_argument("--min_tokens", type=data.token_count, default=0, help="ignore evals below this many tokens")
     p.add_argument("--bootstrap", type=train.integer, default=20, help="bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
@@ -671,7 +670,7 @@ def parse_args(argv):
 
 def run(args) -> dict:
     warnings = []
-    runs, setting = load_runs(args.run_dirs, args.min_tokens, warnings)
+    runs, setting = load_runs(args.run_dirs, warnings)
     points = load_finetunes(args.finetune, setting, warnings)
     max_tokens = max(float(r.tokens.max()) for r in runs)
     t_scale = float(10.0 ** round(math.log10(max_tokens)))

@@ -58,6 +58,7 @@ def run_all(jobs: dict, n_parallel: int, log_dir: str):
 
     def one(name):
         with open(os.path.join(log_dir, f"{name}.txt"), "w") as log:
+            print("$ " + " ".join(jobs[name]), file=log, flush=True)  # as run() shows it in the terminal
             return name, subprocess.run(jobs[name], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
     with ThreadPoolExecutor(n_parallel) as pool:

@@ -132,11 +132,12 @@ def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
     jobs = {f"job{i}": [sys.executable, "-c", write, str(tmp_path / f"out{i}")] for i in range(3)}
     study.run_all(jobs, 2, str(tmp_path / "logs"))
     assert [open(tmp_path / f"out{i}").read() for i in range(3)] == ["2"] * 3
-    assert open(tmp_path / "logs" / "job1.txt").read() == f"hello {tmp_path / 'out1'}\n"
+    log = open(tmp_path / "logs" / "job1.txt").read()  # the command line first, as run() shows it, then the output
+    assert log == "$ " + " ".join(jobs["job1"]) + f"\nhello {tmp_path / 'out1'}\n"
     jobs["job0"] = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     jobs["job1"][-1] = str(tmp_path / "again")  # running beside job0: it finishes
     with pytest.raises(SystemExit) as failed:
         study.run_all(jobs, 2, str(tmp_path / "logs"))
     assert str(failed.value) == (f"study.py: job0 failed (exit 3): see {tmp_path / 'logs' / 'job0.txt'}; rerun the "
                                  f"same command once fixed, finished work is kept")
-    assert open(tmp_path / "logs" / "job0.txt").read() == "boom\n" and os.path.exists(tmp_path / "again")
+    assert open(tmp_path / "logs" / "job0.txt").read().endswith("\nboom\n") and os.path.exists(tmp_path / "again")

@@ -265,22 +265,26 @@ GOALS = {"regret_pct": 0.5, "max_abs_error_pct": 1.0}  # the forecast check's go
 
 
 def why_missed(fit_results: dict, budget: dict, by: str) -> str:
-    """The delta with the largest error, and whether its measured loss after finetuning turned up after
-    the pilots: a curve fitted on them cannot foresee a turn-up they hold no sign of."""
+    """The delta with the largest error: from its last pilot, how far the measured loss after finetuning
+    and the forecast moved, and whether the measured one turned up (a curve fitted on the pilots cannot
+    foresee a turn-up they hold no sign of)."""
     worst = max(budget["rows"], key=lambda r: abs(r["error_pct"][by]))
     earlier = [p for p in fit_results["finetunes"] if p["delta"] == worst["delta"] and p["tokens"] < budget["tokens"]]
-    low = min(earlier, key=lambda p: p["after"], default=None)
-    if low and low["after"] < worst["measured_after"]:
-        why = (f"its measured loss after finetuning rose from {low['after']:.4f} at {fit_laws.approx(low['tokens'])} "
-               f"tokens to {worst['measured_after']:.4f}: a turn-up after the pilots.")
-    else:
-        why = f"forecast {worst['forecast'][by]:.4f} against {worst['measured_after']:.4f} measured."
+    last = max(fit_results["check"]["pilot_budgets"])
+    pilot = max((p for p in earlier if p["tokens"] <= last), key=lambda p: p["tokens"])
+    measured, forecast = worst["measured_after"], worst["forecast"][by]
+    why = (f"from its last pilot ({fit_laws.approx(last)} tokens: {pilot['after']:.4f} after finetuning) the measured "
+           f"loss moved {measured - pilot['after']:+.4f} to {measured:.4f}, the forecast {forecast - pilot['after']:+.4f} "
+           f"to {forecast:.4f}")
+    low = min(earlier, key=lambda p: p["after"])
+    if low["after"] < measured:
+        why += f"; the measured loss turned up after {fit_laws.approx(low['tokens'])} tokens ({low['after']:.4f})"
     if worst["delta"] > 0:  # no domain data, no gap: NPT has no onset to place
         where = "finds none within 1000x the pilots" if worst["onset"] is None else \
             f"places it (pretrained) at {fit_laws.approx(worst['onset'])} tokens"
-        why += f" The paper's law fitted on the pilots, asked for delta {worst['delta']:g}'s overfitting onset, {where}."
+        why += f". The paper's law fitted on the pilots, asked for delta {worst['delta']:g}'s overfitting onset, {where}"
     return (f"- Why the goals were missed here: the largest error is at delta {worst['delta']:g} "
-            f"({worst['error_pct'][by]:+.2f}%); {why}")
+            f"({worst['error_pct'][by]:+.2f}%); {why}.")
 
 
 def forecast_section(fit_results: dict) -> list[str]:

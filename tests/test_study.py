@@ -141,3 +141,23 @@ def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
     assert str(failed.value) == (f"study.py: job0 failed (exit 3): see {tmp_path / 'logs' / 'job0.txt'}; rerun the "
                                  f"same command once fixed, finished work is kept")
     assert open(tmp_path / "logs" / "job0.txt").read().endswith("\nboom\n") and os.path.exists(tmp_path / "again")
+
+
+def test_why_a_forecast_missed_is_read_from_the_finetunes():
+    """The report's explanation: from the last pilot, how far the measured loss and the forecast moved,
+    and a turn-up after the pilots, all from the numbers it is given."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import study
+    after = {1e6: 2.0, 2e6: 1.9, 4e6: 1.8, 8e6: 1.7, 16e6: 1.75}  # a turn-up after 8M
+    fit_results = {"check": {"pilot_budgets": [1e6, 2e6, 4e6]},
+                   "finetunes": [{"delta": 0.2, "tokens": t, "after": a} for t, a in after.items()]}
+    rows = [{"delta": 0.2, "measured_after": 1.75, "forecast": {"direct": 1.6}, "error_pct": {"direct": -8.57},
+             "onset": 5e8},
+            {"delta": 0.1, "measured_after": 1.8, "forecast": {"direct": 1.79}, "error_pct": {"direct": -0.56},
+             "onset": None}]
+    line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows}, "direct")
+    assert line == ("- Why the goals were missed here: the largest error is at delta 0.2 (-8.57%); from its last "
+                    "pilot (4M tokens: 1.8000 after finetuning) the measured loss moved -0.0500 to 1.7500, the "
+                    "forecast -0.2000 to 1.6000; the measured loss turned up after 8M tokens (1.7000). The paper's "
+                    "law fitted on the pilots, asked for delta 0.2's overfitting onset, places it (pretrained) at "
+                    "500M tokens.")

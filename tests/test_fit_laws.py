@@ -116,7 +116,7 @@ def test_onset_is_the_minimum_of_the_test_loss():
 
 def test_the_fit_recovers_the_law_within_one_percent(world):
     _, runs, _ = world
-    loaded, _ = fit_laws.load_runs(runs, 0, [])
+    loaded, _ = fit_laws.load_runs(runs, [])
     law = fit_laws.fit_law(loaded, 1e11)
     assert law.flags == []
     for tokens in (5e10, 1.5e11, 3e11):  # inside, 1.5x and 3x beyond the data
@@ -292,7 +292,7 @@ def test_damaged_logs(world, tmp_path, capsys):
     folder = write_run(str(tmp_path / "d0.1"), 0.1, rng, lines=lines[:5] + nan + lines[6:10] + repeated + lines[11:]
                        + ['{"step": 99, "tok'])
     warnings = []
-    loaded, _ = fit_laws.load_runs(runs[:-1] + [folder], 0, warnings)
+    loaded, _ = fit_laws.load_runs(runs[:-1] + [folder], warnings)
     assert len(loaded[-1].tokens) == len(lines) - 2  # step 0 and the NaN eval are out, the repeat kept once
     assert 9.0 not in loaded[-1].test and any("NaN" in w for w in warnings)
     assert "cut-off last line" in capsys.readouterr().err
@@ -303,7 +303,7 @@ def test_damaged_logs(world, tmp_path, capsys):
 def test_an_unconverged_finetune_is_named(world, tmp_path):
     root, runs, fts = world
     warnings = []
-    _, setting = fit_laws.load_runs(runs, 0, warnings)
+    _, setting = fit_laws.load_runs(runs, warnings)
     late = write_finetune(str(tmp_path / "late"), 0.1, 1e10, np.random.default_rng(1), converged=False)
     points = fit_laws.load_finetunes(fts[:2] + [late], setting, warnings)
     assert len(points) == 3 and len(warnings) == 1 and "late" in warnings[0] and "unconverged" in warnings[0]

@@ -354,6 +354,19 @@ def test_a_prepare_killed_anywhere_resumes_to_the_same_bytes(tmp_path, monkeypat
     assert folder_bytes(out) == folder_bytes(str(tmp_path / "whole"))
 
 
+def test_the_preparation_benchmark_prints_each_goal_with_a_verdict():
+    """scripts/bench.py --prepare at a tiny size (one unit, so two workers cannot scale): it must run
+    data.py end to end and judge all three goals, the scaling beside the machine's own ceiling."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "scripts", "bench.py"), "--prepare", "--mb", "2",
+                             "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    goals = [line for line in result.stdout.splitlines() if line.startswith(("per worker", "peak memory, corpus"))]
+    scaling = next(line for line in result.stdout.splitlines() if line.startswith("1 -> 2 workers"))
+    assert len(goals) == 2 and all(" ok" in line or " MISSED" in line for line in goals), result.stdout
+    assert "MISSED (this machine's CPUs allow" in scaling, scaling  # one unit: 1.0x
+
+
 def test_a_new_dataset_replaces_the_old_one_only_when_complete(tiny_data, tmp_path):
     folder = str(tmp_path / "ds")
     shutil.copytree(tiny_data, folder)

@@ -23,8 +23,9 @@
    kept. Speed per worker is in CPU time (tiktoken's too): the tokens of the corpus beyond its tenth
    over the CPU seconds they took, so that start-up cancels out. Cores of a virtual machine need not
    be equal (another tenant may share one), so the bench first times tiktoken pinned to each of two
-   CPUs, both busy at once: one worker (and tiktoken alone) then runs pinned to the faster CPU, and
-   1 + slower/faster is the machine's ceiling for the scaling from 1 to 2 workers, printed beside it.
+   CPUs, alone and both busy at once: one worker (and tiktoken alone) then runs pinned to the faster
+   CPU, and the tokens/s of both CPUs at once over the faster's alone is the machine's ceiling for the
+   scaling from 1 to 2 workers, printed beside it.
    The goals it prints against: >= 1.8x from 1 to 2 workers, >= 80% of tiktoken per worker, peak
    memory within 10% when the corpus grows 10x.
 Numbers from a machine shared with other work are noisy: rerun on an idle one.
@@ -254,8 +255,8 @@ def encode_seconds(corpus: str, mb: float, cpu: int) -> tuple[int, float, float]
 
 def machine_cpus(corpus: str, mb: float, rounds: int) -> dict:
     """What this machine's CPUs give: tiktoken pinned to each of (up to) two CPUs, alone and both at
-    once, in `rounds` interleaved rounds (in a pool, so that this process stays unpinned), each timing
-    the median round (a virtual machine's core can speed up or slow down by 20% within seconds).
+    once, in `rounds` interleaved rounds (in a pool, so that this process stays unpinned); of each, the
+    median run (not the fastest: a virtual machine's core speeds up or slows down by 20% within seconds).
     Returns the faster CPU, tiktoken's tokens and CPU seconds on it alone, and the ceiling for the
     scaling from one worker on it to two: the tokens/s of both CPUs at once over its alone."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
@@ -267,14 +268,14 @@ def machine_cpus(corpus: str, mb: float, rounds: int) -> dict:
             for cpu, run in zip(cpus, pool.map(encode_seconds, [corpus] * len(cpus), [mb] * len(cpus), cpus)):
                 together[cpu].append(run)
     tokens = alone[cpus[0]][0][0]
-    alone = {cpu: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for cpu, runs in alone.items()}
-    together = {cpu: float(np.median([r[1] for r in runs])) for cpu, runs in together.items()}
+    alone, together = ({cpu: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for cpu, runs in kind.items()}
+                       for kind in (alone, together))  # the median run, by wall time
     fast = min(cpus, key=lambda cpu: alone[cpu][1])
     for cpu in cpus:
         print(f"tiktoken pinned to CPU {cpu}: {tokens / alone[cpu][1]:,.0f} tokens/s alone, "
-              f"{tokens / together[cpu]:,.0f} with both CPUs busy (medians of {rounds} rounds)")
+              f"{tokens / together[cpu][1]:,.0f} with both CPUs busy (medians of {rounds} rounds)")
     return {"cpu": fast, "tokens": tokens, "cpu_s": alone[fast][2],
-            "ceiling": sum(alone[fast][1] / wall for wall in together.values())}
+            "ceiling": sum(alone[fast][1] / run[1] for run in together.values())}
 
 
 def bench_prepare(mb: float, repeats: int):

@@ -14,6 +14,8 @@ import torch
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import study  # noqa: E402  (scripts/ is not a package)
 KILL_AT_LAST_MILESTONE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
@@ -110,8 +112,6 @@ def test_every_study_preset_parses():
     """The presets nobody runs in CI (GPU, paper scale) still name valid flags."""
     import finetune
     import train
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import study
     for name in os.listdir(os.path.join(ROOT, "configs", "study")):
         preset = json.load(open(os.path.join(ROOT, "configs", "study", name)))
         assert {"data", "train", "deltas", "milestones", "finetune", "fit", "evaluate"} <= set(preset), name
@@ -125,8 +125,6 @@ def test_every_study_preset_parses():
 def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
     """--jobs: every command runs, on cores / jobs threads, its output in its own log; a failing one
     stops the study with one line that names its log, after the others finished."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import study
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     write = "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS']); print('hello', sys.argv[1])"
     jobs = {f"job{i}": [sys.executable, "-c", write, str(tmp_path / f"out{i}")] for i in range(3)}
@@ -146,8 +144,6 @@ def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
 def test_why_a_forecast_missed_is_read_from_the_finetunes():
     """The report's explanation: from the last pilot, how far the measured loss and the forecast moved,
     and a turn-up after the pilots, all from the numbers it is given."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import study
     after = {1e6: 2.0, 2e6: 1.9, 4e6: 1.8, 8e6: 1.7, 16e6: 1.75}  # a turn-up after 8M
     fit_results = {"check": {"pilot_budgets": [1e6, 2e6, 4e6]},
                    "finetunes": [{"delta": 0.2, "tokens": t, "after": a} for t, a in after.items()]}

@@ -1,12 +1,12 @@
-"""Export a checkpoint as a Hugging Face transformers model folder, for the ecosystem's tools.
+"""Export a checkpoint as a Hugging Face model folder, for the ecosystem's tools.
 
     python scripts/export_hf.py out/d0.05/ckpt_1M.pt out/hf/d0.05
     python scripts/export_hf.py out/d0.05/ft_ckpt_1M/ckpt_best.pt out/hf/d0.05-ft   # finetuned: untied
     lm_eval --model hf --model_args pretrained=out/hf/d0.05 --tasks hellaswag,arc_easy --device cuda
 
-The folder holds config.json, model.safetensors (fp32) and, for GPT-2 tokens, the tokenizer, so
-transformers, lm-eval-harness and vLLM read it like any hub model:
-AutoModelForCausalLM.from_pretrained(folder) and AutoTokenizer.from_pretrained(folder).
+The folder holds config.json, model.safetensors (fp32) and, for GPT-2 tokens, the tokenizer
+(tokenizer.json and tokenizer_config.json), so transformers, lm-eval-harness and vLLM read it like any
+hub model: AutoModelForCausalLM.from_pretrained(folder) and AutoTokenizer.from_pretrained(folder).
 
 Which architecture: model.py is OLMo (v1) exactly: pre-norm with LayerNorm that has no weight or
 bias, rotary embeddings on half-split channel pairs, SwiGLU, no biases, embeddings tied unless
@@ -16,15 +16,23 @@ trained with --norm rmsnorm becomes a LlamaForCausalLM with its norm weights set
 vocabulary keeps model.py's padding to a multiple of 64 (as OLMo's own 50304-word embedding does);
 the tokenizer never produces the padded ids.
 
+Why this script never imports transformers: transformers imports a package of its own called
+`kernels` (Hugging Face's hub kernels), and in a process that has this repository on its path that
+name is our kernels/ folder, so transformers fails to load any model there. The folder's three files
+are plain formats, written here directly: config.json by hand, the weights with `safetensors`, the
+tokenizer with `tokenizers` (both come with transformers). Load the export from a process started
+outside this repository, or with a console script (lm_eval, vllm), whose path does not hold it.
+
+The GPT-2 tokenizer is rebuilt from the BPE ranks data.py tokenizes with (no download): a byte-pair
+model needs the merges, which tiktoken's ranks imply (each token is the merge of the two pieces that
+byte-pair encoding with the lower ranks alone leaves of it), and the same split pattern.
 A byte-level model has no Hugging Face tokenizer: the export refuses in one line, and --no_tokenizer
 writes the model alone (token ids 0-255 are the UTF-8 bytes, 256 ends a document).
-Needs `pip install transformers` (not a requirement of the rest of the project).
 """
-import base64
+import json
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
 
@@ -35,21 +43,25 @@ import train  # noqa: E402
 TOKENIZERS = {50257: "gpt2"}  # vocabulary size -> the tokenizer that has it (byte-level, 257, has none)
 
 
-def hf_config(mc: dict):
-    """The transformers config of the same architecture and shape."""
-    from transformers import LlamaConfig, OlmoConfig
-    shape = dict(vocab_size=64 * -(-mc["vocab_size"] // 64), hidden_size=mc["d_model"], intermediate_size=mc["d_ff"],
-                 num_hidden_layers=mc["n_layer"], num_attention_heads=mc["n_head"],
-                 num_key_value_heads=mc["n_head"], hidden_act="silu", max_position_embeddings=mc["seq_len"],
-                 rope_theta=mc["rope_theta"], attention_bias=False, tie_word_embeddings=mc["tie_embeddings"],
-                 bos_token_id=None, eos_token_id=mc["vocab_size"] - 1, pad_token_id=mc["vocab_size"] - 1)
-    if mc["norm"] == "layernorm":
-        return OlmoConfig(clip_qkv=None, **shape)
-    return LlamaConfig(rms_norm_eps=1e-5, mlp_bias=False, **shape)
+def hf_config(mc: dict) -> dict:
+    """config.json of the same architecture and shape, as transformers writes it (rope_theta also at
+    the top level, where transformers before 5.0 reads it)."""
+    rmsnorm = mc["norm"] == "rmsnorm"
+    return {"architectures": ["LlamaForCausalLM" if rmsnorm else "OlmoForCausalLM"],
+            "model_type": "llama" if rmsnorm else "olmo",
+            "vocab_size": 64 * -(-mc["vocab_size"] // 64), "hidden_size": mc["d_model"],
+            "intermediate_size": mc["d_ff"], "num_hidden_layers": mc["n_layer"],
+            "num_attention_heads": mc["n_head"], "num_key_value_heads": mc["n_head"], "hidden_act": "silu",
+            "max_position_embeddings": mc["seq_len"], "attention_bias": False,
+            "rope_theta": mc["rope_theta"], "rope_parameters": {"rope_type": "default", "rope_theta": mc["rope_theta"]},
+            "tie_word_embeddings": mc["tie_embeddings"], "bos_token_id": None,
+            "eos_token_id": mc["vocab_size"] - 1, "pad_token_id": mc["vocab_size"] - 1, "torch_dtype": "float32",
+            **({"rms_norm_eps": 1e-5, "mlp_bias": False} if rmsnorm else {"clip_qkv": None})}
 
 
 def hf_state_dict(model) -> dict:
-    """model.py's weights under transformers' names: the fused matrices split, norms of ones for Llama."""
+    """model.py's weights under transformers' names: the fused matrices split, norms of ones for Llama.
+    A tied output layer is the embedding itself, which the folder stores once."""
     d, f = model.cfg.d_model, model.cfg.d_ff
     state = {"model.embed_tokens.weight": model.wte.weight}
     for i, block in enumerate(model.blocks):
@@ -64,31 +76,69 @@ def hf_state_dict(model) -> dict:
             state.update({p + "input_layernorm.weight": torch.ones(d), p + "post_attention_layernorm.weight": torch.ones(d)})
     if model.cfg.norm == "rmsnorm":
         state["model.norm.weight"] = torch.ones(d)
-    state["lm_head.weight"] = model.output_weight  # the embedding itself while tied
+    if not model.cfg.tie_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
-def hf_tokenizer(name: str, seq_len: int):
-    """The GPT-2 tokenizer as a transformers fast tokenizer, built from the same BPE ranks data.py
-    tokenizes with (no download): same ids, <|endoftext|> as the end (and start) of a document."""
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, as byte-level BPE vocabularies spell tokens: bytes that
+    print as themselves keep their character, the others take the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+def bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge that makes each multi-byte token, in rank order: byte-pair encoding of the token with
+    only the merges ranked below it stops at exactly two pieces, and those are the pair."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= rank:
+                raise ValueError(f"token {token!r} is not made by a merge of lower-ranked tokens: not a BPE vocabulary")
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def write_tokenizer(name: str, seq_len: int, folder: str):
+    """tokenizer.json (a byte-level BPE with tiktoken's split pattern and <|endoftext|> as the end and
+    start of a document) and tokenizer_config.json, which AutoTokenizer reads."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     enc = data.get_tokenizer(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        ranks = os.path.join(tmp, f"{name}.tiktoken")
-        with open(ranks, "w") as f:  # tiktoken's own file format, which the converter reads
-            for token in enc.token_byte_values():
-                f.write(f"{base64.b64encode(token).decode()} {enc.encode_single_token(token)}\n")
-        fast = TikTokenConverter(ranks, pattern=enc._pat_str, extra_special_tokens=[data.EOT]).converted()
-    return PreTrainedTokenizerFast(tokenizer_object=fast, bos_token=data.EOT, eos_token=data.EOT,
-                                   unk_token=data.EOT, model_max_length=seq_len)
+    ranks = {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
+    symbols = byte_symbols()
+
+    def spell(token: bytes) -> str:
+        return "".join(symbols[b] for b in token)
+    tokenizer = Tokenizer(models.BPE(vocab={spell(t): r for t, r in ranks.items()},
+                                     merges=[(spell(a), spell(b)) for a, b in bpe_merges(ranks)], fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(data.EOT, special=True, normalized=False)])
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
+                "unk_token": data.EOT, "model_max_length": seq_len, "clean_up_tokenization_spaces": False}
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(settings, f, indent=1)
 
 
 def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
     try:
-        import transformers  # noqa: F401
+        from safetensors.torch import save_file
+        import tokenizers  # noqa: F401
     except ImportError:
-        raise train.TrainError("the export needs transformers: pip install transformers")
+        raise train.TrainError("the export needs safetensors and tokenizers: pip install safetensors tokenizers "
+                               "(transformers brings both)")
     if os.path.exists(out_dir):
         raise train.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
     model, ckpt = train.load_model(checkpoint)
@@ -97,17 +147,14 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
         raise train.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
                                f"tokenizer: add --no_tokenizer to export the model alone (ids 0-255 are UTF-8 "
                                f"bytes, 256 ends a document)")
-    from transformers import AutoModelForCausalLM
-    config = hf_config(model.config_dict())
-    with torch.device("meta"):  # the shapes only: the checkpoint's weights are assigned below
-        hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    hf.load_state_dict(hf_state_dict(model), strict=True, assign=True)
-    hf.tie_weights()
     tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"  # written whole, then renamed: never half an export
     try:
-        hf.save_pretrained(tmp, safe_serialization=True)
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config(model.config_dict()), f, indent=1)
+        save_file(hf_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if vocab in TOKENIZERS and not no_tokenizer:
-            hf_tokenizer(TOKENIZERS[vocab], model.cfg.seq_len).save_pretrained(tmp)
+            write_tokenizer(TOKENIZERS[vocab], model.cfg.seq_len, tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +169,7 @@ def main(argv=None):
     p.add_argument("--no_tokenizer", action="store_true", help="write the model without a tokenizer (byte-level)")
     args = p.parse_args(argv)
     out = export(args.checkpoint, args.out_dir, args.no_tokenizer)
-    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({out!r})")
+    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({out!r}), from a process outside this repository")
 
 
 if __name__ == "__main__":

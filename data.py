@@ -48,6 +48,7 @@ DEFAULT_DATA_DIR = os.path.join(ROOT, "data", "default")
 DEFAULT_PREPARE = dict(general="english", domain="abc", tokenizer="gpt2")
 SPLITS = ("general_train", "general_val", "domain_train", "domain_test")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: 2,000 files for 200B tokens, one for a small dataset
+UNIT_VERSION = 2  # of the files a tokenized unit leaves in .work/: those of another version are made again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +369,7 @@ def tokenize_unit(task: tuple) -> int:
     enc = get_tokenizer(tokenizer)
     eot = np.array([enc.eot_token], dtype=np.uint32)
     hashes, lengths, sizes, pending = bytearray(), [], [], []
+    corpora.FETCHED.clear()  # the packages this unit's reader opens, for meta.json
     with TokenWriter(path + ".bin", enc.n_vocab) as writer:
         for doc in corpora.read_unit(unit):
             if not doc or doc.isspace():
@@ -383,7 +385,7 @@ def tokenize_unit(task: tuple) -> int:
                 pending = []
         writer.append(np.concatenate(pending or [eot[:0]], dtype=writer.dtype))
     index = {"hashes": np.frombuffer(hashes, np.uint64), "tokens": np.array(lengths, np.uint32),
-             "bytes": np.array(sizes, np.uint32)}
+             "bytes": np.array(sizes, np.uint32), "packages": np.array(json.dumps(list(corpora.FETCHED.values())))}
     atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
     return sum(lengths)
 
@@ -457,7 +459,8 @@ def choose(g: Group, n: int, seed: int) -> dict:
         train = np.zeros_like(train)
         train[order[:reached + 1]] = True
     return {"masks": dict(zip(g.splits, (train, held))), "tokens": tokens, "bytes": sizes, "unit_of": unit_of,
-            "used": used, "distinct": int(first.sum()), "train_tokens": int(tokens[train].sum())}
+            "used": used, "distinct": int(first.sum()), "train_tokens": int(tokens[train].sum()),
+            "packages": [p for i in index[:used] for p in json.loads(str(i["packages"]))]}
 
 
 def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict, shard_tokens: int) -> dict:
@@ -532,7 +535,7 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     try:
         for g in groups:  # an online source plans for its budget plus the held-out share
             g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
-            key = hashlib.sha256(json.dumps([g.source.name, tokenizer, g.units]).encode()).hexdigest()[:16]
+            key = hashlib.sha256(json.dumps([UNIT_VERSION, g.source.name, tokenizer, g.units]).encode()).hexdigest()[:16]
             g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
             os.makedirs(g.work, exist_ok=True)
         while True:  # (the units finished refine how many an online source needs)
@@ -546,9 +549,13 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
             print(f"part {part} is done; when all parts are, run the same command without --part to finish")
             return None
         choices = [choose(g, wanted[g.name], seed) for g in groups]
+        # parts of a mix that this machine's apt does not offer (corpora.mix): the mix goes on without them
+        missing = {g.name: {unit[1]: unit[2] for unit in g.units if unit[0] == "missing"} for g in groups}
         for g, c in zip(groups, choices):
             if not c["distinct"]:
-                raise DataError(f"{g.name} source {g.source.name!r} yielded no documents: check its name or path")
+                raise DataError(f"{g.name} source {g.source.name!r} yielded no documents: "
+                                + ("; ".join(f"no {part}: {why}" for part, why in missing[g.name].items())
+                                   or "check its name or path"))
             if not c["train_tokens"]:
                 raise DataError(f"{g.name} source {g.source.name!r} has {c['distinct']} distinct documents: too few "
                                 f"to hold out {g.holdout_frac:.0%} of them; use more data")
@@ -561,7 +568,9 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
         meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "seed": seed,
                 "val_frac": val_frac, "test_frac": test_frac, "domain_token_budget": domain_tokens,
                 "general_token_budget": general_tokens, "sources": {"general": general, "domain": domain},
-                "splits": {}}
+                "packages": sorted({json.dumps(p, sort_keys=True): p for c in choices for p in c["packages"]}.values(),
+                                   key=lambda p: (p["registry"], p["package"])),
+                "missing": {name: parts for name, parts in missing.items() if parts}, "splits": {}}
         meta = assemble(out_dir, groups, choices, meta, shard_tokens)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -571,6 +580,10 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
     summary = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     print(f"prepared {out_dir} in {time.time() - t0:.0f}s (tokenize {t1 - t0:.1f}s, assemble {time.time() - t1:.1f}s): "
           f"{summary} tokens")
+    for g in groups:
+        for part, why in meta["missing"].get(g.name, {}).items():
+            print(f"warning: {g.source.name} is without {part} ({why}): {g.splits[0]} holds "
+                  f"{meta['splits'][g.splits[0]]['tokens']:,} tokens without it", file=sys.stderr)
     return meta
 
 

@@ -13,6 +13,8 @@ import gzip
 import itertools
 import json
 import os
+import random
+import re
 import shutil
 import string
 import struct
@@ -36,23 +38,42 @@ def fixture(name: str, mode: str = "r"):
         return f.read()
 
 
+# The packages of our sources that `apt-cache search --names-only` lists on three releases, with the
+# unversioned ones that must not be taken for them. Debian 12 and 13: as apt-cache printed them here
+# (13 through ../shared/tools/apt-suite trixie); Ubuntu 24.04: from its package index (no linux-doc-X.Y).
+COMMON = ["perl-doc", "fortunes", "bible-kjv-text", "r-cran-janeaustenr", "python3-doc", "linux-doc", "rdkit-doc",
+          "metamath-databases", "hol-light", "libcoq-stdlib"]
+OFFERS = {"debian-12": COMMON + ["python3.11-doc", "linux-doc-6.1"],
+          "debian-13": COMMON + ["python3.13-doc", "linux-doc-6.12"],
+          "ubuntu-24.04": COMMON + ["python3.12-doc"]}
+NEWEST = {"debian-12": ("python3.11-doc", "linux-doc-6.1"), "debian-13": ("python3.13-doc", "linux-doc-6.12"),
+          "ubuntu-24.04": ("python3.12-doc", None)}
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty CACHE_DIR; fetching is forbidden, so a test fails if a source tries to download."""
+    """An empty CACHE_DIR and Debian 12's apt; fetching is forbidden, so a test fails if a source
+    tries to download."""
     monkeypatch.setattr(corpora, "CACHE_DIR", str(tmp_path / "cache"))
 
     def no_network(cmd, what, cwd=None):
         raise AssertionError(f"tried to run {cmd} ({what})")
     monkeypatch.setattr(corpora, "run_command", no_network)
-    return tmp_path / "cache"
+    monkeypatch.setattr(corpora, "apt_search", lambda pattern: [n for n in OFFERS["debian-12"] if re.fullmatch(pattern, n)])
+    corpora.offered_package.cache_clear()
+    yield tmp_path / "cache"
+    corpora.offered_package.cache_clear()
 
 
-def fake_debian(cache, package: str, files: dict[str, str | bytes]):
-    """Lay out files as if `package` had been downloaded and unpacked into the cache."""
+def fake_debian(cache, package: str, files: dict[str, str | bytes], version: str = "1.0-1"):
+    """Lay out files as if `package` had been downloaded and unpacked into the cache, with its record."""
+    (cache / "debian" / package).mkdir(parents=True, exist_ok=True)
     for path, content in files.items():
         full = cache / "debian" / package / path
         full.parent.mkdir(parents=True, exist_ok=True)
         full.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (cache / "debian" / f"{package}.json").write_text(json.dumps(
+        {"registry": "debian", "package": package, "version": version, "sha256": "0" * 64}))
 
 
 def fake_wheel(cache, filename: str, files: dict[str, str | bytes]):
@@ -190,6 +211,7 @@ def test_r_reader_rejects_what_it_does_not_know():
 
 
 def test_austen_chapters_unwrap_paragraphs(cache):
+    fake_debian(cache, "r-cran-janeaustenr", {})
     folder = cache / "debian" / "r-cran-janeaustenr" / os.path.dirname(corpora.AUSTEN_DB)
     folder.mkdir(parents=True)
     write_r_lazyload(str(cache / "debian" / "r-cran-janeaustenr" / corpora.AUSTEN_DB), {"novel": r_strings(NOVEL)})
@@ -301,8 +323,10 @@ def test_kernel_docs_skip_translations(cache):
 
 def test_mixes_chain_their_parts(cache, monkeypatch):
     for name in corpora.ENGLISH:
-        monkeypatch.setitem(corpora.GENERATORS, name, lambda n=name: iter([n]))
-    assert corpora.SOURCES["english"].plan() == [("registry", name) for name in corpora.ENGLISH]  # a unit each
+        monkeypatch.setitem(corpora.GENERATORS, name, lambda *package, n=name: iter([n]))
+    packages = {"wiki": (), "austen": ("r-cran-janeaustenr",), "bible": ("bible-kjv-text",), "fortunes": ("fortunes",),
+                "pydocs": ("python3.11-doc",), "perldocs": ("perl-doc",), "kerneldocs": ("linux-doc-6.1",)}
+    assert corpora.SOURCES["english"].plan() == [("registry", name, *packages[name]) for name in corpora.ENGLISH]
     assert list(corpora.SOURCES["english"].documents()) == list(corpora.ENGLISH)
     assert list(corpora.SOURCES["prose"].documents()) == ["wiki", "austen", "bible", "fortunes"]
 
@@ -345,36 +369,134 @@ def test_pypi_wheel_uses_the_cache(cache):
     assert corpora.pypi_wheel("music21==10.5.1").read("x.txt") == b"hi"  # `cache` forbids running pip
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed (not a Debian system)")
-def test_debian_package_updates_lists_once_then_downloads_and_unpacks(tmp_path, monkeypatch):
-    """A fake apt-get on PATH: `download` fails until `update` has run, then hands over a real .deb
-    built here with dpkg-deb. Checks the retry, the unpacking, and that the cache is used after."""
+def fake_apt(tmp_path, monkeypatch, offers: list[str], download: str = 'cp {deb} .') -> "pathlib.Path":
+    """Fake apt-cache and apt-get on PATH: `apt-cache search --names-only REGEX` lists the packages of
+    `offers` as apt prints them, `apt-get update` and `apt-get download` are logged and `download` runs
+    the shell command given (by default: hand over the .deb of a package spt-test, built here with dpkg-deb)."""
     tree = tmp_path / "tree"
     (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text("Package: spt-test\nVersion: 1.0\nArchitecture: all\n"
+    (tree / "DEBIAN" / "control").write_text("Package: spt-test\nVersion: 1.0-2\nArchitecture: all\n"
                                              "Maintainer: nobody <nobody@example.org>\nDescription: test\n")
     (tree / "usr/share/spt").mkdir(parents=True)
     (tree / "usr/share/spt/hello.txt").write_text("hello")
-    deb = tmp_path / "spt-test_1.0_all.deb"
+    (tree / "usr/share/spt/noise.bin").write_bytes(random.Random(0).randbytes(50_000))  # a .deb of ~50 KB
+    deb = tmp_path / "spt-test_1.0-2_all.deb"
     subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True)
     bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
     bin_dir.mkdir()
+    (bin_dir / "apt-cache").write_text(f"""#!/bin/sh
+[ "$1 $2" = "search --names-only" ] || exit 100
+printf '%s\\n' {' '.join(offers)} | grep -E "$3" | sed 's/$/ - a package/'
+exit 0
+""")  # (apt's regular expressions are POSIX's, as grep -E's: no \\d)
     (bin_dir / "apt-get").write_text(f"""#!/bin/sh
 echo "$@" >> {log}
 if [ "$1" = update ]; then touch {tmp_path}/updated; exit 0; fi
-if [ ! -e {tmp_path}/updated ]; then echo "E: Unable to locate package $2" >&2; exit 100; fi
-cp {deb} .
+{download.format(deb=deb, tmp=tmp_path)}
 """)
-    (bin_dir / "apt-get").chmod(0o755)
+    for tool in ("apt-cache", "apt-get"):
+        (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(corpora, "CACHE_DIR", str(tmp_path / "cache"))
     corpora.apt_get_update.cache_clear()
+    corpora.offered_package.cache_clear()
+    return log
+
+
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed (not Debian)")
+
+
+@needs_dpkg
+@pytest.mark.parametrize("release", OFFERS)
+def test_versioned_packages_resolve_to_the_newest_that_apt_offers(tmp_path, monkeypatch, release):
+    """python3.N-doc and linux-doc-X.Y by what this release's apt-cache lists (never the unversioned
+    python3-doc or linux-doc); where there is none (Ubuntu's kernel docs), the package lists are fetched
+    once more and the English mix goes on without that part."""
+    log = fake_apt(tmp_path, monkeypatch, OFFERS[release])
+    pydocs, kerneldocs = NEWEST[release]
+    assert corpora.offered_package(r"python3\.[0-9]+-doc") == pydocs
+    units = corpora.SOURCES["english"].plan()
+    assert ("registry", "pydocs", pydocs) in units and ("registry", "perldocs", "perl-doc") in units
+    if kerneldocs:
+        assert ("registry", "kerneldocs", kerneldocs) in units and not log.exists()
+    else:
+        assert ("missing", "kerneldocs", r"apt offers no package named like linux-doc-[0-9]+\.[0-9]+ on this machine") in units
+        assert log.read_text() == "update\n"
+        with pytest.raises(corpora.NotOffered, match="no package named like linux-doc"):
+            corpora.SOURCES["kerneldocs"].plan()  # alone, it is an error
+
+
+@needs_dpkg
+def test_the_newest_is_by_the_numbers_in_the_name(tmp_path, monkeypatch):
+    fake_apt(tmp_path, monkeypatch, ["python3.9-doc", "python3.11-doc", "python3.10-doc", "python3-doc"])
+    assert corpora.offered_package(r"python3\.[0-9]+-doc") == "python3.11-doc"
+
+
+def test_without_apt_the_error_names_the_other_sources(tmp_path):
+    """macOS, Fedora: no apt-cache. The default dataset fails before any download, in one line that
+    says what else to use."""
+    (tmp_path / "bin").mkdir()
+    env = {**os.environ, "PATH": str(tmp_path / "bin"), "SPT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--out", str(tmp_path / "ds")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "`apt-cache` is not installed" in done.stderr and "local:PATH" in done.stderr and "fineweb" in done.stderr
+    assert not os.path.exists(tmp_path / "cache" / "debian")
+
+
+@needs_dpkg
+def test_debian_package_updates_lists_once_then_downloads_unpacks_and_records_it(tmp_path, monkeypatch):
+    """`download` fails until `update` has run, then hands over a real .deb: the retry, the unpacking,
+    the record of its exact version and sha256, and the cache used after."""
+    log = fake_apt(tmp_path, monkeypatch, [], download=f'[ -e {{tmp}}/updated ] || {{{{ echo "E: Unable to locate '
+                                                        f'package $2" >&2; exit 100; }}}}; cp {{deb}} .')
+    deb_sha256 = corpora.file_sha256(str(tmp_path / "spt-test_1.0-2_all.deb"))
+    corpora.FETCHED.clear()
     root = corpora.debian_package("spt-test")
     assert open(os.path.join(root, "usr/share/spt/hello.txt")).read() == "hello"
     assert corpora.debian_package("spt-test") == root
     assert log.read_text().split("\n") == ["download spt-test", "update", "download spt-test", ""]
-    assert not any(name.endswith(".deb") for name in os.listdir(tmp_path / "cache" / "debian"))
+    assert sorted(os.listdir(tmp_path / "cache" / "debian")) == ["spt-test", "spt-test.json"]  # no .deb
+    assert corpora.FETCHED == {"debian:spt-test": {"registry": "debian", "package": "spt-test", "version": "1.0-2",
+                                                   "sha256": deb_sha256}}
     corpora.apt_get_update.cache_clear()
+
+
+@needs_dpkg
+@pytest.mark.parametrize("failure, download, message", [
+    ("cannot download", 'echo "E: Failed to fetch http://deb.debian.org/spt-test_1.0-2_all.deb  404  Not Found" >&2; '
+                        'exit 100', "apt-get download spt-test failed: `apt-get download spt-test`: E: Failed to fetch"),
+    ("cut short", "head -c 3000 {deb} > spt-test_1.0-2_all.deb", "unpacking"),
+])
+def test_a_package_that_fails_to_arrive_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, failure, download,
+                                                                        message):
+    fake_apt(tmp_path, monkeypatch, ["spt-test"], download=download)
+    with pytest.raises(corpora.DataError) as e:
+        corpora.debian_package("spt-test")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path / "cache" / "debian") == []  # no half package, no .deb, no record
+    corpora.apt_get_update.cache_clear()
+
+
+def test_a_mix_without_a_part_warns_with_its_tokens_and_meta_json_names_every_package(cache, monkeypatch, capsys):
+    """On Ubuntu (no linux-doc-X.Y) a mix goes on without its kernel docs; meta.json says so and lists the
+    exact version and sha256 of every package read."""
+    monkeypatch.setattr(corpora, "apt_search", lambda pattern: [n for n in OFFERS["ubuntu-24.04"]
+                                                                if re.fullmatch(pattern, n)])
+    monkeypatch.setattr(corpora, "apt_get_update", lambda: "apt-get update failed: not root")
+    monkeypatch.setitem(corpora.SOURCES, "bits", corpora.mix("bits", "general", "a test mix", ("fortunes", "kerneldocs")))
+    fake_debian(cache, "fortunes", {"usr/share/games/fortunes/wisdom": "\n%\n".join(
+        f"Fortune number {i}: " + "wise words " * (i % 7 + 3) for i in range(120))}, version="1:1.99.1-7.3")
+    meta = data.prepare(str(cache.parent / "ds"), "bits", None, tokenizer="byte", workers=1)
+    tokens = meta["splits"]["general_train"]["tokens"]
+    assert tokens > 0 and meta["missing"] == {"general": {"kerneldocs": r"apt offers no package named like "
+                                                                        r"linux-doc-[0-9]+\.[0-9]+ on this machine"}}
+    assert meta["packages"] == [{"registry": "debian", "package": "fortunes", "version": "1:1.99.1-7.3",
+                                 "sha256": "0" * 64}]
+    assert (f"warning: bits is without kerneldocs (apt offers no package named like linux-doc-[0-9]+\\.[0-9]+ on this "
+            f"machine): general_train holds {tokens:,} tokens without it") in capsys.readouterr().err
+    with open(cache.parent / "ds" / "meta.json") as f:
+        assert json.load(f)["packages"] == meta["packages"]
 
 
 def test_a_package_without_the_expected_files_is_a_clear_error(cache):

@@ -45,6 +45,9 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     preset = json.load(open(os.path.join(ROOT, "configs", "study", "micro.json")))
     report = open(os.path.join(results, "REPORT.md")).read()
 
+    meta = json.load(open(os.path.join(tiny_data, "meta.json")))  # the dataset, and what it was read from
+    assert f"Dataset `{meta['dataset_id']}` (local:" in report and "read from local or hosted files." in report
+
     rows = table_rows(report, "Domain test loss before and after finetuning")
     assert len(rows) == len(preset["deltas"]) * len(preset["milestones"])
     for row in rows:  # every number comes from the finetune.json the run wrote

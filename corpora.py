@@ -280,18 +280,32 @@ def apt_search(pattern: str) -> list[str]:
     return [name for name, _, _ in (line.partition(" - ") for line in listed.splitlines()) if re.fullmatch(pattern, name)]
 
 
+def apt_depends(name: str) -> list[str]:
+    """The packages that package `name` depends on, as apt-cache lists them."""
+    listed = run_command(["apt-cache", "depends", name], f"apt-cache depends {name}")
+    return re.findall(r"^\s*\|?Depends: <?([^\s>]+)", listed, flags=re.M)
+
+
 @functools.cache
-def offered_package(pattern: str) -> str:
-    """The newest Debian package whose name matches `pattern` among those apt offers on this machine,
-    newest by the numbers in the name: python3.N-doc is python3.11-doc on Debian 12, python3.13-doc on
-    Debian 13 and python3.12-doc on Ubuntu 24.04; linux-doc-X.Y is linux-doc-6.1 and linux-doc-6.12 on
-    Debian 12 and 13, and none on Ubuntu (NotOffered)."""
-    names = apt_search(pattern)
-    if not names and apt_get_update() is None:  # (a machine without package lists offers nothing)
-        names = apt_search(pattern)
-    if not names:
-        raise NotOffered(f"apt offers no package named like {pattern} on this machine")
-    return max(names, key=lambda name: [int(n) for n in re.findall(r"\d+", name)])
+def offered_package(name: str, versioned: str | None = None) -> str:
+    """The Debian package a source reads, if apt offers it on this machine: `name` itself or, given a
+    pattern `versioned`, the package of that pattern which the metapackage `name` depends on. python3-doc
+    and linux-doc stand for the release's own Python and kernel: on Debian 12 they depend on
+    python3.11-doc and linux-doc-6.1, on Debian 13 on python3.13-doc and linux-doc-6.12. (Debian 12's
+    security archive also offers linux-doc-6.12, a newer kernel's, which would change the default
+    dataset within the release; the release's own keeps it stable.) Ubuntu's linux-doc depends on no
+    linux-doc-X.Y: NotOffered, and the English mix goes on without kernel docs."""
+    found = apt_search(name)
+    if not found and apt_get_update() is None:  # (a machine without package lists offers nothing)
+        found = apt_search(name)
+    if not found:
+        raise NotOffered(f"apt offers no package {name} on this machine")
+    if versioned is None:
+        return name
+    depends = [package for package in apt_depends(name) if re.fullmatch(versioned, package)]
+    if not depends:
+        raise NotOffered(f"{name} depends on no package named like {versioned} on this machine")
+    return depends[0]
 
 
 def debian_package(name: str) -> str:
@@ -809,15 +823,15 @@ GENERATORS: dict[str, Callable[..., Iterator[str]]] = {}  # registry name -> its
 
 
 def registry(name: str, kind: str, description: str, documents: Callable[..., Iterator[str]],
-             debian: str | None = None) -> Source:
+             debian: str | None = None, versioned: str | None = None) -> Source:
     """A registry source is one unit: its package is small and its reader runs in one process. A source
-    in Debian's archive names its package by a regular expression (python3.N-doc for the Python docs):
-    its unit carries the newest package of that name that apt offers on this machine (offered_package),
+    in Debian's archive names its package, or the metapackage that picks it on each release (python3-doc
+    for python3.N-doc): its unit carries the package that apt offers on this machine (offered_package),
     which the reader is given."""
     GENERATORS[name] = documents
     if debian is None:
         return Source(name, kind, description, lambda: [("registry", name)])
-    return Source(name, kind, description, lambda: [("registry", name, offered_package(debian))])
+    return Source(name, kind, description, lambda: [("registry", name, offered_package(debian, versioned))])
 
 
 def mix(name: str, kind: str, description: str, parts: tuple[str, ...]) -> Source:
@@ -853,14 +867,14 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     registry("fortunes", "general", "fortune cookies, one per doc (Debian fortunes)", fortune_documents,
              debian="fortunes"),
     # [0-9]: the package's usr/share/doc/python3.X-doc/html is a link to the same files
-    registry("pydocs", "general", "Python 3 docs, reST sources (Debian python3.X-doc, the newest apt offers)",
+    registry("pydocs", "general", "Python 3 docs, reST sources (Debian python3.N-doc, the release's: python3-doc's)",
              functools.partial(file_documents, pattern="usr/share/doc/python3.*[0-9]/html/_sources/**/*.rst.txt"),
-             debian=r"python3\.[0-9]+-doc"),
+             debian="python3-doc", versioned=r"python3\.[0-9]+-doc"),
     registry("perldocs", "general", "Perl docs, POD (Debian perl-doc)",
              functools.partial(file_documents, pattern="usr/share/perl/*/pod/*.pod"), debian="perl-doc"),
-    registry("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-X.Y, the newest "
-             "apt offers)", functools.partial(file_documents, pattern="usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
-                                              skip="/translations/"), debian=r"linux-doc-[0-9]+\.[0-9]+"),
+    registry("kerneldocs", "general", "Linux kernel docs, reST, no translations (Debian linux-doc-X.Y, the release's: "
+             "linux-doc's)", functools.partial(file_documents, pattern="usr/share/doc/linux-doc-*/html/_sources/**/*.txt",
+                                               skip="/translations/"), debian="linux-doc", versioned=r"linux-doc-[0-9]+\.[0-9]+"),
     registry("abc", "domain", "12,978 folk tunes in ABC notation, one per doc (PyPI music21)", abc_documents),
     registry("kern", "domain", "1,327 scores in Humdrum **kern (PyPI music21)", kern_documents),
     registry("smiles", "domain", "1.9M ZINC molecules as SMILES, 32 per doc (PyPI molsets)", smiles_documents),

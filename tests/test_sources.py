@@ -38,16 +38,28 @@ def fixture(name: str, mode: str = "r"):
         return f.read()
 
 
-# The packages of our sources that `apt-cache search --names-only` lists on three releases, with the
-# unversioned ones that must not be taken for them. Debian 12 and 13: as apt-cache printed them here
-# (13 through ../shared/tools/apt-suite trixie); Ubuntu 24.04: from its package index (no linux-doc-X.Y).
-COMMON = ["perl-doc", "fortunes", "bible-kjv-text", "r-cran-janeaustenr", "python3-doc", "linux-doc", "rdkit-doc",
-          "metamath-databases", "hol-light", "libcoq-stdlib"]
-OFFERS = {"debian-12": COMMON + ["python3.11-doc", "linux-doc-6.1"],
-          "debian-13": COMMON + ["python3.13-doc", "linux-doc-6.12"],
-          "ubuntu-24.04": COMMON + ["python3.12-doc"]}
-NEWEST = {"debian-12": ("python3.11-doc", "linux-doc-6.1"), "debian-13": ("python3.13-doc", "linux-doc-6.12"),
-          "ubuntu-24.04": ("python3.12-doc", None)}
+# What apt offers on three releases, as package -> the packages it depends on (of those the sources
+# care about). Debian 12 and 13: as `apt-cache search` and `apt-cache depends` printed them here (13
+# through ../shared/tools/apt-suite trixie; Debian 12's security archive offers linux-doc-6.12 too).
+# Ubuntu 24.04: from its package index (python3-doc depends on python3.12-doc; its linux-doc on no
+# linux-doc-X.Y).
+COMMON = {name: [] for name in ("perl-doc", "fortunes", "bible-kjv-text", "r-cran-janeaustenr", "rdkit-doc",
+                                "metamath-databases", "hol-light", "libcoq-stdlib")}
+OFFERS = {"debian-12": {**COMMON, "python3-doc": ["python3.11-doc"], "python3.11-doc": [],
+                        "linux-doc": ["linux-doc-6.1"], "linux-doc-6.1": [], "linux-doc-6.12": []},
+          "debian-13": {**COMMON, "python3-doc": ["python3.13-doc"], "python3.13-doc": [],
+                        "linux-doc": ["linux-doc-6.12"], "linux-doc-6.12": []},
+          "ubuntu-24.04": {**COMMON, "python3-doc": ["python3.12-doc"], "python3.12-doc": [], "linux-doc": []}}
+RELEASE_OWN = {"debian-12": ("python3.11-doc", "linux-doc-6.1"), "debian-13": ("python3.13-doc", "linux-doc-6.12"),
+               "ubuntu-24.04": ("python3.12-doc", None)}
+
+
+def answer_apt_from(monkeypatch, release: str):
+    """apt-cache's answers (corpora.apt_search, apt_depends) from OFFERS, without running it."""
+    offers = OFFERS[release]
+    monkeypatch.setattr(corpora, "apt_search", lambda pattern: [n for n in offers if re.fullmatch(pattern, n)])
+    monkeypatch.setattr(corpora, "apt_depends", lambda name: offers[name])
+    corpora.offered_package.cache_clear()
 
 
 @pytest.fixture
@@ -59,8 +71,7 @@ def cache(tmp_path, monkeypatch):
     def no_network(cmd, what, cwd=None):
         raise AssertionError(f"tried to run {cmd} ({what})")
     monkeypatch.setattr(corpora, "run_command", no_network)
-    monkeypatch.setattr(corpora, "apt_search", lambda pattern: [n for n in OFFERS["debian-12"] if re.fullmatch(pattern, n)])
-    corpora.offered_package.cache_clear()
+    answer_apt_from(monkeypatch, "debian-12")
     yield tmp_path / "cache"
     corpora.offered_package.cache_clear()
 
@@ -369,10 +380,11 @@ def test_pypi_wheel_uses_the_cache(cache):
     assert corpora.pypi_wheel("music21==10.5.1").read("x.txt") == b"hi"  # `cache` forbids running pip
 
 
-def fake_apt(tmp_path, monkeypatch, offers: list[str], download: str = 'cp {deb} .') -> "pathlib.Path":
-    """Fake apt-cache and apt-get on PATH: `apt-cache search --names-only REGEX` lists the packages of
-    `offers` as apt prints them, `apt-get update` and `apt-get download` are logged and `download` runs
-    the shell command given (by default: hand over the .deb of a package spt-test, built here with dpkg-deb)."""
+def fake_apt(tmp_path, monkeypatch, offers: dict[str, list[str]], download: str = 'cp {deb} .') -> "pathlib.Path":
+    """Fake apt-cache and apt-get on PATH. `apt-cache search --names-only REGEX` and `apt-cache depends
+    NAME` answer from `offers` (package -> its dependencies) as apt prints them; `apt-get update` and
+    `apt-get download` are logged, and `download` runs the shell command given (by default: hand over
+    the .deb of a package spt-test, built here with dpkg-deb)."""
     tree = tmp_path / "tree"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text("Package: spt-test\nVersion: 1.0-2\nArchitecture: all\n"
@@ -384,10 +396,16 @@ def fake_apt(tmp_path, monkeypatch, offers: list[str], download: str = 'cp {deb}
     subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True)
     bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
     bin_dir.mkdir()
+    depends = "".join(f"  {name}) printf '{name}\\n{''.join(f'  Depends: {d}{chr(92)}n' for d in deps)}';;\n"
+                      for name, deps in offers.items())
     (bin_dir / "apt-cache").write_text(f"""#!/bin/sh
-[ "$1 $2" = "search --names-only" ] || exit 100
-printf '%s\\n' {' '.join(offers)} | grep -E "$3" | sed 's/$/ - a package/'
-exit 0
+case "$1 $2" in
+  "search --names-only") printf '%s\\n' {' '.join(offers)} | grep -E "$3" | sed 's/$/ - a package/'; exit 0;;
+esac
+[ "$1" = depends ] || exit 100
+case "$2" in
+{depends}  *) echo "E: No packages found" >&2; exit 100;;
+esac
 """)  # (apt's regular expressions are POSIX's, as grep -E's: no \\d)
     (bin_dir / "apt-get").write_text(f"""#!/bin/sh
 echo "$@" >> {log}
@@ -408,28 +426,32 @@ needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-d
 
 @needs_dpkg
 @pytest.mark.parametrize("release", OFFERS)
-def test_versioned_packages_resolve_to_the_newest_that_apt_offers(tmp_path, monkeypatch, release):
-    """python3.N-doc and linux-doc-X.Y by what this release's apt-cache lists (never the unversioned
-    python3-doc or linux-doc); where there is none (Ubuntu's kernel docs), the package lists are fetched
-    once more and the English mix goes on without that part."""
+def test_versioned_packages_are_the_releases_own(tmp_path, monkeypatch, release):
+    """python3.N-doc and linux-doc-X.Y are what python3-doc and linux-doc depend on in this release's
+    apt (not Debian 12's newer linux-doc-6.12 from its security archive); where there is none (Ubuntu's
+    kernel docs), the package lists are fetched once more and the English mix goes on without that part,
+    while the part alone is an error."""
     log = fake_apt(tmp_path, monkeypatch, OFFERS[release])
-    pydocs, kerneldocs = NEWEST[release]
-    assert corpora.offered_package(r"python3\.[0-9]+-doc") == pydocs
+    pydocs, kerneldocs = RELEASE_OWN[release]
     units = corpora.SOURCES["english"].plan()
     assert ("registry", "pydocs", pydocs) in units and ("registry", "perldocs", "perl-doc") in units
+    assert ("registry", "austen", "r-cran-janeaustenr") in units and ("registry", "wiki") in units
     if kerneldocs:
         assert ("registry", "kerneldocs", kerneldocs) in units and not log.exists()
     else:
-        assert ("missing", "kerneldocs", r"apt offers no package named like linux-doc-[0-9]+\.[0-9]+ on this machine") in units
-        assert log.read_text() == "update\n"
-        with pytest.raises(corpora.NotOffered, match="no package named like linux-doc"):
+        why = r"linux-doc depends on no package named like linux-doc-[0-9]+\.[0-9]+ on this machine"
+        assert ("missing", "kerneldocs", why) in units
+        with pytest.raises(corpora.NotOffered, match="linux-doc depends on no package"):
             corpora.SOURCES["kerneldocs"].plan()  # alone, it is an error
+    assert corpora.SOURCES["metamath"].plan() == [("registry", "metamath", "metamath-databases")]
 
 
 @needs_dpkg
-def test_the_newest_is_by_the_numbers_in_the_name(tmp_path, monkeypatch):
-    fake_apt(tmp_path, monkeypatch, ["python3.9-doc", "python3.11-doc", "python3.10-doc", "python3-doc"])
-    assert corpora.offered_package(r"python3\.[0-9]+-doc") == "python3.11-doc"
+def test_a_package_apt_does_not_list_fetches_the_lists_once_then_is_missing(tmp_path, monkeypatch):
+    log = fake_apt(tmp_path, monkeypatch, {"fortunes": []})
+    assert corpora.SOURCES["prose"].plan()[-1] == ("registry", "fortunes", "fortunes")
+    assert ("missing", "bible", "apt offers no package bible-kjv-text on this machine") in corpora.SOURCES["prose"].plan()
+    assert log.read_text() == "update\n"
 
 
 def test_without_apt_the_error_names_the_other_sources(tmp_path):
@@ -448,7 +470,7 @@ def test_without_apt_the_error_names_the_other_sources(tmp_path):
 def test_debian_package_updates_lists_once_then_downloads_unpacks_and_records_it(tmp_path, monkeypatch):
     """`download` fails until `update` has run, then hands over a real .deb: the retry, the unpacking,
     the record of its exact version and sha256, and the cache used after."""
-    log = fake_apt(tmp_path, monkeypatch, [], download=f'[ -e {{tmp}}/updated ] || {{{{ echo "E: Unable to locate '
+    log = fake_apt(tmp_path, monkeypatch, {}, download=f'[ -e {{tmp}}/updated ] || {{{{ echo "E: Unable to locate '
                                                         f'package $2" >&2; exit 100; }}}}; cp {{deb}} .')
     deb_sha256 = corpora.file_sha256(str(tmp_path / "spt-test_1.0-2_all.deb"))
     corpora.FETCHED.clear()
@@ -470,7 +492,7 @@ def test_debian_package_updates_lists_once_then_downloads_unpacks_and_records_it
 ])
 def test_a_package_that_fails_to_arrive_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, failure, download,
                                                                         message):
-    fake_apt(tmp_path, monkeypatch, ["spt-test"], download=download)
+    fake_apt(tmp_path, monkeypatch, {"spt-test": []}, download=download)
     with pytest.raises(corpora.DataError) as e:
         corpora.debian_package("spt-test")
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -481,20 +503,18 @@ def test_a_package_that_fails_to_arrive_is_one_line_and_leaves_nothing(tmp_path,
 def test_a_mix_without_a_part_warns_with_its_tokens_and_meta_json_names_every_package(cache, monkeypatch, capsys):
     """On Ubuntu (no linux-doc-X.Y) a mix goes on without its kernel docs; meta.json says so and lists the
     exact version and sha256 of every package read."""
-    monkeypatch.setattr(corpora, "apt_search", lambda pattern: [n for n in OFFERS["ubuntu-24.04"]
-                                                                if re.fullmatch(pattern, n)])
-    monkeypatch.setattr(corpora, "apt_get_update", lambda: "apt-get update failed: not root")
+    answer_apt_from(monkeypatch, "ubuntu-24.04")
     monkeypatch.setitem(corpora.SOURCES, "bits", corpora.mix("bits", "general", "a test mix", ("fortunes", "kerneldocs")))
     fake_debian(cache, "fortunes", {"usr/share/games/fortunes/wisdom": "\n%\n".join(
         f"Fortune number {i}: " + "wise words " * (i % 7 + 3) for i in range(120))}, version="1:1.99.1-7.3")
     meta = data.prepare(str(cache.parent / "ds"), "bits", None, tokenizer="byte", workers=1)
     tokens = meta["splits"]["general_train"]["tokens"]
-    assert tokens > 0 and meta["missing"] == {"general": {"kerneldocs": r"apt offers no package named like "
-                                                                        r"linux-doc-[0-9]+\.[0-9]+ on this machine"}}
+    why = r"linux-doc depends on no package named like linux-doc-[0-9]+\.[0-9]+ on this machine"
+    assert tokens > 0 and meta["missing"] == {"general": {"kerneldocs": why}}
     assert meta["packages"] == [{"registry": "debian", "package": "fortunes", "version": "1:1.99.1-7.3",
                                  "sha256": "0" * 64}]
-    assert (f"warning: bits is without kerneldocs (apt offers no package named like linux-doc-[0-9]+\\.[0-9]+ on this "
-            f"machine): general_train holds {tokens:,} tokens without it") in capsys.readouterr().err
+    assert f"warning: bits is without kerneldocs ({why}): general_train holds {tokens:,} tokens without it" \
+        in capsys.readouterr().err
     with open(cache.parent / "ds" / "meta.json") as f:
         assert json.load(f)["packages"] == meta["packages"]
 

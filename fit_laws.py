@@ -1,51 +1,66 @@
 """How much domain data to mix in: the overfitting scaling laws of specialized pretraining (SPT).
 
-    python fit_laws.py out/d0 out/d0.01 out/d0.05 out/d0.1 --finetune out/d*/ft_* --target_tokens 40M
-    python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M     # forecast check on the pilots
+    python fit_laws.py RUN_DIR... --finetune FT_DIR... --target_tokens 40M
+    python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M --rolling   # forecast checks
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --holdout_delta 0.05   # ... or without one delta
 
-SPT mixes a small domain corpus D_dom into pretraining as a share delta of the tokens, repeated as often
-as needed: more delta helps the domain until the repeats make the model memorise D_dom and its domain
-*test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and finetunes of their
-checkpoints (finetune.json), this file forecasts which delta gives the lowest domain test loss after
-finetuning at T pretraining tokens. It writes --out (JSON, atomically), PNG plots next to it and a report.
+SPT mixes a small domain corpus D_dom of U tokens into pretraining as a share delta of the tokens,
+repeated E = T delta / U times by T tokens: more delta helps the domain until the repeats make the
+model memorise D_dom and its domain *test* loss turns up. From pilot runs (train.py's config.json and
+log.jsonl) and finetunes of their checkpoints (finetune.json), this file forecasts which delta gives
+the lowest domain test loss after finetuning at T pretraining tokens. It writes --out (JSON,
+atomically), PNG plots next to it and a report.
 
-1. The law (PAPER.md). A saturating power law can only fall, but the domain *train* loss, on the
-   repeated tokens, does keep falling; what grows is the train-test *gap*. So the paper models both:
+1. The paper's law (PAPER.md), fitted on the runs of the whole domain set. A saturating power law can
+   only fall, but the domain *train* loss, on the repeated tokens, does keep falling; what grows is the
+   train-test *gap*. So the paper models both:
        L_train(T, d) = A_train T^b_train(d) + C_train(d)      b_x(d) = d b_x_s + (1 - d) b_x_g
        L_gap(T, d)   = A_gap(d) T^b_gap(d)                    A_gap(d) = a1 d^a2 exp(a3 d)
        L_test(T, d)  = L_train(T, d) + L_gap(T, d)            C_train(d) = k0 - k1 log(d + k2) - k3 d
-   The test loss turns up where the gap's slope overtakes the train loss's, at the overfitting onset
-       T*(d) = (-A_gap b_gap / (A_train b_train))^(1 / (b_train - b_gap)).
-   T is in units of t_scale (the power of ten nearest the largest token count): A_train is shared while
-   the exponent varies with delta, so the unit is part of the law.
+   and places each delta's overfitting onset where the gap's slope overtakes the train loss's,
+   T*(d) = (-A_gap b_gap / (A_train b_train))^(1 / (b_train - b_gap)). T is in units of t_scale (the
+   power of ten nearest the largest token count): A_train is shared, so the unit is part of the law.
+   Least squares on every eval's domain train and test loss, inside bounds with the paper's signs, and
+   C_train(1) >= 0 fitted in place of k0, so that no forecast goes below zero (A_train = 9418 against
+   k0 = -9417 was seen without it); stage 1 fits each delta alone to start the joint fit. Beside it, a
+   baseline per delta that can only saturate: L_test = E + B T^-beta, fitted as Chinchilla was.
 
-2. The fit: least squares on every eval's domain train and test loss (the paper's objective) inside
-   bounds with the paper's signs: b_train < 0, b_gap_g <= 0 <= b_gap_s, a1 >= 0, a2 > 0 (no gap without
-   domain data), k1, k3 >= 0 (more domain data cannot raise the floor); and C_train(1) >= 0, fitted in
-   place of k0, so that C_train >= 0 on [0, 1]: else, on curves straight in log T, A_train T^b + C with
-   b -> 0 becomes a logarithm in disguise (A_train = 9418 against k0 = -9417 was seen) that forecasts
-   losses below zero. Stage 1 fits each delta alone (A_train, C_train, A_gap: linear for fixed exponents),
-   to show A_gap(d) and C_train(d) before a form is imposed and to start stage 2, the joint fit (also
-   from random starts). Flagged: a parameter on its bound, a stage-1 coefficient of the wrong sign by
-   more than 3 standard errors. The baseline, per delta, can only saturate: L_test = E + B T^-beta.
+2. Repeats. Pilots of the whole domain set rarely reach the repeat counts of the target (16M tokens at
+   delta 0.2 repeat a 40K-token set 80 times, 4M only 20), so they cannot show where it overfits.
+   Runs on nested subsets of D_dom (U/4, U/8: the same test split, data.py --domain_tokens) reach
+   those counts at pilot budgets. Every run's pretrained domain test loss is fitted as its own
+   saturating curve plus one shared penalty for repeating past an onset:
+       L(T) = A + B x^-beta + c d^gamma max(0, ln(E / E0_U))^2,    E0_U = E0 (U / U_full)^kappa
+   (x = T / t_scale). c, gamma, E0 and kappa are the same for every run; kappa says whether smaller sets
+   overfit at fewer repeats (fitted where there are two subset sizes). Past the onset finetuning adds
+   nothing (the loss after finetuning is the pretrained loss by E = 40-80 at CPU scale), so the
+   penalty carries over to the loss after finetuning.
 
-3. After finetuning, which is what counts, three forecasts: the law's (or the baseline's) pretrained loss
-   shrunk by the paper's drop, as a log ratio so that no extrapolation pushes a loss below zero:
-   log(before / after) = a_d x^b + c_d; and "direct", the pilots' losses after finetuning fitted as they
-   are, E_d + B_d x^-beta (E_d, B_d >= 0, one exponent), which can neither go below zero nor turn up.
-   Between finetuned deltas the coefficients are interpolated. POST_FT, the one that recommends, was chosen
-   by the forecast checks of the committed studies (results/*/REPORT.md; README, "Results at CPU scale").
+3. After finetuning, which is what counts: `law - drop`, the paper's law shrunk by the paper's drop
+   (log(before / after) = a_d x^b + c_d, a log ratio so that no extrapolation goes below zero);
+   `direct`, the full set's losses after finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0,
+   one exponent), which can neither go below zero nor turn up; and `repeats`, direct fitted on the
+   losses less the penalty and forecast with it: the forecast that turns up past the onset. Between
+   fitted deltas the coefficients are interpolated. Which one recommends is decided by the pilots
+   themselves: `repeats`, unless `law - drop` refitted on the pilots' first half (T <= T0 / 2)
+   forecast their last budget T0 better (so where the data follow the paper's law, its forecast
+   recommends). With several seeds, every seed's points are fitted; measurements are seed means.
 
 4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
-   refits every model on the evals and finetunes at T <= T0, --holdout_delta d without that delta's runs;
-   per delta, each forecast's error; per model, the rank agreement (Spearman) with the measurements and
-   its recommendation's regret (its measured loss over the best measured, in %): study.py's first table.
+   refits every model on the evals and finetunes at T <= T0 (--holdout_delta d: without that delta's
+   runs) and scores each model's forecast for every larger budget of the whole set against the seed
+   mean measured there, with its standard error: the error, whether it is within max(1%, 2 standard
+   errors), the rank agreement (Spearman) and the *regret* of its recommendation (its measured loss
+   over the best measured, in %). --rolling adds the check from every earlier origin (2 -> 4, 2 -> 8,
+   4 -> 8 ...: each budget fitted up to, forecasting those up to 4x larger) as one summary table.
 
-5. The recommendation: the candidate with the lowest POST_FT forecast at --target_tokens among those
-   inside the fitted deltas (others are shown, never recommended), with its repeats E = T delta / |D_dom|,
-   bootstrap intervals (each run's curves plus its own residuals resampled, the finetunes the same way;
-   points on a curve are correlated, so the intervals are optimistic) and how often it wins across them.
+5. The recommendation at --target_tokens: every candidate's forecast with its repeats E and bootstrap
+   intervals (each run's curve plus its own residuals resampled, the finetunes the same way: points
+   on a curve are correlated, so the intervals are optimistic). Chosen by expected regret over the
+   bootstrap refits, not by the point forecast; a tie when the runner-up's forecast minus the choice's
+   has an interval that holds zero. A candidate whose target repeats, relative to the onset, exceed
+   what the pilots reached is flagged "onset not observed"; one outside the fitted deltas is never
+   recommended.
 """
 import json
 import math
@@ -59,8 +74,8 @@ from scipy import optimize, stats
 import data
 import train
 
-POST_FT = "after_direct"    # the forecast after finetuning that recommends: docstring part 3, and why
 CI_LEVEL = 0.95
+GOAL_ERROR_PCT = 1.0        # a forecast is within the goal at max(this, 2 standard errors of the seed mean)
 ONSET_HORIZON = 1000.0      # an onset further than this many times the largest fitted T is "none in range"
 HUBER_DELTA = 1e-3          # Chinchilla's Huber threshold on log loss
 NOISE_FLAGS = 3.0           # stage-1 coefficients are flagged only beyond this many standard errors
@@ -87,10 +102,11 @@ def warn(message: str, warnings: list):
 # ---------------------------------------------------------------------------------------------
 # 1. Data: the runs' eval points and the finetuned checkpoints
 
-# One pretraining run: its domain_frac and the evals kept for fitting (tokens, domain train and test loss).
-Run = namedtuple("Run", "path delta tokens train test")
-# One finetuned checkpoint: its pretraining tokens, domain test loss before and after, general loss after.
-Finetuned = namedtuple("Finetuned", "path delta tokens before after general_after")
+# One pretraining run: its domain_frac, domain set size U, seed and the evals kept for fitting.
+Run = namedtuple("Run", "path delta domain_tokens seed tokens train test")
+# One finetuned checkpoint: its run's delta, U and seed, tokens, domain test loss before and after, general after.
+Finetuned = namedtuple("Finetuned", "path delta domain_tokens seed tokens before after general_after")
+SHARED_SPLITS = ("general_train", "general_val", "domain_test")  # the same in a dataset and its domain subsets
 
 
 def read_json(path: str) -> dict:
@@ -110,19 +126,21 @@ def field(record: dict, key: str, where: str):
 
 
 def load_runs(run_dirs: list[str], warnings: list) -> tuple[list[Run], dict]:
-    """Every run's evals past step 0 with finite losses, and what the runs share
-    (dataset, model shape, |D_dom|): runs that differ in any of them are refused."""
-    runs, setting = [], None
+    """Every run's evals past step 0 with finite losses, and what the runs share: the model shape, the
+    batch and one dataset, or a dataset and nested subsets of its domain (with its general data and
+    test split: checked in their meta.json). Runs that differ otherwise are refused."""
+    runs, setting, datasets = [], None, {}
     for run_dir in run_dirs:
         config_path = os.path.join(run_dir, "config.json")
         config = read_json(config_path)
-        this = {k: field(config, k, config_path) for k in ("dataset_id", "model_config", "domain_train_tokens")}
-        this["tokens_per_step"] = field(config, "batch_size", config_path) * this["model_config"]["seq_len"]
+        this = {k: field(config, k, config_path) for k in ("model_config", "batch_size")}
         setting = setting or this
         for key in this:
             if this[key] != setting[key]:
-                raise FitError(f"{run_dir} and {run_dirs[0]} differ in {key}: one law describes one dataset and "
-                               f"one model shape; fit them separately")
+                raise FitError(f"{run_dir} and {run_dirs[0]} differ in {key}: one law describes one model shape "
+                               f"and batch; fit them separately")
+        dataset, domain_tokens = field(config, "dataset_id", config_path), field(config, "domain_train_tokens", config_path)
+        datasets.setdefault(dataset, (domain_tokens, config.get("data_dir"), run_dir))
         log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
@@ -134,22 +152,55 @@ def load_runs(run_dirs: list[str], warnings: list) -> tuple[list[Run], dict]:
         if len(values) < 3:
             raise FitError(f"{run_dir} has {len(values)} usable evals; the law needs 3 or more "
                            f"per run: train longer or evaluate more often")
-        runs.append(Run(run_dir, float(field(config, "domain_frac", config_path)), *values.T))
-    deltas = sorted({r.delta for r in runs})
+        runs.append(Run(run_dir, float(field(config, "domain_frac", config_path)), domain_tokens,
+                        field(config, "seed", config_path), *values.T))
+    full = max(u for u, _, _ in datasets.values())
+    check_datasets(datasets, full)
+    deltas = sorted({r.delta for r in runs if r.domain_tokens == full})
     if len(deltas) < 4 or sum(d > 0 for d in deltas) < 3:
         raise FitError(f"the law needs runs at 4 or more domain_frac values, 3 of them > 0 (C_train has 4 "
-                       f"parameters, A_gap 3); got {deltas}: add runs")
-    return runs, setting
+                       f"parameters, A_gap 3), on the whole domain set; got {deltas}: add runs")
+    return runs, {**setting, "tokens_per_step": setting["batch_size"] * setting["model_config"]["seq_len"],
+                  "datasets": {d: u for d, (u, _, _) in datasets.items()}, "domain_tokens": full,
+                  "dataset_id": next(d for d, (u, _, _) in datasets.items() if u == full)}
+
+
+def check_datasets(datasets: dict, full: int):
+    """One dataset per domain set size, and subsets that hold out what the whole set does: otherwise two
+    runs of one delta would measure different things under one name."""
+    by_size = {}
+    for dataset, (size, _, run_dir) in datasets.items():
+        if size in by_size:
+            raise FitError(f"{run_dir} and {by_size[size][1]} have domain sets of {size:,} tokens from two datasets "
+                           f"({dataset}, {by_size[size][0]}): one law describes one dataset and nested subsets of "
+                           f"its domain; fit them separately")
+        by_size[size] = (dataset, run_dir)
+    if len(datasets) == 1:
+        return
+    metas = {}
+    for dataset, (size, data_dir, run_dir) in datasets.items():
+        if not data_dir or not os.path.exists(os.path.join(data_dir, "meta.json")):
+            raise FitError(f"{run_dir} trained on {data_dir}, which is gone: runs on domain subsets are checked "
+                           f"against their dataset folders (the same held-out splits); put them back")
+        metas[size] = (data.load_meta(data_dir), data_dir)
+    (whole, whole_dir), splits = metas[full], {s: metas[full][0]["splits"][s]["sha256"] for s in SHARED_SPLITS}
+    for size, (meta, data_dir) in metas.items():
+        differ = [s for s in SHARED_SPLITS if meta["splits"][s]["sha256"] != splits[s]]
+        if differ:
+            raise FitError(f"{data_dir} has other {' and '.join(differ)} than {whole_dir}: a domain subset must "
+                           f"be prepared with the same sources, --seed, --val_frac and --test_frac and a smaller "
+                           f"--domain_tokens (scripts/study.py does)")
 
 
 def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Finetuned]:
-    """finetune.json files (or their folders) of the runs' dataset and model shape."""
+    """finetune.json files (or their folders) of the runs' datasets and model shape."""
     points = []
     for path in paths:
         file = os.path.join(path, "finetune.json") if os.path.isdir(path) else path
         ft = read_json(file)
-        if field(ft, "dataset_id", file) != setting["dataset_id"]:
-            raise FitError(f"{file} finetuned on dataset {ft['dataset_id']}, the runs on {setting['dataset_id']}")
+        if field(ft, "dataset_id", file) not in setting["datasets"]:
+            raise FitError(f"{file} finetuned on dataset {ft['dataset_id']}, none of the runs' "
+                           f"({', '.join(setting['datasets'])})")
         shape = {k: v for k, v in ft.get("model_config", {}).items() if k != "tie_embeddings"}
         if shape and shape != {k: v for k, v in setting["model_config"].items() if k != "tie_embeddings"}:
             raise FitError(f"{file} finetuned another model shape than the runs'")
@@ -163,8 +214,9 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
         if best.get("converged") is False:
             warn(f"{file}: its best configuration was still improving when its epochs ran out (unconverged): "
                  f"its loss after finetuning is an upper bound; raise finetune.py's --extend_epochs", warnings)
-        points.append(Finetuned(file, float(ft["domain_frac"]), float(ft["pretrain_tokens"]),
-                                field(ft["pretrained"], "domain_test_loss", file),
+        seed = field(field(field(ft, "settings", file), "pretrain_config", file), "seed", file)
+        points.append(Finetuned(file, float(ft["domain_frac"]), setting["datasets"][ft["dataset_id"]], seed,
+                                float(ft["pretrain_tokens"]), field(ft["pretrained"], "domain_test_loss", file),
                                 field(best, "domain_test_loss", file), best.get("general_val_loss", np.nan)))
     return points
 
@@ -353,7 +405,66 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. After finetuning
+# 3. Repeats: one penalty for repeating the domain set past an onset, from every run's pretraining curve
+
+class Penalty(namedtuple("Penalty", "c gamma e0 kappa full bases rmse")):
+    """Part 2: c d^gamma max(0, ln(E / E0_U))^2 nats, E0_U = e0 (U / full)^kappa, with the runs' own
+    saturating bases (path -> (A, B, beta)) and the fit's RMSE."""
+
+    def onset(self, domain_tokens):
+        """E0_U: the repeats where the domain set of `domain_tokens` starts to overfit."""
+        return self.e0 * (domain_tokens / self.full) ** self.kappa
+
+    def __call__(self, tokens, delta, domain_tokens):
+        repeats = np.asarray(tokens, dtype=float) * delta / domain_tokens
+        past = np.log(np.maximum(repeats, 1e-30) / self.onset(domain_tokens))
+        return self.c * delta ** self.gamma * np.maximum(past, 0.0) ** 2
+
+    def reach(self, runs: list[Run]) -> float:
+        """How far past its onset the furthest run got: max E / E0_U over every eval (1: at the onset)."""
+        return max(float(np.max(r.tokens * r.delta / r.domain_tokens)) / self.onset(r.domain_tokens)
+                   for r in runs if r.delta > 0)
+
+
+def fit_penalty(runs: list[Run], t_scale: float, start: Penalty | None = None) -> Penalty:
+    """Least squares on the domain test loss of every run with domain data: its own A + B x^-beta plus the
+    shared penalty. For given exponents and penalty, each run's A and B are linear: they are solved, and
+    only c, gamma, E0, kappa and the betas searched (variable projection). kappa is fitted only where there
+    are two or more set sizes (else 0); the hinge has no slope below the onset, so the search starts from
+    a grid of onsets (or from `start`: the bootstrap's)."""
+    arms = [r for r in runs if r.delta > 0]
+    full, free_kappa = max(r.domain_tokens for r in runs), len({r.domain_tokens for r in arms}) > 1
+    shared = 4 if free_kappa else 3
+    powers = [np.log(r.tokens / t_scale) for r in arms]
+
+    def solve(v) -> tuple[Penalty, list[np.ndarray]]:
+        c, gamma, log_e0, kappa = (*v[:3], v[3] if free_kappa else 0.0)
+        p, bases, residuals = Penalty(c, gamma, math.exp(log_e0), kappa, full, {}, None), {}, []
+        for r, log_x, beta in zip(arms, powers, v[shared:]):
+            design = np.column_stack([np.ones_like(log_x), np.exp(-beta * log_x)])
+            y = r.test - p(r.tokens, r.delta, r.domain_tokens)
+            (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+            bases[r.path] = (float(a), float(b), float(beta))
+            residuals.append(design @ (a, b) - y)
+        return p._replace(bases=bases), residuals
+
+    if start:
+        starts = [[start.c, start.gamma, math.log(start.e0), start.kappa][:shared] + [start.bases[r.path][2] for r in arms]]
+    else:
+        starts = [[0.1, 1.0, math.log(e0), 0.0][:shared] + [0.5] * len(arms) for e0 in (10, 30, 60, 120, 300)]
+    lower = [0.0, 0.0, 0.0, -2.0][:shared] + [0.01] * len(arms)
+    upper = [100.0, 3.0, math.log(1e5), 2.0][:shared] + [3.0] * len(arms)
+    rows = np.repeat(np.arange(len(arms)), [len(r.tokens) for r in arms])  # a run's exponent moves its evals alone
+    sparsity = np.hstack([np.ones((len(rows), shared)), np.eye(len(arms))[rows]])
+    fits = [optimize.least_squares(lambda v: np.concatenate(solve(v)[1]), np.clip(s, np.add(lower, 1e-9),
+                                   np.subtract(upper, 1e-9)), bounds=(lower, upper), jac_sparsity=sparsity)
+            for s in starts]
+    best = min(fits, key=lambda res: res.cost)
+    return solve(best.x)[0]._replace(rmse=math.sqrt(2 * best.cost / len(best.fun)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. After finetuning
 
 class PostFT(namedtuple("PostFT", "kind exponent coef t_scale")):
     """A model of part 3, one exponent for all deltas: "drop" or "direct", with coef mapping each delta
@@ -391,50 +502,96 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Forecasts: every model fitted on the same data, the forecast check and the recommendation
+# 5. Forecasts: every model fitted on the same data, the forecast checks and the recommendation
 
-BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_baseline", "after_direct")  # before / after finetuning
+BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_direct", "after_repeats")  # before / after finetuning
 
 
-class Models(namedtuple("Models", "law baseline drop direct")):
-    """Every model fitted on the same data: the Law, the baseline (per delta), and after finetuning the
-    drop and direct PostFT's (both None without finetunes)."""
+class Models(namedtuple("Models", "law baseline penalty drop direct repeats by choice")):
+    """Every model fitted on the same data: the Law and the baseline (per delta) of the whole set, the
+    Penalty, and after finetuning the drop, direct and repeats PostFT's (None without finetunes); `by`
+    is the forecast that recommends, `choice` the pilots' own check that chose it (None: none possible)."""
 
     def forecast(self, tokens: float, delta: float) -> dict:
-        """Before finetuning by the law and the baseline; after, by each of them less the drop, and direct."""
         out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta))),
                "baseline": float(saturating(self.baseline, tokens, delta, self.law.t_scale))}
         if self.drop:
-            shrink = math.exp(-float(self.drop(tokens, delta)))
-            out.update(after_law=out["law"] * shrink, after_baseline=out["baseline"] * shrink,
-                       after_direct=float(self.direct(tokens, delta)))
+            out.update(after_law=out["law"] * math.exp(-float(self.drop(tokens, delta))),
+                       after_direct=float(self.direct(tokens, delta)),
+                       after_repeats=float(self.repeats(tokens, delta) + self.penalty(tokens, delta, self.penalty.full)))
         return out
 
 
-def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: int, x0=None) -> Models:
-    if points and len({p.tokens for p in points}) < 3:
-        raise FitError("the forecast after finetuning needs finetuned checkpoints at 3 or more pretraining token "
-                       "counts: finetune more milestones")
-    baseline = {d: fit_saturating(np.concatenate([r.tokens for r in runs if r.delta == d]) / t_scale,
-                                  np.concatenate([r.test for r in runs if r.delta == d]))
-                for d in sorted({r.delta for r in runs})}
-    return Models(fit_law(runs, t_scale, seed, x0), baseline,
-                  *(fit_post_ft(points, kind, t_scale) if points else None for kind in ("drop", "direct")))
+def cut(runs, points, until: float, holdout: float | None = None):
+    """The runs' evals and the finetunes at T <= until, without the held-out delta's."""
+    return ([r._replace(**{k: v[r.tokens <= until] for k, v in zip(("tokens", "train", "test"), r[4:])})
+             for r in runs if r.delta != holdout], [p for p in points if p.tokens <= until and p.delta != holdout])
+
+
+def whole(items, runs):
+    """The runs or finetunes of the whole domain set (the largest of the runs')."""
+    full = max(r.domain_tokens for r in runs)
+    return [x for x in items if x.domain_tokens == full]
+
+
+def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: int, start: Models | None = None,
+               by: str | None = None) -> Models:
+    full, full_points = whole(runs, runs), whole(points, runs)
+    if points and len({p.tokens for p in full_points}) < 3:
+        raise FitError("the forecast after finetuning needs finetuned checkpoints of the whole domain set at 3 or "
+                       "more pretraining token counts: finetune more milestones")
+    baseline = {d: fit_saturating(np.concatenate([r.tokens for r in full if r.delta == d]) / t_scale,
+                                  np.concatenate([r.test for r in full if r.delta == d]))
+                for d in sorted({r.delta for r in full})}
+    penalty = fit_penalty(runs, t_scale, start and start.penalty)
+    x0 = start and inside(to_vector(start.law.params))
+    models = Models(fit_law(full, t_scale, seed, x0), baseline, penalty, None, None, None, "law", None)
+    if not points:
+        return models
+    adjusted = [p._replace(after=p.after - float(penalty(p.tokens, p.delta, p.domain_tokens))) for p in full_points]
+    models = models._replace(drop=fit_post_ft(full_points, "drop", t_scale),
+                             direct=fit_post_ft(full_points, "direct", t_scale),
+                             repeats=fit_post_ft(adjusted, "direct", t_scale), by=by or "after_repeats")
+    return models if by else choose_forecast(models, runs, points, t_scale, seed)
+
+
+def choose_forecast(models: Models, runs, points, t_scale: float, seed: int) -> Models:
+    """Part 3: repeats recommends unless law - drop, both refitted on the finetuned budgets up to half the
+    last, forecast the last one better (mean |error| over its deltas' seed means). Needs 4 budgets."""
+    budgets = sorted({p.tokens for p in whole(points, runs)})
+    half = [b for b in budgets if b <= budgets[-1] / 2]
+    if len(half) < 3:
+        return models
+    early = fit_models(*cut(runs, points, half[-1]), t_scale, seed, by="after_repeats")
+    scored = [(early.forecast(budgets[-1], d), m) for d, (m, _, _) in seed_means(whole(points, runs), budgets[-1]).items()]
+    errors = {k: float(np.mean([abs(f[k] - m) / m * 100 for f, m in scored])) for k in ("after_law", "after_repeats")}
+    by = "after_law" if errors["after_law"] < errors["after_repeats"] else "after_repeats"
+    return models._replace(by=by, choice={"fitted_until": half[-1], "scored": budgets[-1], "mean_abs_error_pct": errors})
 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
-    """n refits on resampled residuals (part 5), the law's each starting from the fit itself."""
-    rng, boot, t_scale = np.random.default_rng(seed + 1), [], models.law.t_scale
-    fitted = [law(models.law.params, r.tokens / t_scale, r.delta) for r in runs]  # (train, gap) per run
-    curves = [[(train_fit, r.train - train_fit), (train_fit + gap_fit, r.test - train_fit - gap_fit)]
-              for r, (train_fit, gap_fit) in zip(runs, fitted)]
-    after = np.array([float(models.direct(p.tokens, p.delta)) for p in points])
-    noise = np.array([p.after for p in points]) - after
+    """n refits on resampled residuals (part 5), each starting from the fit itself: a run's test curve
+    around its penalty fit (its baseline's without domain data), its train curve around the law's (only
+    the law reads it), the finetunes around repeats'."""
+    rng, boot, t_scale, full = np.random.default_rng(seed + 1), [], models.law.t_scale, max(r.domain_tokens for r in runs)
+    curves = []
+    for r in runs:
+        train_fit = law(models.law.params, r.tokens / t_scale, r.delta)[0] if r.domain_tokens == full else r.train
+        if r.delta > 0:
+            a, b, beta = models.penalty.bases[r.path]
+            test_fit = a + b * (r.tokens / t_scale) ** -beta + models.penalty(r.tokens, r.delta, r.domain_tokens)
+        else:
+            test_fit = saturating(models.baseline, r.tokens, r.delta, t_scale)
+        curves.append([(train_fit, r.train - train_fit), (test_fit, r.test - test_fit)])
+    full_points = whole(points, runs)
+    after = np.array([models.forecast(p.tokens, p.delta)["after_repeats"] for p in full_points]) if points else []
+    noise = np.array([p.after for p in full_points]) - after
     for _ in range(n):
-        resampled = [Run(r.path, r.delta, r.tokens, *(fit + res[rng.integers(0, len(res), len(res))] for fit, res in c))
-                     for r, c in zip(runs, curves)]
-        shifted = [p._replace(after=a + e) for p, a, e in zip(points, after, rng.choice(noise, len(points)))]
-        boot.append(fit_models(resampled, shifted, t_scale, seed, x0=inside(to_vector(models.law.params))))
+        resampled = [r._replace(train=tr + ertr[rng.integers(0, len(ertr), len(ertr))],
+                                test=te + erte[rng.integers(0, len(erte), len(erte))])
+                     for r, ((tr, ertr), (te, erte)) in zip(runs, curves)]
+        shifted = [p._replace(after=a + e) for p, a, e in zip(full_points, after, rng.choice(noise, len(full_points)))]
+        boot.append(fit_models(resampled, shifted, t_scale, seed, start=models, by=models.by))
     return boot
 
 
@@ -442,11 +599,37 @@ def interval(values) -> list[float]:
     return np.percentile(values, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)]).tolist()
 
 
+def seed_means(points: list[Finetuned], tokens: float) -> dict:
+    """delta -> (mean loss after finetuning, its standard error or None with one seed, the seeds) at `tokens`."""
+    by_delta = {}
+    for p in points:
+        if p.tokens == tokens:
+            by_delta.setdefault(p.delta, []).append(p)
+    return {d: (float(np.mean([p.after for p in ps])),
+                float(np.std([p.after for p in ps], ddof=1) / math.sqrt(len(ps))) if len(ps) > 1 else None,
+                sorted(p.seed for p in ps)) for d, ps in sorted(by_delta.items())}
+
+
+def choose(point: np.ndarray, draws: np.ndarray, eligible: np.ndarray) -> dict:
+    """The candidate with the lowest expected regret over the bootstrap draws (n_draws x n_candidates; with
+    none, the lowest point forecast), and the runner-up when their difference is within its own interval."""
+    if not len(draws):
+        return {"index": int(np.argmin(np.where(eligible, point, np.inf))), "expected_regret_pct": None, "tie": None}
+    draws = np.where(eligible, draws, np.inf)
+    lowest = draws.min(axis=1, keepdims=True)
+    expected = np.where(eligible, 100 * np.mean((draws - lowest) / lowest, axis=0), np.inf)
+    first, runner = (int(i) for i in np.argsort(expected)[:2])
+    lo, hi = interval(draws[:, runner] - draws[:, first]) if eligible.sum() > 1 else (1, 1)
+    return {"index": first, "expected_regret_pct": expected.tolist(), "tie": runner if lo <= 0 <= hi else None}
+
+
 def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scale: float, n_boot: int,
-                   seed: int) -> dict:
-    """Part 4: refit without what is scored (beyond fit_until, the held-out delta), forecast what was not seen."""
-    seen = [p for p in points if p.tokens <= fit_until and p.delta != holdout]
-    budgets = sorted({p.tokens for p in points if p not in seen})
+                   seed: int, horizon: float = math.inf) -> dict:
+    """Part 4: refit without what is scored (beyond fit_until, the held-out delta), forecast what was not
+    seen of the whole set up to `horizon`, and score it against the seed means measured there."""
+    seen_runs, seen = cut(runs, points, fit_until, holdout)
+    unseen = [p for p in whole(points, runs) if p not in seen and p.tokens <= horizon]
+    budgets = sorted({p.tokens for p in unseen})
     if not budgets:
         raise FitError("the check has nothing to score: give finetunes beyond --fit_until or of --holdout_delta")
     if holdout is not None and holdout not in {r.delta for r in runs}:
@@ -454,64 +637,90 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
     if not seen:
         raise FitError(f"no finetune is left to fit on at or below --fit_until {approx(fit_until)}: raise it to "
                        f"{approx(min(p.tokens for p in points))} or more")
-    cut_runs = [Run(r.path, r.delta, *(v[r.tokens <= fit_until] for v in (r.tokens, r.train, r.test)))
-                for r in runs if r.delta != holdout]
-    models = fit_models(cut_runs, seen, t_scale, seed)
-    boot = bootstrap(cut_runs, seen, models, n_boot, seed)
-    checks = []
+    models = fit_models(seen_runs, seen, t_scale, seed)
+    boot = bootstrap(seen_runs, seen, models, n_boot, seed)
+    reach, all_seeds, checks = models.penalty.reach(seen_runs), sorted({p.seed for p in points}), []
     for budget in budgets:
         rows = []
-        for p in sorted((p for p in points if p.tokens == budget and p not in seen), key=lambda p: p.delta):
-            f = models.forecast(budget, p.delta)
-            measured = {k: p.after if k in AFTER else p.before for k in f}
-            rows.append({"delta": p.delta, "measured_before": p.before, "measured_after": p.after, "forecast": f,
-                         "onset": onset(models.law.params, p.delta, t_scale, models.law.max_tokens),
-                         "error_pct": {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()},
-                         "interval": {k: interval([b.forecast(budget, p.delta)[k] for b in boot]) for k in f}
-                         if boot else {}})
-        best = min(rows, key=lambda r: r["measured_after"])
-        measured, lowest = [r["measured_after"] for r in rows], best["measured_after"]
+        for delta, (mean, se, seeds) in seed_means(unseen, budget).items():
+            f = models.forecast(budget, delta)
+            before = float(np.mean([p.before for p in unseen if p.tokens == budget and p.delta == delta]))
+            measured = {k: mean if k in AFTER else before for k in f}
+            error = {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()}
+            repeats = budget * delta / models.penalty.full
+            rows.append({"delta": delta, "measured_after": mean, "se_after": se, "seeds": seeds, "measured_before": before,
+                         "forecast": f, "error_pct": error, "within": {k: abs(error[k]) <= max(GOAL_ERROR_PCT, 200 * (se or 0) / mean)
+                                                                      for k in AFTER},
+                         "onset": onset(models.law.params, delta, t_scale, models.law.max_tokens), "repeats": repeats,
+                         "unobserved": repeats / models.penalty.onset(models.penalty.full) > reach,
+                         "interval": {k: interval([b.forecast(budget, delta)[k] for b in boot]) for k in f} if boot else {}})
+        best, measured = min(rows, key=lambda r: r["measured_after"]), [r["measured_after"] for r in rows]
         summary = {}
         for key in AFTER:
-            pick, forecast = min(rows, key=lambda r: r["forecast"][key]), [r["forecast"][key] for r in rows]
+            forecast = np.array([r["forecast"][key] for r in rows])
+            draws = np.array([[b.forecast(budget, r["delta"])[key] for r in rows] for b in boot]).reshape(len(boot), len(rows))
+            pick = choose(forecast, draws, np.ones(len(rows), bool))
             ranks = len(rows) >= 3 and np.ptp(forecast) > 0 and np.ptp(measured) > 0
             summary[key] = {"spearman": float(stats.spearmanr(forecast, measured).statistic) if ranks else None,
-                            "recommended": pick["delta"],
-                            "regret_pct": 100 * (pick["measured_after"] - lowest) / lowest,
-                            "max_abs_error_pct": max(abs(r["error_pct"][key]) for r in rows)}
-        checks.append({"tokens": budget, "rows": rows, "summary": summary, "best_measured": best["delta"]})
-    cut = fit_until < math.inf
-    return {"fit_until": fit_until if cut else None, "holdout_delta": holdout,
-            "scope": " and ".join(([f"T <= {approx(fit_until)}"] if cut else [])
+                            "recommended": rows[pick["index"]]["delta"],
+                            "tie": None if pick["tie"] is None else rows[pick["tie"]]["delta"],
+                            "regret_pct": 100 * (rows[pick["index"]]["measured_after"] - best["measured_after"])
+                            / best["measured_after"],
+                            "max_abs_error_pct": max(abs(r["error_pct"][key]) for r in rows),
+                            "within": sum(r["within"][key] for r in rows)}
+        missing = [f"delta {r['delta']:g} lacks seed {', '.join(map(str, sorted(set(all_seeds) - set(r['seeds']))))}"
+                   for r in rows if set(r["seeds"]) != set(all_seeds)]
+        checks.append({"tokens": budget, "rows": rows, "summary": summary, "best_measured": best["delta"],
+                       "missing_seeds": missing})
+    cut_at = fit_until < math.inf
+    return {"fit_until": fit_until if cut_at else None, "holdout_delta": holdout, "by": models.by, "choice": models.choice,
+            "scope": " and ".join(([f"T <= {approx(fit_until)}"] if cut_at else [])
                                   + ([f"without delta {holdout:g}"] if holdout is not None else [])),
-            "pilot_budgets": sorted({p.tokens for p in seen}),
-            "law_rmse": models.law.rmse, "law_flags": models.law.flags, "budgets": checks}
+            "pilot_budgets": sorted({p.tokens for p in whole(seen, runs)}), "reach": reach,
+            "penalty": models.penalty._asdict(), "law_rmse": models.law.rmse, "law_flags": models.law.flags,
+            "budgets": checks}
 
 
-def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int) -> dict:
-    """Every candidate's forecasts at the target; the best by POST_FT (by the law without finetunes) is recommended."""
-    key, fit = POST_FT if models.drop else "law", models.law
+def rolling(runs, points, t_scale: float, n_boot: int, seed: int, known: dict) -> list[dict]:
+    """The check from every origin with 3 or more finetuned budgets, to each budget up to 4x larger: one
+    row per (origin, budget) with the recommending forecast's verdict. `known`: a check already made."""
+    budgets, rows = sorted({p.tokens for p in whole(points, runs)}), []
+    for origin in budgets[2:]:
+        if not [b for b in budgets if origin < b <= 4 * origin]:
+            continue
+        check = known if known and known["fit_until"] == origin else \
+            forecast_check(runs, points, origin, None, t_scale, n_boot, seed, horizon=4 * origin)
+        for b in (b for b in check["budgets"] if b["tokens"] <= 4 * origin):
+            s = b["summary"][check["by"]]
+            rows.append({"origin": origin, "tokens": b["tokens"], "by": check["by"], "best_measured": b["best_measured"],
+                         **{k: s[k] for k in ("recommended", "tie", "regret_pct", "max_abs_error_pct", "within")},
+                         "deltas": len(b["rows"])})
+    return rows
+
+
+def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], reach: float) -> dict:
+    """Every candidate's forecasts at the target; the one of least expected regret by `by` is recommended."""
+    key, fit, full = models.by, models.law, models.penalty.full
     lo, hi = min(fit.deltas), max(fit.deltas)
-    rows = [{"delta": d, "repeats": target * d / domain_tokens, "trained": d in fit.deltas, "inside": lo <= d <= hi,
-             "onset": onset(fit.params, d, fit.t_scale, fit.max_tokens), **models.forecast(target, d)}
+    rows = [{"delta": d, "repeats": target * d / full, "trained": d in fit.deltas, "inside": lo <= d <= hi,
+             "onset": onset(fit.params, d, fit.t_scale, fit.max_tokens),
+             "unobserved": target * d / full / models.penalty.onset(full) > reach, **models.forecast(target, d)}
             for d in candidates]
-    eligible = [r for r in rows if r["inside"]]
-    if not eligible:
-        raise FitError(f"no candidate is within the fitted domain_frac range [{lo:g}, {hi:g}]: give --candidates in it")
-    if boot:
-        samples = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot])
-        best = np.argmin(np.where([r["inside"] for r in rows], samples, np.inf), axis=1)  # per bootstrap refit
-        wins = np.bincount(best, minlength=len(rows))
-        for r, column, w in zip(rows, samples.T, wins):
-            r.update(interval=interval(column), wins=w / len(boot))
-    return {"target_tokens": target, "by": key, "rows": rows, "recommended": min(eligible, key=lambda r: r[key])}
+    eligible = np.array([r["inside"] for r in rows])
+    draws = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot]).reshape(len(boot), len(rows))
+    pick = choose(np.array([r[key] for r in rows]), draws, eligible)
+    for i, r in enumerate(rows):
+        if boot:
+            r.update(interval=interval(draws[:, i]), expected_regret_pct=pick["expected_regret_pct"][i])
+    return {"target_tokens": target, "by": key, "rows": rows, "recommended": rows[pick["index"]],
+            "tie": None if pick["tie"] is None else rows[pick["tie"]]["delta"]}
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Report and plots
+# 6. Report and plots
 
-LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - drop",
-         "after_baseline": "saturating - drop", "after_direct": "direct"}
+LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - drop", "after_direct": "direct",
+         "after_repeats": "repeats"}
 
 
 def aligned(rows: list[list], widths: list[int], indent: str) -> list[str]:
@@ -519,30 +728,58 @@ def aligned(rows: list[list], widths: list[int], indent: str) -> list[str]:
     return [indent + " ".join(f"{cell:>{w}}" for cell, w in zip(row, widths)) for row in rows]
 
 
+def measured(row: dict) -> str:
+    return f"{row['measured_after']:.4f}" + (f"+-{row['se_after']:.4f}" if row["se_after"] is not None else "")
+
+
+def choice_line(check: dict) -> str:
+    c = check["choice"]
+    if c is None:
+        return f"{LABEL[check['by']]} recommends (too few finetuned budgets for the pilots to choose)"
+    return (f"{LABEL[check['by']]} recommends: refitted on T <= {approx(c['fitted_until'])}, it forecast "
+            f"{approx(c['scored'])} with mean |error| {c['mean_abs_error_pct']['after_repeats']:.2f}% (repeats) against "
+            f"{c['mean_abs_error_pct']['after_law']:.2f}% (law - drop)")
+
+
 def check_lines(check: dict) -> list[str]:
+    p = check["penalty"]
     lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
-             f"{', '.join(approx(t) for t in check['pilot_budgets'])}), forecasting what it did not see."]
+             f"{', '.join(approx(t) for t in check['pilot_budgets'])}); {choice_line(check)}. Penalty: onset at "
+             f"E0 = {p['e0']:.3g} repeats (U^{p['kappa']:+.2f}), c = {p['c']:.3g} d^{p['gamma']:.2f}; the runs reached "
+             f"{check['reach']:.2g}x their onset. Measured: seed mean +- standard error."]
     for b in check["budgets"]:
         table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in BEFORE)]]
         for r in b["rows"]:
             cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
-            table.append([f"{r['delta']:g}", f"{r['measured_after']:.4f}", *(cell[k] for k in AFTER),
-                          f"{r['measured_before']:.4f}", *(cell[k] for k in BEFORE)])
+            table.append([f"{r['delta']:g}", measured(r), *(cell[k] for k in AFTER), f"{r['measured_before']:.4f}",
+                          *(cell[k] for k in BEFORE)])
         lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
-                     f"error %) and before:")
-        lines += aligned(table, [6, 7] + [17] * len(AFTER) + [7] + [17] * len(BEFORE), "    ")
+                     f"error %) and before:" + "".join(f" ({m})" for m in b["missing_seeds"]))
+        lines += aligned(table, [6, 15] + [17] * len(AFTER) + [7] + [17] * len(BEFORE), "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
-            lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g} (best measured "
-                         f"{b['best_measured']:g}), regret {s['regret_pct']:.2f}%, Spearman {rho}, "
-                         f"largest error {s['max_abs_error_pct']:.2f}%")
+            tie = f" (a tie with {s['tie']:g})" if s["tie"] is not None else ""
+            lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g}{tie} (best measured "
+                         f"{b['best_measured']:g}), regret {s['regret_pct']:.2f}%, Spearman {rho}, largest error "
+                         f"{s['max_abs_error_pct']:.2f}%, {s['within']} of {len(b['rows'])} within the goal")
     return lines
 
 
+def rolling_lines(rows: list[dict]) -> list[str]:
+    table = [["fitted", "forecast", "by", "recommends", "best", "regret %", "largest error %", "within goal"]]
+    table += [[approx(r["origin"]), approx(r["tokens"]), LABEL[r["by"]],
+               f"{r['recommended']:g}" + (f" (tie {r['tie']:g})" if r["tie"] is not None else ""),
+               f"{r['best_measured']:g}", f"{r['regret_pct']:.2f}", f"{r['max_abs_error_pct']:.2f}",
+               f"{r['within']} of {r['deltas']}"] for r in rows]
+    return ["Rolling origins: fitted up to each budget, forecasting those up to 4x larger (against seed means):"] + \
+        aligned(table, [7, 9, 10, 16, 5, 9, 16, 12], "  ")
+
+
 def format_report(results: dict) -> str:
-    law, fc = results["law"], results["forecast"]
+    law, fc, p = results["law"], results["forecast"], results["penalty"]
     lines = check_lines(results["check"]) + [""] if results.get("check") else []
-    lines += [f"The paper's law ({len(results['runs'])} runs, deltas {law['deltas']}; T in units of "
+    lines += rolling_lines(results["rolling"]) + [""] if results.get("rolling") else []
+    lines += [f"The paper's law ({law['runs']} runs of the whole set, deltas {law['deltas']}; T in units of "
               f"{law['t_scale']:.0e} tokens): RMSE {law['rmse']:.4f} on domain train and test loss (the saturating "
               f"baseline, per delta, on test loss: {results['baseline_rmse']:.4f})",
               f"  {'param':<10}{'value':>11}   {CI_LEVEL:.0%} interval"]
@@ -553,21 +790,29 @@ def format_report(results: dict) -> str:
               "  stage 1, each delta on its own:  delta  A_train  C_train  A_gap (+- stderr)"]
     lines += [f"    {r['delta']:8g} {r['A_train']:8.4g} {r['C_train']:8.4g} {r['A_gap']:8.4g} "
               f"(+- {r['A_gap_stderr']:.2g})" for r in law["stage1"]]
+    lines.append(f"Repeats ({len(p['bases'])} runs with domain data, sets of {', '.join(f'{u:,}' for u in results['domain_sets'])} "
+                 f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^{p['kappa']:.3f}; "
+                 f"penalty {p['c']:.3g} d^{p['gamma']:.3f} ln(E / E0_U)^2 past it; RMSE {p['rmse']:.4f}; the runs "
+                 f"reached {results['reach']:.3g}x their onset")
     for kind, post in results["post"].items():
         lines.append(f"  after finetuning, {kind}: exponent {post['exponent']:.3g}, per delta "
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
+    if results["choice"]:
+        lines.append("  " + choice_line({"by": fc["by"], "choice": results["choice"]}))
     keys = [k for k in fc["rows"][0] if k in LABEL]
-    table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "wins", "onset"]]
+    table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "exp. regret", "onset (law)"]]
     table += [[f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
                f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
-               f"{r.get('wins', 0):.0%}", approx(r["onset"]) if r["onset"] else "-"] for r in fc["rows"]]
-    notes = [""] + ["" if r["trained"] else "  untrained" if r["inside"] else
-                    "  outside the fitted deltas: not recommended" for r in fc["rows"]]
+               f"{r['expected_regret_pct']:.2f}%" if "interval" in r and r["inside"] else "-",
+               approx(r["onset"]) if r["onset"] else "-"] for r in fc["rows"]]
+    notes = [""] + [("  onset not observed" if r["unobserved"] else "") + ("" if r["trained"] else "  untrained" if
+                    r["inside"] else "  outside the fitted deltas: not recommended") for r in fc["rows"]]
     lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
-                 f"recommended by {LABEL[fc['by']]}):")
-    lines += [row + note for row, note in zip(aligned(table, [7, 8] + [17] * len(keys) + [17, 5, 7], "  "), notes)]
+                 f"recommended by {LABEL[fc['by']]}, by expected regret over the bootstrap):")
+    lines += [row + note for row, note in zip(aligned(table, [7, 8] + [17] * len(keys) + [17, 11, 11], "  "), notes)]
     best = fc["recommended"]
-    lines.append(f"Recommended domain_frac: {best['delta']:g} ({best['repeats']:.3g} repeats of D_dom)")
+    tie = f"; a tie with {fc['tie']:g}, within the forecast's own noise" if fc["tie"] is not None else ""
+    lines.append(f"Recommended domain_frac: {best['delta']:g} ({best['repeats']:.3g} repeats of D_dom){tie}")
     return "\n".join(lines + [f"warning: {w}" for w in results["warnings"]])
 
 
@@ -581,7 +826,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fc, fit, figures = results["forecast"], models.law, {}
+    fc, fit, pen, figures = results["forecast"], models.law, models.penalty, {}
 
     figures["curves"], axes = plt.subplots(1, 3, figsize=(15, 4.5))
     grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], fit.max_tokens), 200)
@@ -589,28 +834,44 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         train_loss, gap = law(fit.params, grid / fit.t_scale, d)
         for ax, y in zip(axes, (train_loss, gap, train_loss + gap)):
             ax.plot(grid, y, color=color, label=f"delta {d:g}")
-        for r in (r for r in runs if r.delta == d):
+        for r in (r for r in whole(runs, runs) if r.delta == d):
             for ax, y in zip(axes, (r.train, r.test - r.train, r.test)):
                 ax.plot(r.tokens, y, ".", ms=3, color=color, alpha=0.5)
     for ax, title in zip(axes, ("domain train loss", "train-test gap", "domain test loss")):
         ax.set(xscale="log", xlabel="pretraining tokens", ylabel=title, title=f"{title}: evals (dots), the paper's law")
     axes[2].legend(fontsize=8)
 
+    figures["repeats"], ax = plt.subplots(figsize=(7.5, 5))
+    sizes = sorted({r.domain_tokens for r in runs}, reverse=True)
+    for r in (r for r in runs if r.delta > 0):
+        color, (a, b, beta) = plt.cm.plasma(0.8 * sizes.index(r.domain_tokens) / max(1, len(sizes) - 1)), pen.bases[r.path]
+        repeats = r.tokens * r.delta / r.domain_tokens
+        ax.plot(repeats, r.test, ".", ms=2, color=color, alpha=0.4)
+        ax.plot(repeats, a + b * (r.tokens / fit.t_scale) ** -beta + pen(r.tokens, r.delta, r.domain_tokens), "-",
+                color=color, lw=0.8)
+    for u in sizes:
+        ax.axvline(pen.onset(u), color=plt.cm.plasma(0.8 * sizes.index(u) / max(1, len(sizes) - 1)), ls="--", lw=1,
+                   label=f"U = {u:,} tokens (dashed: its onset)")
+    ax.set(xscale="log", xlabel="repeats of the domain set E = T delta / U", ylabel="pretrained domain test loss",
+           title="every run with domain data (dots) and its fit: own base + shared penalty")
+    ax.legend(fontsize=8)
+
     if results.get("check"):
         figures["check"], ax = plt.subplots(figsize=(6.5, 5.5))
         for b in results["check"]["budgets"]:
             for key, marker in zip(AFTER, "s^o"):
-                errorbars(ax, [r["measured_after"] for r in b["rows"]], [r["forecast"][key] for r in b["rows"]],
-                          [r["interval"].get(key) for r in b["rows"]], fmt=marker,
-                          label=f"{LABEL[key]} at {approx(b['tokens'])}")
+                rows = b["rows"]
+                ax.errorbar([r["measured_after"] for r in rows], [r["forecast"][key] for r in rows],
+                            xerr=[r["se_after"] or 0 for r in rows], fmt=marker, capsize=2,
+                            label=f"{LABEL[key]} at {approx(b['tokens'])}")
             for r in b["rows"]:
-                ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][POST_FT]), fontsize=7,
+                ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][results["check"]["by"]]), fontsize=7,
                             xytext=(4, -8), textcoords="offset points")
         lims = np.array(ax.get_xlim())
         ax.plot(lims, lims, "k-", lw=0.8, label="forecast = measured")
         ax.fill_between(lims, lims * 0.99, lims * 1.01, color="gray", alpha=0.25, label="within 1%")
-        ax.set(xlabel="measured domain test loss after finetuning", ylabel="forecast from the pilots alone",
-               title=f"forecast check: fitted on {results['check']['scope']} ({CI_LEVEL:.0%} intervals)")
+        ax.set(xlabel="measured loss after finetuning (seed mean +- standard error)",
+               ylabel="forecast from the pilots alone", title=f"forecast check: fitted on {results['check']['scope']}")
         ax.legend(fontsize=7)
 
     figures["recommendation"], (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -637,7 +898,7 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Command line
+# 7. Command line
 
 def fractions(text: str) -> list[float]:
     values = [float(v) for v in text.split(",") if v.strip()]
@@ -658,6 +919,7 @@ def parse_args(argv):
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
     p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
+    p.add_argument("--rolling", action="store_true", help="forecast checks from every earlier budget too (part 4)")
     p.add_argument("--bootstrap", type=train.integer, default=20, help="bootstrap refits for intervals (0: none)")
     p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
@@ -680,25 +942,37 @@ def run(args) -> dict:
     if target < min(fit_until, max_tokens):
         raise FitError(f"--target_tokens {approx(target)} is below the pilots' {approx(min(fit_until, max_tokens))} "
                        f"tokens: that was measured, not forecast; give a larger target")
+    full = whole(runs, runs)
+    fitted = sorted({r.delta for r in full})
+    candidates = args.candidates or fitted
+    if not any(fitted[0] <= d <= fitted[-1] for d in candidates):
+        raise FitError(f"no candidate is within the fitted domain_frac range [{fitted[0]:g}, {fitted[-1]:g}]: give "
+                       f"--candidates in it")
+    check = forecast_check(runs, points, fit_until, args.holdout_delta, t_scale, args.bootstrap, args.seed) \
+        if args.fit_until is not None or args.holdout_delta is not None else None  # (first: bad input fails fast)
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
-    candidates, fit, domain = args.candidates or models.law.deltas, models.law, setting["domain_train_tokens"]
-    baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in runs])
-    results = {"runs": [{"path": r.path, "delta": r.delta, "evals": len(r.tokens)} for r in runs],
-               "finetunes": [p._asdict() for p in points], "domain_tokens": domain, "dataset_id": setting["dataset_id"],
-               "settings": {**vars(args), "target_tokens": target},
+    fit, reach = models.law, models.penalty.reach(runs)
+    baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in full])
+    results = {"runs": [{"path": r.path, "delta": r.delta, "domain_tokens": r.domain_tokens, "seed": r.seed,
+                         "evals": len(r.tokens)} for r in runs],
+               "finetunes": [p._asdict() for p in points], "domain_tokens": setting["domain_tokens"],
+               "domain_sets": sorted(set(setting["datasets"].values()), reverse=True),
+               "dataset_id": setting["dataset_id"], "settings": {**vars(args), "target_tokens": target},
                "law": {"params": fit.params._asdict(), "t_scale": t_scale, "deltas": fit.deltas, "rmse": fit.rmse,
-                       "flags": fit.flags, "stage1": fit.per_delta,
+                       "runs": len(full), "flags": fit.flags, "stage1": fit.per_delta,
                        "interval": {n: interval([getattr(b.law.params, n) for b in boot]) for n in Params._fields}
                        if boot else {}},
                "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(baseline_errors ** 2))),
-               "post": {p.kind: {"exponent": p.exponent, "coef": p.coef} for p in (models.drop, models.direct) if p},
-               "forecast": recommend(models, boot, target, candidates, domain),
-               "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates, domain)
-                                   ["recommended"]["delta"]} for t in np.geomspace(max_tokens, 100 * max_tokens, 9)],
-               "check": forecast_check(runs, points, fit_until, args.holdout_delta, t_scale, args.bootstrap, args.seed)
-               if args.fit_until is not None or args.holdout_delta is not None else None,
-               "warnings": warnings}
+               "penalty": models.penalty._asdict(), "reach": reach, "choice": models.choice,
+               "post": {name: {"exponent": p.exponent, "coef": p.coef}
+                        for name, p in (("drop", models.drop), ("direct", models.direct), ("repeats", models.repeats)) if p},
+               "forecast": recommend(models, boot, target, candidates, reach),
+               "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates, reach)
+                                   ["recommended"]["delta"]} for t in np.geomspace(max_tokens, 100 * max_tokens, 13)],
+               "check": check,
+               "rolling": rolling(runs, points, t_scale, args.bootstrap, args.seed, check) if args.rolling else None,
+               "warnings": warnings + [m for b in (check or {}).get("budgets", []) for m in b["missing_seeds"]]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     results["plots"] = [] if args.no_plots else plot_all(results, runs, models, os.path.splitext(args.out)[0])
     results = json.loads(json.dumps(results, default=float))  # numpy numbers -> plain JSON
@@ -710,7 +984,7 @@ def run(args) -> dict:
 def main(argv=None):
     try:
         return run(parse_args(argv))
-    except (FitError, train.TrainError) as e:
+    except (FitError, train.TrainError, data.DataError) as e:
         sys.exit(f"fit_laws.py: {e}")
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -88,49 +89,100 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_dir(out: str, delta: float) -> str:
-    return os.path.join(out, "runs", f"d{delta:g}")
+# An arm is one pretraining run: (domain_tokens, delta, seed). The full arms use the preset's domain
+# set (domain_tokens None) to its largest budget, every seed; the subset arms use nested subsets of it
+# ("subsets": a quarter, an eighth, with the same test split) at the deltas that matter, up to the
+# pilot budget only: with fewer unique tokens they reach the target's repeat counts, E = T delta / U,
+# at a fraction of its tokens, and show where the domain starts to overfit (DESIGN.md).
+Arm = namedtuple("Arm", "domain_tokens delta seed")
 
 
-def ft_dir(out: str, delta: float, tokens: float) -> str:
-    return os.path.join(out, "finetune", f"d{delta:g}_{format_tokens(tokens)}")
+def arms(preset: dict) -> list[Arm]:
+    seeds = preset.get("seeds", [0])
+    return [Arm(None, d, s) for s in seeds for d in preset["deltas"]] + \
+        [Arm(sub["domain_tokens"], d, s) for sub in preset.get("subsets", []) for s in seeds for d in sub["deltas"]]
+
+
+def arm_name(arm: Arm) -> str:
+    subset = "" if arm.domain_tokens is None else f"u{format_tokens(arm.domain_tokens)}_"
+    return f"{subset}d{arm.delta:g}_s{arm.seed}"
+
+
+def arm_milestones(preset: dict, arm: Arm) -> list[float]:
+    return preset["milestones"] if arm.domain_tokens is None else [m for m in preset["milestones"]
+                                                                    if m <= pilots_until(preset)]
+
+
+def run_dir(out: str, arm: Arm) -> str:
+    return os.path.join(out, "runs", arm_name(arm))
+
+
+def ft_dir(out: str, arm: Arm, tokens: float) -> str:
+    return os.path.join(out, "finetune", f"{arm_name(arm)}_{format_tokens(tokens)}")
+
+
+def subset_dir(out: str, domain_tokens: int) -> str:
+    return os.path.join(out, f"data_u{format_tokens(domain_tokens)}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Stages
 
 def prepare(preset: dict, out: str, data_dir: str | None) -> str:
-    if data_dir:
-        return data_dir
-    data_dir = os.path.join(out, "data")
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        run([sys.executable, "data.py", f"--out={data_dir}", *flags(preset["data"])])
+    """The preset's dataset (or the one given), then each subset of its domain: the same sources, seed and
+    held-out shares, a smaller --domain_tokens, so that the subsets nest and share the test split."""
+    if not data_dir:
+        data_dir = os.path.join(out, "data")
+        if not os.path.exists(os.path.join(data_dir, "meta.json")):
+            run([sys.executable, "data.py", f"--out={data_dir}", *flags(preset["data"])])
+    meta = data.load_meta(data_dir)
+    check_repeats(preset, meta["splits"]["domain_train"]["tokens"])
+    same = {"general": meta["sources"]["general"], "domain": meta["sources"]["domain"], "tokenizer": meta["tokenizer"],
+            "seed": meta["seed"], "val_frac": meta["val_frac"], "test_frac": meta["test_frac"],
+            **({"general_tokens": meta["general_token_budget"]} if meta["general_token_budget"] else {})}
+    for sub in preset.get("subsets", []):
+        folder = subset_dir(out, sub["domain_tokens"])
+        if not os.path.exists(os.path.join(folder, "meta.json")):
+            run([sys.executable, "data.py", f"--out={folder}", *flags(same), f"--domain_tokens={sub['domain_tokens']:g}"])
     return data_dir
 
 
+def check_repeats(preset: dict, domain_tokens: int):
+    """The pilots must reach the repeat counts the check forecasts, or no law can see an onset there."""
+    pilot, target = pilots_until(preset), max(preset["milestones"]) * max(preset["deltas"]) / domain_tokens
+    reached = max([pilot * d / sub["domain_tokens"] for sub in preset.get("subsets", []) for d in sub["deltas"]]
+                  + [pilot * max(preset["deltas"]) / domain_tokens])
+    if reached < target:
+        sys.exit(f"study.py: the pilots reach {reached:.3g} repeats of the domain set by {format_tokens(pilot)} tokens, "
+                 f"the largest budget {target:.3g}: add a subset arm (\"subsets\": a smaller domain_tokens or a "
+                 f"larger delta) that reaches it")
+
+
 def pretrain(preset: dict, out: str, data_dir: str, n_parallel: int):
-    options = {**preset["train"], "data_dir": data_dir,
-               "ckpt_tokens": ",".join(f"{m:g}" for m in preset["milestones"])}
     jobs = {}
-    for delta in preset["deltas"]:
-        folder = run_dir(out, delta)
+    for arm in sorted(arms(preset), key=lambda a: a.domain_tokens is not None):  # the longest runs first
+        milestones = arm_milestones(preset, arm)
+        options = {**preset["train"], "data_dir": data_dir if arm.domain_tokens is None else
+                   subset_dir(out, arm.domain_tokens), "max_tokens": max(milestones),
+                   "ckpt_tokens": ",".join(f"{m:g}" for m in milestones), "seed": arm.seed}
+        folder = run_dir(out, arm)
         log_path = os.path.join(folder, "log.jsonl")
         log = train.read_log(log_path) if os.path.exists(log_path) else []
-        milestones = [os.path.join(folder, f"ckpt_{format_tokens(m)}.pt") for m in preset["milestones"]]
-        if log and log[-1]["tokens"] >= options["max_tokens"] and all(map(os.path.exists, milestones)):
+        checkpoints = [os.path.join(folder, f"ckpt_{format_tokens(m)}.pt") for m in milestones]
+        if log and log[-1]["tokens"] >= options["max_tokens"] and all(map(os.path.exists, checkpoints)):
             continue  # finished (train.py logs an eval before it writes that eval's checkpoints)
         resume = ["--resume"] if os.path.exists(os.path.join(folder, "ckpt_latest.pt")) else []
-        jobs[f"pretrain_d{delta:g}"] = python_launcher() + ["train.py", *flags(options), f"--domain_frac={delta}",
-                                                            f"--out_dir={folder}", *resume]
+        jobs[f"pretrain_{arm_name(arm)}"] = python_launcher() + ["train.py", *flags(options), f"--domain_frac={arm.delta}",
+                                                                 f"--out_dir={folder}", *resume]
     run_all(jobs, n_parallel, os.path.join(out, "logs"))
 
 
 def finetune(preset: dict, out: str, n_parallel: int):
     jobs = {}
-    for delta in preset["deltas"]:
-        for tokens in preset["milestones"]:
-            ckpt = os.path.join(run_dir(out, delta), f"ckpt_{format_tokens(tokens)}.pt")
-            folder = ft_dir(out, delta, tokens)
+    for arm in arms(preset):
+        for tokens in arm_milestones(preset, arm):
+            ckpt = os.path.join(run_dir(out, arm), f"ckpt_{format_tokens(tokens)}.pt")
+            folder = ft_dir(out, arm, tokens)
             # finetune.py itself skips the configurations a previous attempt finished (finetune.json
             # lists only those that started, so it cannot tell here whether the grid is complete)
             jobs[os.path.basename(folder)] = python_launcher() + ["finetune.py", f"--init={ckpt}", f"--out_dir={folder}",
@@ -139,10 +191,10 @@ def finetune(preset: dict, out: str, n_parallel: int):
 
 
 def evaluated_checkpoints(preset: dict, out: str) -> dict:
-    """delta -> (pretrained, finetuned) checkpoint of the last milestone."""
-    last = max(preset["milestones"])
-    return {d: (os.path.join(run_dir(out, d), f"ckpt_{format_tokens(last)}.pt"),
-                os.path.join(ft_dir(out, d, last), "ckpt_best.pt")) for d in preset["deltas"]}
+    """delta -> (pretrained, finetuned) checkpoint of the last milestone of the first seed's full arm."""
+    last, seed = max(preset["milestones"]), preset.get("seeds", [0])[0]
+    return {d: (os.path.join(run_dir(out, Arm(None, d, seed)), f"ckpt_{format_tokens(last)}.pt"),
+                os.path.join(ft_dir(out, Arm(None, d, seed), last), "ckpt_best.pt")) for d in preset["deltas"]}
 
 
 def evaluate_checkpoints(preset: dict, out: str, data_dir: str) -> str:
@@ -165,10 +217,10 @@ def pilots_until(preset: dict) -> float:
 
 def fit(preset: dict, out: str) -> str:
     path = os.path.join(out, "fit", "fit_results.json")
-    runs = [run_dir(out, d) for d in preset["deltas"]]
-    fts = [ft_dir(out, d, t) for d in preset["deltas"] for t in preset["milestones"]]
+    runs = [run_dir(out, arm) for arm in arms(preset)]
+    fts = [ft_dir(out, arm, t) for arm in arms(preset) for t in arm_milestones(preset, arm)]
     run([sys.executable, "fit_laws.py", *runs, "--finetune", *fts, f"--out={path}",
-         f"--fit_until={pilots_until(preset):g}", *flags(preset["fit"])])
+         f"--fit_until={pilots_until(preset):g}", "--rolling", *flags(preset["fit"])])
     return path
 
 
@@ -190,13 +242,26 @@ def dataset_line(meta: dict) -> str:
 
 
 def load_study(preset: dict, out: str) -> dict:
-    logs = {d: train.read_log(os.path.join(run_dir(out, d), "log.jsonl")) for d in preset["deltas"]}
+    """Every arm's log and finetune.json files; for the whole set, per (delta, tokens), one record of the
+    seed means ("after": each seed's loss after finetuning), which the tables below read."""
+    logs = {arm: train.read_log(os.path.join(run_dir(out, arm), "log.jsonl")) for arm in arms(preset)}
     fts = {}
+    for arm in arms(preset):
+        for t in arm_milestones(preset, arm):
+            with open(os.path.join(ft_dir(out, arm, t), "finetune.json")) as f:
+                fts[(arm, t)] = json.load(f)
+    seeds = preset.get("seeds", [0])
+    merged = {}
     for d in preset["deltas"]:
         for t in preset["milestones"]:
-            with open(os.path.join(ft_dir(out, d, t), "finetune.json")) as f:
-                fts[(d, t)] = json.load(f)
-    return {"logs": logs, "ft": fts}
+            runs = [fts[(Arm(None, d, s), t)] for s in seeds]
+            mean = {part: {k: float(np.mean([r[part][k] for r in runs])) for k in ("domain_test_loss", "general_val_loss")}
+                    for part in ("pretrained", "best")}
+            mean["best"].update(epochs=float(np.mean([r["best"]["epochs"] for r in runs])), lr=runs[0]["best"]["lr"],
+                                converged=all(r["best"].get("converged", True) for r in runs))
+            merged[(d, t)] = {**mean, "after": [r["best"]["domain_test_loss"] for r in runs]}
+    return {"logs": {d: logs[Arm(None, d, seeds[0])] for d in preset["deltas"]}, "ft": merged, "arm_logs": logs,
+            "arm_ft": fts}
 
 
 def overfitting(log: list[dict], window: int = 5) -> dict:
@@ -270,62 +335,116 @@ def plots(study: dict, deltas: list, milestones: list, results_dir: str) -> list
     return ["pretraining.png", "finetuning.png"]
 
 
-GOALS = {"regret_pct": 0.5, "max_abs_error_pct": 1.0}  # the forecast check's goals (issue 13)
+GOAL_REGRET = 0.5  # %, against seed means; each forecast's goal is fit_laws.GOAL_ERROR_PCT or 2 standard errors
+
+
+def whole_set_means(fit_results: dict, delta: float) -> dict:
+    """tokens -> the seed mean of delta's losses after finetuning, on the whole domain set."""
+    by = {}
+    for p in fit_results["finetunes"]:
+        if p["delta"] == delta and p["domain_tokens"] == fit_results["domain_tokens"]:
+            by.setdefault(p["tokens"], []).append(p["after"])
+    return {t: float(np.mean(v)) for t, v in sorted(by.items())}
 
 
 def why_missed(fit_results: dict, budget: dict, by: str) -> str:
     """The delta with the largest error: from its last pilot, how far the measured loss after finetuning
-    and the forecast moved, and whether the measured one turned up (a curve fitted on the pilots cannot
-    foresee a turn-up they hold no sign of)."""
+    (seed means) and the forecast moved, and whether the measured one turned up after the pilots."""
     worst = max(budget["rows"], key=lambda r: abs(r["error_pct"][by]))
-    earlier = [p for p in fit_results["finetunes"] if p["delta"] == worst["delta"] and p["tokens"] < budget["tokens"]]
-    last = max(fit_results["check"]["pilot_budgets"])
-    pilot = max((p for p in earlier if p["tokens"] <= last), key=lambda p: p["tokens"])
+    means, last = whole_set_means(fit_results, worst["delta"]), max(fit_results["check"]["pilot_budgets"])
+    pilot = means[max(t for t in means if t <= last)]
     measured, forecast = worst["measured_after"], worst["forecast"][by]
-    why = (f"from its last pilot ({fit_laws.approx(last)} tokens: {pilot['after']:.4f} after finetuning) the measured "
-           f"loss moved {measured - pilot['after']:+.4f} to {measured:.4f}, the forecast {forecast - pilot['after']:+.4f} "
-           f"to {forecast:.4f}")
-    low = min(earlier, key=lambda p: p["after"])
-    if low["after"] < measured:
-        why += f"; the measured loss turned up after {fit_laws.approx(low['tokens'])} tokens ({low['after']:.4f})"
-    if worst["delta"] > 0:  # no domain data, no gap: NPT has no onset to place
-        where = "finds none within 1000x the pilots" if worst["onset"] is None else \
-            f"places it (pretrained) at {fit_laws.approx(worst['onset'])} tokens"
-        why += f". The paper's law fitted on the pilots, asked for delta {worst['delta']:g}'s overfitting onset, {where}"
+    why = (f"from its last pilot ({fit_laws.approx(last)} tokens: {pilot:.4f} after finetuning) the measured "
+           f"loss moved {measured - pilot:+.4f} to {measured:.4f}, the forecast {forecast - pilot:+.4f} to {forecast:.4f}")
+    low = min((t for t in means if t < budget["tokens"]), key=means.get)
+    if means[low] < measured:
+        why += f"; the measured loss turned up after {fit_laws.approx(low)} tokens ({means[low]:.4f})"
+    if worst["unobserved"]:
+        why += (f"; at {worst['repeats']:.3g} repeats it is further past the onset than any pilot reached "
+                f"(onset not observed)")
     return (f"- Why the goals were missed here: the largest error is at delta {worst['delta']:g} "
             f"({worst['error_pct'][by]:+.2f}%); {why}.")
 
 
-def forecast_section(fit_results: dict) -> list[str]:
-    """The study's verdict: the laws fitted on the pilots alone, their forecasts against the runs."""
-    check, by = fit_results["check"], fit_results["forecast"]["by"]
+def forecast_section(fit_results: dict, preset: dict) -> list[str]:
+    """The study's verdict: the laws fitted on the pilots alone, their forecasts against the seed means."""
+    check, by, p = fit_results["check"], fit_results["check"]["by"], fit_results["check"]["penalty"]
+    subsets = ", ".join(f"{s['domain_tokens']:,} tokens at deltas {', '.join(f'{d:g}' for d in s['deltas'])}"
+                        for s in preset.get("subsets", [])) or "none"
     lines = ["## The forecast check", "",
-             f"The laws were fitted on the pilot budgets only (pretraining evals and finetunes at "
-             f"{check['scope']} tokens), then asked for the domain test loss after finetuning at "
-             f"each larger budget; the runs that reached it measured it. The recommendation uses "
-             f"`{fit_laws.LABEL[by]}` (fit_laws.POST_FT); the others are shown for comparison. Error = 100 (forecast - "
-             f"measured) / measured.", ""]
-    for b in check["budgets"]:
-        keys = [k for k in b["rows"][0]["forecast"] if k in fit_laws.AFTER]
-        rows = [[f"{r['delta']:g}", f"{r['measured_after']:.4f}"]
-                + [f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f}%)" for k in keys]
+             f"The laws were fitted on the pilots only: the runs and finetunes at {check['scope']} tokens of the whole "
+             f"domain set ({fit_results['domain_tokens']:,} tokens) and of its subset arms ({subsets}), every seed. "
+             f"They were then asked for the domain test loss after finetuning at each larger budget of the whole set, "
+             f"which the runs measured on seeds {', '.join(map(str, preset.get('seeds', [0])))} (the seed mean, "
+             f"+- its standard error). {fit_laws.choice_line(check)}. The repeat penalty fitted on the pilots places "
+             f"the onset at {p['e0']:.3g} repeats of the whole set (E0_U = E0 (U / U_full)^{p['kappa']:.2f}, "
+             f"penalty {p['c']:.3g} d^{p['gamma']:.2f} ln(E / E0_U)^2); the pilots reached {check['reach']:.3g}x their "
+             f"onset. Goals: regret <= {GOAL_REGRET}%; every forecast within max({fit_laws.GOAL_ERROR_PCT:g}%, 2 standard "
+             f"errors). Error = 100 (forecast - measured) / measured.", ""]
+    pilots = max(check["pilot_budgets"])
+    for b in sorted(check["budgets"], key=lambda b: -b["tokens"]):  # the largest budget first: the headline
+        keys = [by] + [k for k in fit_laws.AFTER if k != by]
+        rows = [[f"{r['delta']:g}", f"{r['repeats']:.3g}" + (" (onset not observed)" if r["unobserved"] else ""),
+                 fit_laws.measured(r) + f" ({len(r['seeds'])})",
+                 f"{max(fit_laws.GOAL_ERROR_PCT, 200 * (r['se_after'] or 0) / r['measured_after']):.2f}%"]
+                + [f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f}%)" + ("" if r["within"][k] else " *") for k in keys]
                 + [f"{r['measured_before']:.4f}", f"{r['forecast']['law']:.4f} ({r['error_pct']['law']:+.2f}%)"]
                 for r in b["rows"]]
-        lines += [f"At {fit_laws.approx(b['tokens'])} tokens:", ""]
-        lines += table(["delta", "measured after FT"] + [f"forecast: {fit_laws.LABEL[k]}" for k in keys]
+        lines += [f"At {fit_laws.approx(b['tokens'])} tokens ({b['tokens'] / pilots:.0f}x the pilots):", ""]
+        lines += table(["delta", "repeats", "measured after FT (seeds)", "goal"]
+                       + [f"forecast: {fit_laws.LABEL[k]}" for k in keys]
                        + ["measured before FT", "forecast: paper's law"], rows) + [""]
         s = b["summary"][by]
         rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
-        verdict = [f"{name} {s[key]:.2f}% ({'met' if s[key] <= goal else 'not met'}: goal <= {goal}%)"
-                   for name, key, goal in (("regret", "regret_pct", GOALS["regret_pct"]),
-                                           ("largest error", "max_abs_error_pct", GOALS["max_abs_error_pct"]))]
-        lines += [f"- {fit_laws.LABEL[by]}: recommends delta = {s['recommended']:g}; the best measured is "
-                  f"{b['best_measured']:g}; Spearman rank agreement {rho}; " + "; ".join(verdict) + "."]
-        if any(s[key] > goal for key, goal in GOALS.items()):
+        tie = f" (a tie with {s['tie']:g}: their difference is within the forecast's own noise)" if s["tie"] is not None else ""
+        lines += [f"- {fit_laws.LABEL[by]}: recommends delta = {s['recommended']:g}{tie} (least expected regret over the "
+                  f"bootstrap); the best measured is {b['best_measured']:g}; regret {s['regret_pct']:.2f}% "
+                  f"({'met' if s['regret_pct'] <= GOAL_REGRET else 'not met'}: goal <= {GOAL_REGRET}%); "
+                  f"{s['within']} of {len(b['rows'])} forecasts within their goal "
+                  f"({'met' if s['within'] == len(b['rows']) else 'not met'}; * marks the others); largest error "
+                  f"{s['max_abs_error_pct']:.2f}%; Spearman rank agreement {rho}."]
+        if s["regret_pct"] > GOAL_REGRET or s["within"] < len(b["rows"]):
             lines += [why_missed(fit_results, b, by)]
-        lines += [f"- {fit_laws.LABEL[k]}: recommends {v['recommended']:g}, regret {v['regret_pct']:.2f}%, largest error "
-                  f"{v['max_abs_error_pct']:.2f}%." for k, v in b["summary"].items() if k != by] + [""]
+        lines += [f"- {fit_laws.LABEL[k]}: recommends {v['recommended']:g}, regret {v['regret_pct']:.2f}%, "
+                  f"{v['within']} of {len(b['rows'])} within, largest error {v['max_abs_error_pct']:.2f}%."
+                  for k, v in b["summary"].items() if k != by]
+        lines += [f"- Seeds missing: {'; '.join(b['missing_seeds'])} (the mean is of those there)."] if b["missing_seeds"] else []
+        lines += [""]
+    if fit_results.get("rolling"):
+        lines += ["Rolling origins: the same check fitted up to each budget (the subset arms too), forecasting every "
+                  "budget up to 4x larger, by the forecast that recommends there:", ""]
+        lines += table(["fitted up to", "forecast at", "recommends by", "recommends", "best measured", "regret",
+                        "within goal", "largest error"],
+                       [[fit_laws.approx(r["origin"]), fit_laws.approx(r["tokens"]), fit_laws.LABEL[r["by"]],
+                         f"{r['recommended']:g}" + (f" (tie: {r['tie']:g})" if r["tie"] is not None else ""),
+                         f"{r['best_measured']:g}", f"{r['regret_pct']:.2f}%", f"{r['within']} of {r['deltas']}",
+                         f"{r['max_abs_error_pct']:.2f}%"] for r in fit_results["rolling"]]) + [""]
     return lines + ["![forecast check](fit_results_check.png)", ""]
+
+
+def subsets_section(study: dict, preset: dict, fit_results: dict, out: str) -> list[str]:
+    """The subset arms: how far they repeated their domain set, where their pretrained domain test loss
+    turned up, and their losses after finetuning (seed means) beside the whole set's at the same delta."""
+    if not preset.get("subsets"):
+        return []
+    pilots = [m for m in preset["milestones"] if m <= pilots_until(preset)]
+    lines = ["## Subset arms: where repeating the domain set starts to overfit", "",
+             "Pilots on nested subsets of the domain set (the same test split) repeat it as often by the pilot budget "
+             "as the whole set is repeated at the target. Pretrained: the smoothed domain test loss of the first seed "
+             "(its minimum and the rise past it); after finetuning: the seed mean at each pilot budget.", ""]
+    rows = []
+    for arm in (a for a in arms(preset) if a.seed == preset.get("seeds", [0])[0]):
+        o = overfitting(study["arm_logs"][arm])
+        size = next(r["domain_tokens"] for r in fit_results["runs"] if r["path"] == run_dir(out, arm))
+        after = [np.mean([study["arm_ft"][(a, t)]["best"]["domain_test_loss"] for a in arms(preset)
+                          if (a.domain_tokens, a.delta) == (arm.domain_tokens, arm.delta)]) for t in pilots]
+        if arm.delta > 0:
+            rows.append([f"{size:,}", f"{arm.delta:g}", f"{o['final_epochs']:.3g}",
+                         f"{o['min_tokens'] * arm.delta / size:.3g}", f"{o['min_loss']:.4f}", f"{o['rise']:+.4f}",
+                         *(f"{a:.4f}" for a in after)])
+    lines += table(["U (tokens)", "delta", "E at the end", "min at E", "min (smoothed)", "rise past it",
+                    *(f"after FT @ {format_tokens(t)}" for t in pilots)], rows) + [""]
+    return lines + ["![every run against its repeats](fit_results_repeats.png)", ""]
 
 
 def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_path: str, results_dir: str):
@@ -335,7 +454,7 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     last = max(milestones)
     ft = study["ft"]
     best = {key: r["best"]["domain_test_loss"] for key, r in ft.items()}
-    with open(os.path.join(run_dir(out, deltas[0]), "config.json")) as f:
+    with open(os.path.join(run_dir(out, Arm(None, deltas[0], preset.get("seeds", [0])[0])), "config.json")) as f:
         run_config = json.load(f)
     with open(fit_path) as f:
         fit_results = json.load(f)
@@ -344,13 +463,16 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
              f"Model {run_config['model']} ({run_config['n_params'] / 1e6:.2f}M parameters); delta = domain_frac; "
              f"NPT = delta 0 (no domain data in pretraining), SPT = delta > 0; E = repeats of the domain train split "
              f"({run_config['domain_train_tokens']:,} tokens).", "", dataset_line(data.load_meta(run_config["data_dir"])), ""]
-    lines += forecast_section(fit_results)
+    lines += forecast_section(fit_results, preset) + subsets_section(study, preset, fit_results, out)
 
     lines += ["## Domain test loss before and after finetuning", "",
-              "Best post-finetuning domain test loss over the finetuning grid, with the general validation loss at "
-              "that point (forgetting) and the pretrained checkpoint's losses. 'converged': the best configuration "
-              "stopped early (no: still improving where its epochs ran out).", ""]
-    rows = [[f"{d:g}", format_tokens(t), f"{ft[(d, t)]['pretrained']['domain_test_loss']:.4f}", f"{best[(d, t)]:.4f}",
+              "Best post-finetuning domain test loss over the finetuning grid (the mean over the seeds, then each "
+              "seed's), with the general validation loss at that point (forgetting) and the pretrained checkpoint's "
+              "losses, means over the seeds. 'converged': every seed's best configuration stopped early (no: still "
+              "improving where its epochs ran out).", ""]
+    rows = [[f"{d:g}", format_tokens(t), f"{ft[(d, t)]['pretrained']['domain_test_loss']:.4f}",
+             f"{best[(d, t)]:.4f}" + (f" ({', '.join(f'{a:.4f}' for a in ft[(d, t)]['after'])})"
+                                      if len(ft[(d, t)]["after"]) > 1 else ""),
              f"{ft[(d, t)]['pretrained']['general_val_loss']:.4f}", f"{ft[(d, t)]['best']['general_val_loss']:.4f}",
              f"{ft[(d, t)]['best']['epochs']:.1f}", f"{ft[(d, t)]['best']['lr']:g}",
              "yes" if ft[(d, t)]["best"].get("converged", True) else "no"] for d in deltas for t in milestones]
@@ -404,7 +526,7 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     lines += ["## Scaling laws", "", "```", fit_laws.format_report(fit_results), "```", ""]
     for plot in fit_results["plots"]:
         shutil.copy(plot, os.path.join(results_dir, os.path.basename(plot)))
-        if not plot.endswith("_check.png"):
+        if not plot.endswith(("_check.png", "_repeats.png")):  # (shown above)
             lines += [f"![{os.path.basename(plot)}]({os.path.basename(plot)})", ""]
 
     lines += ["## The paper's claims, checked at this scale", ""] + claims(deltas, milestones, ft, best, over) + [""]

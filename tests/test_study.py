@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import fit_laws
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,16 +32,27 @@ train.main({args!r})
 """
 
 
-def table_rows(report: str, heading: str) -> list[list[str]]:
+def tables(report: str, heading: str) -> list[list[list[str]]]:
+    """The markdown tables of a section, each as its rows of cells (without header and separator)."""
     section = report.split(f"## {heading}")[1].split("\n## ")[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in row] for row in rows[2:]]  # skip header and separator
+    found, rows = [], None
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            rows = [] if rows is None else rows
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows is not None:
+            found, rows = found + [rows[2:]], None
+    return found
+
+
+def table_rows(report: str, heading: str) -> list[list[str]]:
+    return tables(report, heading)[0]
 
 
 def test_micro_study_end_to_end(tiny_data, tmp_path):
     out, results = str(tmp_path / "out"), str(tmp_path / "results")
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--preset", "micro", "--data_dir", tiny_data,
-           "--out_dir", out, "--results_dir", results]
+           "--out_dir", out, "--results_dir", results, "--jobs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     preset = json.load(open(os.path.join(ROOT, "configs", "study", "micro.json")))
@@ -48,29 +61,45 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     meta = json.load(open(os.path.join(tiny_data, "meta.json")))  # the dataset, and what it was read from
     assert f"Dataset `{meta['dataset_id']}` (local:" in report and "read from local or hosted files." in report
 
+    def finetuned(delta, tokens, seed, subset=""):  # what finetune.py wrote
+        return json.load(open(os.path.join(out, "finetune", f"{subset}d{delta:g}_s{seed}_{tokens}", "finetune.json")))
+
     rows = table_rows(report, "Domain test loss before and after finetuning")
     assert len(rows) == len(preset["deltas"]) * len(preset["milestones"])
-    for row in rows:  # every number comes from the finetune.json the run wrote
+    for row in rows:  # every number comes from the finetune.json files the runs wrote: seed means, then each seed
         delta, tokens = float(row[0]), int(row[1])
-        ft = json.load(open(os.path.join(out, "finetune", f"d{delta:g}_{tokens}", "finetune.json")))
-        assert float(row[2]) == round(ft["pretrained"]["domain_test_loss"], 4)
-        assert float(row[3]) == round(ft["best"]["domain_test_loss"], 4)
-        assert float(row[5]) == round(ft["best"]["general_val_loss"], 4)
-        assert ft["best"]["domain_test_loss"] <= ft["pretrained"]["domain_test_loss"]
+        fts = [finetuned(delta, tokens, seed) for seed in preset["seeds"]]
+        after = [ft["best"]["domain_test_loss"] for ft in fts]
+        assert float(row[2]) == round(np.mean([ft["pretrained"]["domain_test_loss"] for ft in fts]), 4)
+        assert row[3] == f"{np.mean(after):.4f} ({', '.join(f'{a:.4f}' for a in after)})"
+        assert float(row[5]) == round(np.mean([ft["best"]["general_val_loss"] for ft in fts]), 4)
+        assert all(ft["best"]["domain_test_loss"] <= ft["pretrained"]["domain_test_loss"] for ft in fts)
 
-    # The verdict comes first: the laws fitted on the pilots (<= 1/4 of the largest budget) against the runs.
+    # The verdict comes first: the laws fitted on the pilots (<= 1/4 of the largest budget, and the subset
+    # arms) against the seed means of the runs that reached the larger budgets.
     assert report.index("## The forecast check") < report.index("## Domain test loss before and after finetuning")
-    check = table_rows(report, "The forecast check")
-    last = max(preset["milestones"])
+    check, last = table_rows(report, "The forecast check"), max(preset["milestones"])
+    assert f"At {last / 1e3:.3g}K tokens (4x the pilots):" in report
     assert [float(r[0]) for r in check] == preset["deltas"]
     for row in check:
-        ft = json.load(open(os.path.join(out, "finetune", f"d{float(row[0]):g}_{last}", "finetune.json")))
-        assert float(row[1]) == round(ft["best"]["domain_test_loss"], 4)
-        forecast, error = re.fullmatch(r"(\S+) \(([+-]\d+\.\d\d)%\)", row[2]).groups()
-        assert float(error) == pytest.approx(100 * (float(forecast) - float(row[1])) / float(row[1]), abs=0.02)
+        after = [finetuned(float(row[0]), last, seed)["best"]["domain_test_loss"] for seed in preset["seeds"]]
+        se = np.std(after, ddof=1) / np.sqrt(len(after))
+        assert row[2] == f"{np.mean(after):.4f}+-{se:.4f} ({len(after)})"
+        forecast, error = re.fullmatch(r"(\S+) \(([+-]\d+\.\d\d)%\)( \*)?", row[4]).groups()[:2]
+        assert float(error) == pytest.approx(100 * (float(forecast) - np.mean(after)) / np.mean(after), abs=0.02)
     fit_results = json.load(open(os.path.join(out, "fit", "fit_results.json")))
     assert fit_results["check"]["fit_until"] == 2048 and fit_results["check"]["pilot_budgets"] == [512, 1024, 2048]
     assert re.search(r"regret \d+\.\d\d% \((met|not met): goal <= 0.5%\)", report)
+    assert [(r["origin"], r["tokens"]) for r in fit_results["rolling"]] == [(2048, 8192)]
+    [subset] = preset["subsets"]  # its runs went to the pilot budget, on their own nested dataset, every seed
+    assert {r["domain_tokens"] for r in fit_results["runs"]} == {json.load(open(os.path.join(
+        tiny_data, "meta.json")))["splits"]["domain_train"]["tokens"], fit_results["domain_sets"][-1]}
+    assert fit_results["domain_sets"][-1] >= subset["domain_tokens"]
+    for seed in preset["seeds"]:
+        assert finetuned(0.4, 2048, seed, f"u{subset['domain_tokens'] // 1000}K_")["pretrain_tokens"] >= 2048
+        assert not os.path.exists(os.path.join(out, "finetune", f"u1K_d0.4_s{seed}_8192"))
+    assert len(table_rows(report, "Subset arms: where repeating the domain set starts to overfit")) == \
+        len([d for d in preset["deltas"] if d > 0]) + len(subset["deltas"])
 
     gains = table_rows(report, "Relative gain and compute multiplier")
     assert [float(r[0]) for r in gains] == [d for d in preset["deltas"] if d > 0]
@@ -85,7 +114,7 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     # Restartable. The run of delta 0.2 is killed after logging its last eval but before writing that
     # eval's checkpoints: its latest checkpoint is then an earlier one, and the last milestone is missing.
     # (Its own command again, SIGKILLed as it starts writing the last milestone.)
-    run = os.path.join(out, "runs", "d0.2")
+    run = os.path.join(out, "runs", "d0.2_s0")
     last = os.path.join(run, "ckpt_8192.pt")
     weights = torch.load(last, weights_only=False)["model"]
     config = json.load(open(os.path.join(run, "config.json")))
@@ -103,8 +132,9 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     before = {f: open(f).read() for f in outputs}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trained = [line for line in proc.stdout.splitlines() if line.startswith("$") and "train.py" in line]
-    assert len(trained) == 1 and f"--out_dir={run}" in trained[0] and "--resume" in trained[0]
+    assert "1 jobs, 2 at a time" in proc.stderr  # one pretraining run again, its command line first in its log
+    trained = open(os.path.join(out, "logs", "pretrain_d0.2_s0.txt")).readline()
+    assert trained.startswith("$") and f"--out_dir={run}" in trained and "--resume" in trained
     for name, tensor in torch.load(last, weights_only=False)["model"].items():  # the same checkpoint again
         torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-6)
     assert {f: open(f).read() for f in outputs} == before  # finetuning and evaluation: nothing redone
@@ -123,6 +153,18 @@ def test_every_study_preset_parses():
         train.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
         assert len({d for d in preset["deltas"] if d > 0}) >= 3, name  # the 12-parameter law needs them
         assert study.pilots_until(preset) <= max(preset["milestones"]) / 4, name  # 3 or more pilot budgets
+        fit_laws.parse_args(["run"] + study.flags(preset["fit"]))  # every fit setting is a flag of fit_laws.py
+        study.check_repeats(preset, preset["data"]["domain_tokens"])  # the pilots reach the target's repeats
+
+
+def test_a_preset_whose_pilots_cannot_reach_the_targets_repeats_is_refused():
+    preset = json.load(open(os.path.join(ROOT, "configs", "study", "cpu-mini.json")))
+    preset["subsets"] = [{"domain_tokens": 20000, "deltas": [0.1]}]  # 20 repeats by 4M, the target 80
+    with pytest.raises(SystemExit) as refused:
+        study.check_repeats(preset, 40000)
+    assert str(refused.value) == ("study.py: the pilots reach 20 repeats of the domain set by 4M tokens, the largest "
+                                  "budget 80: add a subset arm (\"subsets\": a smaller domain_tokens or a larger "
+                                  "delta) that reaches it")
 
 
 def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
@@ -145,18 +187,20 @@ def test_jobs_run_in_parallel_with_their_own_logs(tmp_path, monkeypatch):
 
 
 def test_why_a_forecast_missed_is_read_from_the_finetunes():
-    """The report's explanation: from the last pilot, how far the measured loss and the forecast moved,
-    and a turn-up after the pilots, all from the numbers it is given."""
+    """The report's explanation: from the last pilot, how far the measured loss (seed means of the whole
+    set; a subset's finetunes do not count) and the forecast moved, a turn-up after the pilots, and
+    repeats further past the onset than any pilot reached, all from the numbers it is given."""
     after = {1e6: 2.0, 2e6: 1.9, 4e6: 1.8, 8e6: 1.7, 16e6: 1.75}  # a turn-up after 8M
-    fit_results = {"check": {"pilot_budgets": [1e6, 2e6, 4e6]},
-                   "finetunes": [{"delta": 0.2, "tokens": t, "after": a} for t, a in after.items()]}
-    rows = [{"delta": 0.2, "measured_after": 1.75, "forecast": {"direct": 1.6}, "error_pct": {"direct": -8.57},
-             "onset": 5e8},
-            {"delta": 0.1, "measured_after": 1.8, "forecast": {"direct": 1.79}, "error_pct": {"direct": -0.56},
-             "onset": None}]
-    line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows}, "direct")
+    fit_results = {"check": {"pilot_budgets": [1e6, 2e6, 4e6]}, "domain_tokens": 40000,
+                   "finetunes": [{"delta": 0.2, "tokens": t, "after": a + s, "domain_tokens": 40000}
+                                 for t, a in after.items() for s in (-0.01, 0.01)]
+                   + [{"delta": 0.2, "tokens": 4e6, "after": 9.0, "domain_tokens": 5000}]}
+    rows = [{"delta": 0.2, "measured_after": 1.75, "forecast": {"repeats": 1.6}, "error_pct": {"repeats": -8.57},
+             "unobserved": True, "repeats": 80.0},
+            {"delta": 0.1, "measured_after": 1.8, "forecast": {"repeats": 1.79}, "error_pct": {"repeats": -0.56},
+             "unobserved": False, "repeats": 40.0}]
+    line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows}, "repeats")
     assert line == ("- Why the goals were missed here: the largest error is at delta 0.2 (-8.57%); from its last "
                     "pilot (4M tokens: 1.8000 after finetuning) the measured loss moved -0.0500 to 1.7500, the "
-                    "forecast -0.2000 to 1.6000; the measured loss turned up after 8M tokens (1.7000). The paper's "
-                    "law fitted on the pilots, asked for delta 0.2's overfitting onset, places it (pretrained) at "
-                    "500M tokens.")
+                    "forecast -0.2000 to 1.6000; the measured loss turned up after 8M tokens (1.7000); at 80 repeats "
+                    "it is further past the onset than any pilot reached (onset not observed).")

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
 import evaluate  # noqa: E402
 import fit_laws  # noqa: E402
-import train  # noqa: E402
-from train import format_tokens  # noqa: E402
+import run_folder  # noqa: E402
+import settings  # noqa: E402
+from settings import format_tokens  # noqa: E402
 
 NOISE = 0.01  # nats: smaller changes of a smoothed loss curve are not called a trend
 
@@ -115,7 +115,7 @@ def pretrain(preset: dict, out: str, data_dir: str, n_parallel: int):
     for delta in preset["deltas"]:
         folder = run_dir(out, delta)
         log_path = os.path.join(folder, "log.jsonl")
-        log = train.read_log(log_path) if os.path.exists(log_path) else []
+        log = run_folder.read_log(log_path) if os.path.exists(log_path) else []
         milestones = [os.path.join(folder, f"ckpt_{format_tokens(m)}.pt") for m in preset["milestones"]]
         if log and log[-1]["tokens"] >= options["max_tokens"] and all(map(os.path.exists, milestones)):
             continue  # finished (train.py logs an eval before it writes that eval's checkpoints)
@@ -181,7 +181,7 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def load_study(preset: dict, out: str) -> dict:
-    logs = {d: train.read_log(os.path.join(run_dir(out, d), "log.jsonl")) for d in preset["deltas"]}
+    logs = {d: run_folder.read_log(os.path.join(run_dir(out, d), "log.jsonl")) for d in preset["deltas"]}
     fts = {}
     for d in preset["deltas"]:
         for t in preset["milestones"]:
@@ -403,7 +403,7 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     warnings = fit_results["warnings"] + ([f"finetuning did not converge (still improving at --extend_epochs): "
                                            f"{', '.join(unconverged)}"] if unconverged else [])
     lines += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["none"]) + [""]
-    data.atomic_write(os.path.join(results_dir, "REPORT.md"), lambda f: f.write("\n".join(lines)), mode="w")
+    settings.atomic_write(os.path.join(results_dir, "REPORT.md"), lambda f: f.write("\n".join(lines)), mode="w")
     print(f"report: {os.path.join(results_dir, 'REPORT.md')}")
 
 

@@ -310,11 +310,11 @@ def run_config(*, lr: float, warmup: int, cfg: FinetuneConfig, pretrained: GPT, 
     on_progress(entry) receives the configuration's results after every eval. Returns the entry
     and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
     torch.manual_seed(cfg.seed)
-    raw = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
-    optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    model = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
+    optimizer = train.configure_optimizer(model, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
     schedule = train.Schedule("constant", lr, lr, warmup, plan.total_steps)
-    model = processes.wrap_model(raw, rt, compile=cfg.compile)
-    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, plan.settings["eval_windows"],
+    wrapped = processes.wrap_model(model, rt, compile=cfg.compile)
+    evaluate = train.make_evaluator(wrapped, rt, plan.data_dir, model.cfg.seq_len, plan.settings["eval_windows"],
                                     plan.eval_batch_size)
     stopper, curve, snapshot = EarlyStopping(cfg.patience), [], None
     entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None, "best": None, "curve": curve}
@@ -323,7 +323,7 @@ def run_config(*, lr: float, warmup: int, cfg: FinetuneConfig, pretrained: GPT, 
     def train_steps(steps: range, desc: str):
         """Train over `steps`, recording every eval; returns early once the domain test loss stops improving."""
         nonlocal snapshot
-        for record in train.train_loop(model, optimizer, schedule, mixture, steps, rt, evaluate,
+        for record in train.train_loop(wrapped, optimizer, schedule, mixture, steps, rt, evaluate,
                                        lambda step: step % plan.eval_interval == 0, grad_accum=plan.grad_accum,
                                        grad_clip=cfg.grad_clip, desc=desc):
             curve.append(point_of(record))
@@ -331,7 +331,7 @@ def run_config(*, lr: float, warmup: int, cfg: FinetuneConfig, pretrained: GPT, 
             entry["best"] = curve[stopper.best_index]
             new_best = stopper.best_index == len(curve) - 1 and entry["best"]["domain_test_loss"] < best_so_far
             if cfg.save_best and rt.master and new_best:
-                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
+                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if rt.master:
                 run_folder.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
             on_progress(entry)

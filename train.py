@@ -10,27 +10,20 @@
 Each optimizer step consumes one global batch of `batch_size` sequences from data.Mixture, of which
 a `domain_frac` share are domain sequences. The global batch does not depend on the number of
 processes: with N torchrun ranks each rank runs grad_accum / N micro-steps, so a run on 8 GPUs and
-the same run on one process with accumulation see identical data and give the same losses.
+the same run on one process with accumulation see identical data and give the same losses. At every
+eval the loop measures the general validation loss, the domain *train* loss and the domain *test*
+loss (mean_loss, on the same windows every time) and appends one JSON line to out_dir/log.jsonl; the
+gap between the last two is the overfitting that fit_laws.py models. ckpt_latest.pt (for --resume)
+is written every ckpt_interval steps, and ckpt_<tokens>.pt, the weights that finetune.py and
+evaluate.py start from, at each token milestone.
 
-At every eval the loop measures the general validation loss, the domain *train* loss (on a fixed
-subset of the training split) and the domain *test* loss (mean_loss, on the same windows every time),
-and appends one JSON line to out_dir/log.jsonl; the gap between the last two is the overfitting that
-fit_laws.py models. Checkpoints: ckpt_latest.pt (model, optimizer, mixture position, config) every
-ckpt_interval steps, for --resume, and once per requested token milestone ckpt_<tokens>.pt with the
-weights alone, which finetune.py, evaluate.py and scripts/export_hf.py start from.
-
-The file reads top to bottom: the settings (TrainConfig: every flag, its meaning and its default; the
-defaults are the CPU miniature's, a preset file in configs/ sets a larger scale's), the optimizer, the
-learning rate Schedule, the weight average, the losses of a log line, train_loop, and pretrain, which
-puts them together. What lets the same loop run at scale and survive a kill lives beside it, to read
-afterwards: processes.py (torchrun, DDP and FSDP2, the memory plan), run_folder.py (checkpoints, the
-log, what a rerun does with a killed run's folder) and settings.py (TrainConfig's fields as flags).
-
-A run killed at any moment goes on exactly with the same command plus --resume: log lines written
-after its last checkpoint are dropped and made again. A full disk stops the run in one line that says
-the last checkpoint is intact. Every setting is checked before anything is written, so a bad value
-leaves the folder as it was. finetune.py reuses this file's optimizer, Schedule, mean_loss and
-train_loop, evaluate.py its losses.
+The file reads top to bottom: TrainConfig (every flag, its meaning and its default: the CPU
+miniature's; a preset in configs/ sets a larger scale's), the optimizer, the learning rate Schedule,
+the weight average, the losses of a log line, train_loop, and pretrain, which puts them together.
+What lets the same loop run at scale and survive a kill lives beside it, to read afterwards:
+processes.py (torchrun, DDP and FSDP2, the memory plan), run_folder.py (checkpoints, the log, what a
+rerun does with a killed run's folder) and settings.py (TrainConfig's fields as flags). finetune.py
+reuses the optimizer, Schedule, mean_loss and train_loop, evaluate.py the losses.
 """
 import contextlib
 import dataclasses
@@ -524,14 +517,14 @@ def pretrain(cfg: TrainConfig) -> str:
     milestones = {m: start.first_step + math.ceil((m - start.first_tokens) / tokens_per_step)
                   for m in parse_milestones(cfg.ckpt_tokens) if start.first_tokens < m <= cfg.max_tokens}
     model.act_ckpt = cfg.act_ckpt
-    trained = processes.wrap_model(model, rt, cfg.parallel, cfg.compile)  # what the loop calls
+    wrapped = processes.wrap_model(model, rt, cfg.parallel, cfg.compile)  # what the loop calls
     optimizer = configure_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if start.latest is not None:
         run_folder.load_training_state(model, optimizer, start.latest, latest, average)
     if average:
         optimizer.register_step_post_hook(lambda *_: average.update())
-    evaluate = make_evaluator(trained, rt, cfg.data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size, average)
+    evaluate = make_evaluator(wrapped, rt, cfg.data_dir, seq_len, cfg.eval_windows, cfg.eval_batch_size, average)
 
     recovery = functools.partial(run_folder.resume_advice, latest)  # what a failed write leaves intact
     log_metrics = None
@@ -550,7 +543,7 @@ def pretrain(cfg: TrainConfig) -> str:
     parts = dict(cfg=cfg, model=model, optimizer=optimizer, average=average, mixture=mixture,
                  dataset_id=meta["dataset_id"], rt=rt)  # what the run's checkpoints are made of
     milestone_steps = set(milestones.values())
-    for record in train_loop(trained, optimizer, schedule, mixture, range(start.step, total_steps), rt, evaluate,
+    for record in train_loop(wrapped, optimizer, schedule, mixture, range(start.step, total_steps), rt, evaluate,
                              lambda step: step % cfg.eval_interval == 0 or step in milestone_steps,
                              grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
                              desc=f"pretrain d={cfg.domain_frac:g}"):

@@ -152,17 +152,17 @@ def bench_training(args, rt, folder):
     def fresh_model():
         torch.manual_seed(0)
         model = GPT(mc).to(rt.device)
-        return model, (torch.compile(model) if args.compile else model)
+        return model, processes.wrap_model(model, rt, compile=args.compile)
 
-    model, run = fresh_model()
-    runs["bare PyTorch loop"] = bare_loop(run, rt, batches, args.warm_steps)
-    model, run = fresh_model()
-    runs["train.py loop"] = our_loop(run, rt, args.steps, args.warm_steps, folder, args.batch_size, args.seq_len)
+    model, wrapped = fresh_model()
+    runs["bare PyTorch loop"] = bare_loop(wrapped, rt, batches, args.warm_steps)
+    model, wrapped = fresh_model()
+    runs["train.py loop"] = our_loop(wrapped, rt, args.steps, args.warm_steps, folder, args.batch_size, args.seq_len)
     if args.kernels:
         for mode in ("triton", "torch"):
             os.environ["SPT_KERNELS"] = mode
-            model, run = fresh_model()
-            runs[f"SPT_KERNELS={mode}"] = bare_loop(run, rt, batches, args.warm_steps)
+            model, wrapped = fresh_model()
+            runs[f"SPT_KERNELS={mode}"] = bare_loop(wrapped, rt, batches, args.warm_steps)
         del os.environ["SPT_KERNELS"]
     peak, flops = processes.peak_flops(rt.device), model.flops_per_token()
     print(f"\n{args.model} ({model.num_params() / 1e6:.1f}M params), batch {args.batch_size} x {args.seq_len}, "

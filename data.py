@@ -15,13 +15,12 @@ needs from data, in the order a reader needs it:
 3. prepare: named sources of documents (corpora.py) -> a dataset, split per document by a hash of its
    text: worker processes tokenize independent units in parallel, on one machine or many, and a
    killed preparation keeps what it finished.
-4. The command line, and the helpers that every script imports from here:
+4. The command line (its parser, the one atomic writer and the token-count parser are settings.py's):
        python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
        python data.py --general english --domain smiles --tokenizer byte --name chem-byte
        python data.py --general fineweb --general_tokens 200B --part 3/64 --out /shared/web   # machine 3 of 64
 """
-import argparse
 import errno
 import functools
 import hashlib
@@ -41,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 import corpora
+import settings
 from corpora import DataError, resolve_source  # data.DataError: every script raises it for bad data
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -176,10 +176,8 @@ def load_meta(data_dir: str) -> dict:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path} is not valid JSON: {again}")
-    if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id"} <= meta.keys():
-        raise DataError(f"{path} lacks tokenizer, vocab_size, splits or dataset_id: {again}")
-    if "shard_dir" not in meta:
-        raise DataError(f"{data_dir} was prepared before datasets had shards: delete it, then {again}")
+    if not isinstance(meta, dict) or not {"tokenizer", "vocab_size", "splits", "dataset_id", "shard_dir"} <= set(meta):
+        raise DataError(f"{path} lacks tokenizer, vocab_size, splits, dataset_id or shard_dir: {again}")
     return meta
 
 
@@ -209,7 +207,7 @@ class Tokens:
 def open_split(data_dir: str, split: str) -> Tokens:
     """A split of a prepared dataset. A shard that is missing, cut short, of another vocabulary (another
     tokenizer) or of another size than meta.json says (copied from another dataset or split) is refused.
-    (Whether a model's vocabulary matches is checked where a checkpoint meets a dataset: train.py.)"""
+    (Whether a model's vocabulary matches is checked where a checkpoint meets a dataset: run_folder.py.)"""
     meta = load_meta(data_dir)
     info = meta["splits"].get(split)
     if not info or info["tokens"] == 0:
@@ -310,7 +308,7 @@ class Mixture:
     def get_batch(self, step: int, part: int = 0, n_parts: int = 1):
         """Part `part` of `n_parts` equal slices of the global batch: part = rank * n_micro + micro, so
         ranks get disjoint slices of the batch and one process with accumulation sees exactly what N
-        ranks see (train.check_geometry has checked that the batch splits evenly)."""
+        ranks see (processes.check_geometry has checked that the batch splits evenly)."""
         size = self.batch_size // n_parts
         chosen = self.batch_windows(step)[part * size:(part + 1) * size]
         rows = np.stack([self.splits[kind][w * self.seq_len:(w + 1) * self.seq_len + 1] for kind, w in chosen])
@@ -386,7 +384,7 @@ def tokenize_unit(task: tuple) -> int:
         writer.append(np.concatenate(pending or [eot[:0]], dtype=writer.dtype))
     index = {"hashes": np.frombuffer(hashes, np.uint64), "tokens": np.array(lengths, np.uint32),
              "bytes": np.array(sizes, np.uint32), "packages": np.array(json.dumps(list(corpora.FETCHED.values())))}
-    atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
+    settings.atomic_write(path + ".npz", lambda f: np.savez(f, **index))  # last: it marks the unit done
     return sum(lengths)
 
 
@@ -495,7 +493,7 @@ def assemble(out_dir: str, groups: list[Group], choices: list[dict], meta: dict,
     meta["shard_dir"] = f"shards-{meta['dataset_id']}"
     if not os.path.isdir(os.path.join(out_dir, meta["shard_dir"])):  # else this very dataset was assembled before
         os.replace(staging, os.path.join(out_dir, meta["shard_dir"]))
-    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
+    settings.atomic_write(os.path.join(out_dir, "meta.json"), lambda f: json.dump(meta, f, indent=1), mode="w")
     for name in os.listdir(out_dir):  # what this and earlier preparations left: shards, work, temporaries
         path = os.path.join(out_dir, name)
         if name.startswith(("shards-", ".assemble", ".work")) and name != meta["shard_dir"]:
@@ -588,57 +586,10 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. What every script shares (atomic_write, token_count, ArgumentParser), then the command line.
-
-def atomic_write(path, write_fn, mode="wb"):
-    """Write through a temporary file and rename, so a crash never leaves half a file behind."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def token_count(text: str) -> int:
-    """A token count as people write it: 3000000, 3e6, 3M, 250K, 1.5B or 2T (train.format_tokens writes one)."""
-    text = str(text).strip()
-    scale = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}.get(text[-1:].upper(), 1)
-    value = float(text[:-1] if scale > 1 else text) * scale
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"not a token count: {text!r}")
-    return round(value)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help as written here: the script's docstring as it is, then a line per flag, its meaning and
-    its default (unless there is none, or the meaning says what it is)."""
-
-    def _get_help_string(self, action):  # argparse's own hook for this (ArgumentDefaultsHelpFormatter's)
-        text = action.help or ""
-        if not action.option_strings or action.default is None or action.default is False \
-                or action.default in ("", argparse.SUPPRESS) or "default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """--help through HelpFormatter, and an error in one line (not buried under argparse's usage block)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(formatter_class=HelpFormatter, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
+# 4. The command line
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__)
+    p = settings.ArgumentParser(description=__doc__)
     p.add_argument("--list", action="store_true", help="list the named sources and exit")
     p.add_argument("--general", default=DEFAULT_PREPARE["general"],
                    help="general source: a name from --list, local:PATH, or several joined by commas")
@@ -649,9 +600,9 @@ def main(argv=None):
     p.add_argument("--out", help="output folder (instead of --name)")
     p.add_argument("--val_frac", type=float, default=0.01, help="share of general documents held out")
     p.add_argument("--test_frac", type=float, default=0.05, help="share of domain documents held out")
-    p.add_argument("--domain_tokens", type=token_count,
+    p.add_argument("--domain_tokens", type=settings.token_count,
                    help="keep a random sample of N domain training tokens: 3e6, 3M (default: all)")
-    p.add_argument("--general_tokens", type=token_count,
+    p.add_argument("--general_tokens", type=settings.token_count,
                    help="keep a random sample of N general training tokens: 2e9, 200B (default: all)")
     p.add_argument("--allow_short", action="store_true", help="a train split may end below its budget (all there is)")
     p.add_argument("--seed", type=int, default=0, help="which documents are held out and which a budget keeps")

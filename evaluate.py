@@ -45,6 +45,9 @@ import torch
 import torch.nn.functional as F
 
 import data
+import processes
+import run_folder
+import settings
 import train
 
 
@@ -340,15 +343,15 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
     for the options, the rest for the prefix). `sample`: sample_text's prompt, n_tokens, temperature
     and top_k, to add what the model writes.
     """
-    rt = train.setup_runtime(device)
-    model, ckpt = train.load_model(path, rt.device)
+    rt = processes.setup_runtime(device)
+    model, ckpt = run_folder.load_model(path, rt.device)
     data_dir = data_dir or ckpt["config"]["data_dir"]
     meta = data.load_meta(data_dir)
-    train.check_vocabulary(ckpt, meta, path, data_dir)
+    run_folder.check_vocabulary(ckpt, meta, path, data_dir)
     splits = {name: data.open_split(data_dir, split) for name, split in train.LOSS_SPLITS}
     seq_len = model.cfg.seq_len
-    windows = eval_windows or ckpt["config"].get("eval_windows", 64)
-    result = {"checkpoint": path, "tokens": ckpt.get("tokens"), "domain_frac": ckpt["config"].get("domain_frac"),
+    windows = eval_windows or ckpt["config"]["eval_windows"]
+    result = {"checkpoint": path, "tokens": ckpt["tokens"], "domain_frac": ckpt["config"]["domain_frac"],
               "dataset_id": meta["dataset_id"], "tokenizer": meta["tokenizer"], "eval_windows": windows}
     if "finetune" in ckpt:
         result["finetune"] = ckpt["finetune"]
@@ -427,7 +430,7 @@ def check_writable(path: str):
 
 
 def main(argv=None):
-    p = data.ArgumentParser(description=__doc__)
+    p = settings.ArgumentParser(description=__doc__)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoints to evaluate: ckpt_<tokens>.pt, ft_.../ckpt_best.pt")
     p.add_argument("--data", default=None, help="dataset folder (default: each checkpoint's own)")
@@ -466,7 +469,7 @@ def main(argv=None):
             print(f"\n--- {r['checkpoint']} writes:\n{r['sample']}")
     if args.out:  # only once every checkpoint is done: a failure leaves no half-written file
         try:
-            data.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
+            settings.atomic_write(args.out, lambda f: f.writelines(json.dumps(r) + "\n" for r in results), mode="w")
         except OSError as e:
             raise data.DataError(f"cannot write --out {args.out} ({e.strerror}): the table above is all there is; "
                                  f"free space or pick another --out and run again")

@@ -14,8 +14,9 @@ starting from the same checkpoint, and the best point over the grid reported. Th
   so the model computes the same function at step 0 (`pretrained` in the results is measured then).
 - AdamW (0.9, 0.95), eps 1e-5, weight decay 1e-7 (practically none: a few epochs over a small set
   should not be pulled towards zero), gradient clipping 1.0, a fresh optimizer per configuration.
-- Constant learning rate after a linear warmup (`--schedule wsd` decays over the last decay_frac of
-  the epoch cap instead, so it only matters for runs that reach the cap).
+- Constant learning rate after a linear warmup: the learning rate at a step does not depend on the
+  epoch cap, so a configuration that goes on past the cap (below) trains exactly as it would have
+  under a larger cap.
 - Domain data only, through the same data.Mixture as pretraining at domain_frac = 1; `--replay r`
   makes a share r of every batch general data, read from where pretraining stopped (so replayed
   tokens are new to the model), as in the paper's replay experiment.
@@ -60,7 +61,6 @@ Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
   evaluate.py (and by this script or train.py --init_from, like any checkpoint).
 """
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -68,58 +68,72 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
+import processes
+import run_folder
+import settings
 import train
+from model import GPT
+from processes import Runtime
+from settings import setting
 
 LOSS_KEYS = tuple(name for name, _ in train.LOSS_SPLITS)
 
 
 @dataclass
 class FinetuneConfig:
-    init: str = train.setting("", "the checkpoint to finetune, a ckpt_<tokens>.pt (required)")
-    out_dir: str = train.setting("", "results folder (default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>])")
-    data_dir: str = train.setting("", "dataset folder (default: the one the checkpoint was pretrained on)")
+    init: str = setting("", "the checkpoint to finetune, a ckpt_<tokens>.pt (required)")
+    out_dir: str = setting("", "results folder (default: <checkpoint folder>/ft_<checkpoint name>[_replay<r>])")
+    data_dir: str = setting("", "dataset folder (default: the one the checkpoint was pretrained on)")
     # the grid
-    lr: str = train.setting("0.1x,0.3x,1x", "learning rates of the grid, comma-separated; 0.3x is 0.3 times the "
+    lr: str = setting("0.1x,0.3x,1x", "learning rates of the grid, comma-separated; 0.3x is 0.3 times the "
                                             "checkpoint's pretraining peak")
-    warmup: str = train.setting("10,20,40", "warmups of the grid in steps, comma-separated; 0.33e is a third of "
+    warmup: str = setting("10,20,40", "warmups of the grid in steps, comma-separated; 0.33e is a third of "
                                             "an epoch")
-    schedule: str = train.setting("constant", "learning rate after warmup: constant, or wsd's linear decay over "
-                                              "the end of the epoch cap", choices=("constant", "wsd"))
-    decay_frac: float = train.setting(0.2, "wsd: decays over this last share of max_epochs ...")
-    min_lr_frac: float = train.setting(0.1, "... to this share of the learning rate")
-    replay: float = train.setting(0.0, "share of general sequences in every batch, read from where pretraining "
+    replay: float = setting(0.0, "share of general sequences in every batch, read from where pretraining "
                                        "stopped")
-    batch_size: int | None = train.setting(None, "sequences per step (default: the pretraining batch / 4, as "
+    batch_size: int | None = setting(None, "sequences per step (default: the pretraining batch / 4, as "
                                                  "the paper's 512 vs 2048)")
-    grad_accum: int | None = train.setting(None, "micro-batches per step (default: keeps pretraining's "
+    grad_accum: int | None = setting(None, "micro-batches per step (default: keeps pretraining's "
                                                  "micro-batch size, known to fit)")
     # AdamW (paper)
-    beta1: float = train.setting(0.9, "AdamW beta1")
-    beta2: float = train.setting(0.95, "AdamW beta2")
-    eps: float = train.setting(1e-5, "AdamW epsilon")
-    weight_decay: float = train.setting(1e-7, "AdamW weight decay (paper: practically none)")
-    grad_clip: float = train.setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-5, "AdamW epsilon")
+    weight_decay: float = setting(1e-7, "AdamW weight decay (paper: practically none)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation and early stopping
-    eval_interval: int | None = train.setting(None, "steps between evals (default: eval_epochs of an epoch)")
-    eval_epochs: float = train.setting(0.25, "epochs between evals, unless eval_interval is given")
-    patience: int = train.setting(4, "evals without a new lowest domain test loss before a configuration stops")
-    max_epochs: float = train.setting(10.0, "epoch cap of every configuration")
-    extend_epochs: float = train.setting(40.0, "the grid's best, still improving at max_epochs, goes on up to this")
-    eval_windows: int | None = train.setting(None, "fixed windows per split and eval (default: the pretraining "
+    eval_interval: int | None = setting(None, "steps between evals (default: eval_epochs of an epoch)")
+    eval_epochs: float = setting(0.25, "epochs between evals, unless eval_interval is given")
+    patience: int = setting(4, "evals without a new lowest domain test loss before a configuration stops")
+    max_epochs: float = setting(10.0, "epoch cap of every configuration")
+    extend_epochs: float = setting(40.0, "the grid's best, still improving at max_epochs, goes on up to this")
+    eval_windows: int | None = setting(None, "fixed windows per split and eval (default: the pretraining "
                                                    "run's, so losses compare)")
-    eval_batch_size: int | None = train.setting(None, "windows per forward pass of an eval (default: the "
+    eval_batch_size: int | None = setting(None, "windows per forward pass of an eval (default: the "
                                                       "pretraining run's)")
-    save_best: bool = train.setting(False, "keep the weights of the best point over the grid as ckpt_best.pt")
-    seed: int = train.setting(0, "seed of the data order and of every configuration's start")
+    save_best: bool = setting(False, "keep the weights of the best point over the grid as ckpt_best.pt")
+    seed: int = setting(0, "seed of the data order and of every configuration's start")
     # system
-    device: str = train.setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
-    dtype: str = train.setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)",
-                               choices=train.DTYPES)
-    compile: bool = train.setting(False, "torch.compile the model")
+    device: str = setting("auto", "auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "compute dtype (auto: bf16 autocast on a GPU, fp32 on a CPU)",
+                               choices=processes.DTYPES)
+    compile: bool = setting(False, "torch.compile the model")
+
+
+# What each numeric setting must be (settings.check_ranges applies them): pretraining's where they mean the same
+RANGES = {
+    **{name: train.RANGES[name] for name in ("beta1", "beta2", "eps", "weight_decay", "grad_clip", "seed",
+                                             "batch_size", "grad_accum", "eval_interval", "eval_windows",
+                                             "eval_batch_size")},
+    "replay": (lambda v: 0 <= v < 1, "in [0, 1): the share of general sequences in a finetuning batch"),
+    "max_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "extend_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "eval_epochs": (lambda v: 0 < v < math.inf, "a number of epochs > 0"),
+    "patience": (lambda v: v >= 1, "a positive integer"),
+}
 
 
 class EarlyStopping:
@@ -133,6 +147,10 @@ class EarlyStopping:
         if value < self.best:
             self.best, self.best_index = value, self.seen
         self.seen += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
         return self.seen - 1 - self.best_index >= self.patience
 
 
@@ -153,7 +171,7 @@ def parse_grid(cfg: FinetuneConfig, pretrain_lr: float, steps_per_epoch: float) 
     try:
         lrs = [float(f"{float(s[:-1]) * pretrain_lr:.12g}") if s.endswith("x") else float(s)
                for s in grid_values(cfg.lr)]
-        warmups = [round(float(s[:-1]) * steps_per_epoch) if s.endswith("e") else train.integer(s)
+        warmups = [round(float(s[:-1]) * steps_per_epoch) if s.endswith("e") else settings.integer(s)
                    for s in grid_values(cfg.warmup)]
     except ValueError:
         raise train.TrainError(f"--lr {cfg.lr!r} / --warmup {cfg.warmup!r}: give comma-separated numbers "
@@ -166,22 +184,16 @@ def parse_grid(cfg: FinetuneConfig, pretrain_lr: float, steps_per_epoch: float) 
     return [(lr, w) for lr in sorted(lrs, reverse=True) for w in warmups]
 
 
-def batch_geometry(cfg: FinetuneConfig, pre: train.TrainConfig, world_size: int) -> tuple[int, int]:
+def batch_geometry(cfg: FinetuneConfig, pretraining: train.TrainConfig, world_size: int) -> tuple[int, int]:
     """(batch_size, grad_accum): by default a quarter of the pretraining batch, split into micro-
     batches no larger than pretraining's (which is known to fit in memory) and shared by the ranks."""
-    batch = cfg.batch_size or max(1, pre.batch_size // 4)
+    batch = cfg.batch_size or max(1, pretraining.batch_size // 4)
     accum = cfg.grad_accum
     if accum is None:
-        micro = max(1, pre.batch_size // pre.grad_accum)
+        micro = max(1, pretraining.batch_size // pretraining.grad_accum)
         accum = world_size * math.ceil(math.ceil(batch / micro) / world_size)
-    train.check_geometry(batch, accum, world_size)
+    processes.check_geometry(batch, accum, world_size)
     return batch, accum
-
-
-def pretrain_config(ckpt: dict) -> train.TrainConfig:
-    """The TrainConfig of the run that wrote the checkpoint (fields it lacks keep their defaults)."""
-    known = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    return train.TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
 
 
 @dataclass
@@ -194,26 +206,27 @@ class Plan:
     batch_size: int
     grad_accum: int
     eval_interval: int
+    eval_batch_size: int
     total_steps: int
     settings: dict  # what results depend on; a rerun must match it to reuse finished configurations
 
 
-def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_size: int) -> Plan:
-    """Check the inputs that depend on the checkpoint and the data (train.check_config did the rest)
-    and derive the run's geometry. Raises before anything is written."""
-    data_dir = cfg.data_dir or pre.data_dir
+def make_plan(cfg: FinetuneConfig, ckpt: dict, pretraining: train.TrainConfig, world_size: int) -> Plan:
+    """Check the inputs that depend on the checkpoint and the data (settings.check_ranges did the rest)
+    and derive the grid's geometry. Raises before anything is written."""
+    data_dir = cfg.data_dir or pretraining.data_dir
     meta = data.load_meta(data_dir)
-    train.check_vocabulary(ckpt, meta, cfg.init, data_dir)
+    run_folder.check_vocabulary(ckpt, meta, cfg.init, data_dir)
     for _, split in train.LOSS_SPLITS:
         data.open_split(data_dir, split)  # a dataset without a domain fails here, in one line
-    if ckpt.get("dataset_id") != meta["dataset_id"]:
-        print(f"note: {cfg.init} was pretrained on dataset {ckpt.get('dataset_id')}, finetuning on "
+    if ckpt["dataset_id"] != meta["dataset_id"]:
+        print(f"note: {cfg.init} was pretrained on dataset {ckpt['dataset_id']}, finetuning on "
               f"{meta['dataset_id']} ({data_dir})", file=sys.stderr)
-    batch, accum = batch_geometry(cfg, pre, world_size)
+    batch, accum = batch_geometry(cfg, pretraining, world_size)
     seq_len = ckpt["model_config"]["seq_len"]
     domain_windows = (meta["splits"]["domain_train"]["tokens"] - 1) // seq_len
     steps_per_epoch = domain_windows / (batch * (1 - cfg.replay))
-    grid = parse_grid(cfg, pre.lr, steps_per_epoch)
+    grid = parse_grid(cfg, pretraining.lr, steps_per_epoch)
     if cfg.extend_epochs < cfg.max_epochs:
         raise train.TrainError(f"--extend_epochs {cfg.extend_epochs:g} is below --max_epochs {cfg.max_epochs:g}: "
                                f"it is how far the best configuration may go on past the cap")
@@ -222,32 +235,37 @@ def make_plan(cfg: FinetuneConfig, ckpt: dict, pre: train.TrainConfig, world_siz
     out_dir = cfg.out_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.init)),
                                           "ft_" + os.path.splitext(os.path.basename(cfg.init))[0]
                                           + (f"_replay{cfg.replay:g}" if cfg.replay else ""))
-    run = {k: v for k, v in ckpt["config"].items() if k != "resume"}  # a resumed run is the same run
-    settings = {"pretrain_config": json.loads(json.dumps(run)),  # which run wrote the checkpoint
-                "pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt.get("step"),
-                "dataset_id": meta["dataset_id"], "batch_size": batch, "seq_len": seq_len,
-                "eval_interval": eval_interval, "eval_windows": cfg.eval_windows or pre.eval_windows,
-                "max_epochs": cfg.max_epochs, "extend_epochs": cfg.extend_epochs, "total_steps": total_steps,
-                **{k: getattr(cfg, k) for k in ("replay", "schedule", "decay_frac", "min_lr_frac", "beta1", "beta2",
-                                                "eps", "weight_decay", "grad_clip", "patience", "seed",
-                                                "save_best")}}
-    return Plan(data_dir, out_dir, meta, grid, batch, accum, eval_interval, total_steps, settings)
+    pretraining_config = {k: v for k, v in ckpt["config"].items() if k != "resume"}  # a resumed run is the same run
+    results_depend_on = {
+        "pretrain_config": json.loads(json.dumps(pretraining_config)),  # which run wrote the checkpoint
+        "pretrain_tokens": int(ckpt["tokens"]), "pretrain_step": ckpt["step"], "dataset_id": meta["dataset_id"],
+        "batch_size": batch, "seq_len": seq_len, "eval_interval": eval_interval,
+        "eval_windows": cfg.eval_windows or pretraining.eval_windows, "max_epochs": cfg.max_epochs,
+        "extend_epochs": cfg.extend_epochs, "total_steps": total_steps,
+        **{k: getattr(cfg, k) for k in ("replay", "beta1", "beta2", "eps", "weight_decay", "grad_clip", "patience",
+                                        "seed", "save_best")}}
+    return Plan(data_dir, out_dir, meta, grid, batch, accum, eval_interval,
+                cfg.eval_batch_size or pretraining.eval_batch_size, total_steps, results_depend_on)
 
 
-def previous_results(path: str, settings: dict) -> dict:
-    """Finished configurations of an earlier run in the same out_dir, keyed by (lr, warmup)."""
+def previous_results(path: str, results_depend_on: dict) -> dict:
+    """Finished configurations of an earlier attempt in the same out_dir, keyed by (lr, warmup), if it had
+    the same settings (Plan.settings)."""
     if not os.path.exists(path):
         return {}
     try:  # written atomically, so only another program can have damaged it
         with open(path) as f:
             old = json.load(f)
-        before = old.get("settings", {})
+        written_format, before = old.get("format"), old["settings"]
         finished = {(c["lr"], c["warmup"]): c for c in old["configs"] if c["finished"]}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise train.TrainError(f"{path} is damaged (not the JSON finetune.py writes): move it away to run the "
                                f"whole grid again, or pick another --out_dir")
-    # a setting the file does not record (an older finetune.py's) cannot be compared: it is skipped
-    diff = sorted(k for k in before if settings.get(k) != before[k])
+    if written_format != run_folder.FORMAT:
+        raise train.TrainError(f"{path} is of format {written_format or 'none'}, and this code writes format "
+                               f"{run_folder.FORMAT}: move it away to run the whole grid again, or pick another "
+                               f"--out_dir")
+    diff = sorted(k for k in results_depend_on.keys() | before.keys() if results_depend_on.get(k) != before.get(k))
     if diff:
         raise train.TrainError(f"{path} was written with other settings ({', '.join(diff)}): "
                                f"use the same ones to resume, or another --out_dir")
@@ -271,34 +289,33 @@ def best_over(configs) -> dict | None:
 
 def results_json(cfg: FinetuneConfig, ckpt: dict, plan: Plan, configs: list[dict]) -> dict:
     first = configs[0]["curve"][0]  # step 0 of any configuration: the checkpoint itself
-    return {"init": cfg.init, "pretrain_tokens": int(ckpt["tokens"]), "model_config": ckpt["model_config"],
-            "domain_frac": float(ckpt["config"].get("domain_frac", 0.0)), "dataset_id": plan.meta["dataset_id"],
+    return {"format": run_folder.FORMAT, "init": cfg.init, "pretrain_tokens": int(ckpt["tokens"]),
+            "model_config": ckpt["model_config"], "domain_frac": float(ckpt["config"]["domain_frac"]),
+            "dataset_id": plan.meta["dataset_id"],
             "replay": cfg.replay, "pretrained": {k: first[k] for k in LOSS_KEYS},
             "best": best_over(configs), "configs": configs, "settings": plan.settings}
 
 
 def save_results(path: str, results: dict):
-    data.atomic_write(path, lambda f: json.dump(results, f, indent=1), mode="w")
+    settings.atomic_write(path, lambda f: json.dump(results, f, indent=1), mode="w")
 
 
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
-def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress, best_so_far):
+def run_config(*, lr: float, warmup: int, cfg: FinetuneConfig, pretrained: GPT, plan: Plan, rt: Runtime,
+               mixture: data.Mixture, best_so_far: float, on_progress) -> tuple[dict, dict | None]:
     """Finetune one (lr, warmup) from the pretrained model until early stopping or the epoch cap.
 
     on_progress(entry) receives the configuration's results after every eval. Returns the entry
     and, when it beat best_so_far, a CPU copy of the weights at its best point (else None)."""
     torch.manual_seed(cfg.seed)
-    raw = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
-    optimizer = train.configure_optimizer(raw, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
-    schedule = train.Schedule(cfg.schedule, lr, lr * cfg.min_lr_frac, warmup, plan.total_steps,
-                              decay_frac=cfg.decay_frac)
-    model = torch.compile(raw) if cfg.compile else raw
-    if rt.world_size > 1:
-        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    evaluate = train.make_evaluator(model, rt, plan.data_dir, raw.cfg.seq_len, plan.settings["eval_windows"],
-                                    cfg.eval_batch_size or pre.eval_batch_size)
+    model = copy.deepcopy(pretrained).untie().to(rt.device)  # its own output layer: a copy, the same function
+    optimizer = train.configure_optimizer(model, lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    schedule = train.Schedule("constant", lr, lr, warmup, plan.total_steps)
+    wrapped = processes.wrap_model(model, rt, compile=cfg.compile)
+    evaluate = train.make_evaluator(wrapped, rt, plan.data_dir, model.cfg.seq_len, plan.settings["eval_windows"],
+                                    plan.eval_batch_size)
     stopper, curve, snapshot = EarlyStopping(cfg.patience), [], None
     entry = {"lr": lr, "warmup": warmup, "finished": False, "stopped": None, "best": None, "curve": curve}
     log_path = os.path.join(plan.out_dir, "log.jsonl")
@@ -306,38 +323,36 @@ def run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
     def train_steps(steps: range, desc: str):
         """Train over `steps`, recording every eval; returns early once the domain test loss stops improving."""
         nonlocal snapshot
-        for record in train.train_loop(model, optimizer, schedule, mixture, steps, rt, evaluate,
+        for record in train.train_loop(wrapped, optimizer, schedule, mixture, steps, rt, evaluate,
                                        lambda step: step % plan.eval_interval == 0, grad_accum=plan.grad_accum,
                                        grad_clip=cfg.grad_clip, desc=desc):
             curve.append(point_of(record))
-            stop = stopper.update(curve[-1]["domain_test_loss"])
+            stopper.update(curve[-1]["domain_test_loss"])
             entry["best"] = curve[stopper.best_index]
             new_best = stopper.best_index == len(curve) - 1 and entry["best"]["domain_test_loss"] < best_so_far
             if cfg.save_best and rt.master and new_best:
-                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}
+                snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if rt.master:
-                train.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
+                run_folder.append_jsonl(log_path, {**record, "ft_lr": lr, "ft_warmup": warmup})
             on_progress(entry)
-            if stop:
+            if stopper.stopped:
                 return
-
-    def early():
-        return len(curve) - 1 - stopper.best_index >= cfg.patience
 
     def improving():  # the grid's best so far
         return entry["best"]["domain_test_loss"] < best_so_far
 
     try:
-        done, chunk = plan.total_steps, plan.total_steps
-        extend_to = math.ceil(plan.total_steps * cfg.extend_epochs / cfg.max_epochs)
+        end, extend_to = plan.total_steps, math.ceil(plan.total_steps * cfg.extend_epochs / cfg.max_epochs)
         desc = f"finetune lr={lr:.3g} warmup={warmup}"
-        train_steps(range(0, done), desc)
+        train_steps(range(0, end), desc)
         # The grid's best so far, still improving at the cap, has not shown its best yet: it goes on,
-        # max_epochs at a time (at a constant LR the loop simply continues), up to extend_epochs.
-        while not early() and improving() and cfg.schedule == "constant" and done < extend_to:
-            train_steps(range(done, min(done + chunk, extend_to)), desc + ", extended")
-            done = min(done + chunk, extend_to)
-        entry.update(finished=True, stopped="early" if early() else "unconverged" if improving() else "epoch_cap")
+        # max_epochs at a time, up to extend_epochs. Its learning rate is constant after warmup, so
+        # these are the steps a run with a larger cap would have taken.
+        while not stopper.stopped and improving() and end < extend_to:
+            start, end = end, min(end + plan.total_steps, extend_to)
+            train_steps(range(start, end), desc + ", extended")
+        stopped = "early" if stopper.stopped else "unconverged" if improving() else "epoch_cap"
+        entry.update(finished=True, stopped=stopped)
     except train.Diverged as e:  # too high a learning rate: its best point so far still counts
         print(f"lr={lr:g} warmup={warmup}: {e}; going on with the grid", file=sys.stderr)
         entry.update(finished=True, stopped="diverged")
@@ -353,14 +368,14 @@ def best_checkpoint(ckpt: dict, raw_state: dict, model_config: dict, dataset_id:
 
 # ---------------------------------------------------------------------------------------------
 
-def run(cfg: FinetuneConfig) -> dict:
+def finetune_grid(cfg: FinetuneConfig) -> dict:
     if not cfg.init:
         raise train.TrainError("give the checkpoint to finetune: --init out/<run>/ckpt_<tokens>.pt")
-    train.check_config(cfg)
-    rt = train.setup_runtime(cfg.device, cfg.dtype)
-    pretrained, ckpt = train.load_model(cfg.init)  # read once; every configuration starts from a copy
-    pre = pretrain_config(ckpt)
-    plan = make_plan(cfg, ckpt, pre, rt.world_size)
+    settings.check_ranges(cfg, RANGES)
+    rt = processes.setup_runtime(cfg.device, cfg.dtype)
+    pretrained, ckpt = run_folder.load_model(cfg.init)  # read once; every configuration starts from a copy
+    pretraining = train.TrainConfig(**ckpt["config"])  # the settings of the run that wrote the checkpoint
+    plan = make_plan(cfg, ckpt, pretraining, rt.world_size)
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)
     mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
@@ -376,12 +391,12 @@ def run(cfg: FinetuneConfig) -> dict:
     def recovery():  # what a failed write leaves intact (every write but the log's appends is atomic)
         return f"{json_path} keeps the finished configurations", "rerun the same command"
 
-    with train.writes_in(plan.out_dir, recovery):  # results, log lines and ckpt_best.pt
+    with run_folder.writes_in(plan.out_dir, recovery):  # results, log lines and ckpt_best.pt
         if rt.master:
             os.makedirs(plan.out_dir, exist_ok=True)
-            train.remove_temporary_files(plan.out_dir)  # left by a kill
-            print(f"finetuning {cfg.init} ({train.format_tokens(ckpt['tokens'])} tokens, delta "
-                  f"{pre.domain_frac:g}) on {plan.data_dir}: "
+            run_folder.remove_temporary_files(plan.out_dir)  # left by a kill
+            print(f"finetuning {cfg.init} ({settings.format_tokens(ckpt['tokens'])} tokens, delta "
+                  f"{pretraining.domain_frac:g}) on {plan.data_dir}: "
                   f"{len(plan.grid)} configs, batch {plan.batch_size} x {plan.settings['seq_len']}, eval every "
                   f"{plan.eval_interval} steps, at most {plan.total_steps} steps ({cfg.max_epochs:g} epochs)")
         for lr, warmup in tqdm(plan.grid, desc="grid", disable=not rt.master, dynamic_ncols=True):
@@ -389,38 +404,40 @@ def run(cfg: FinetuneConfig) -> dict:
                 continue
             if rt.master:
                 # an interrupted attempt at this configuration leaves lines behind: drop them
-                train.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
+                run_folder.filter_log(log_path, lambda r: (r.get("ft_lr"), r.get("ft_warmup")) != (lr, warmup))
             best = best_over([c for c in results.values() if c["finished"]])
-            entry, snapshot = run_config(cfg, pretrained, pre, plan, rt, mixture, lr, warmup, on_progress,
-                                         best["domain_test_loss"] if best else math.inf)
+            entry, snapshot = run_config(lr=lr, warmup=warmup, cfg=cfg, pretrained=pretrained, plan=plan, rt=rt,
+                                         mixture=mixture, best_so_far=best["domain_test_loss"] if best else math.inf,
+                                         on_progress=on_progress)
             if snapshot is not None:  # saved before the configuration is recorded as finished
                 model_config = {**ckpt["model_config"], "tie_embeddings": False}
-                train.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
-                                      best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
-                                                      cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
+                run_folder.save_checkpoint(os.path.join(plan.out_dir, "ckpt_best.pt"),
+                                           best_checkpoint(ckpt, snapshot, model_config, plan.meta["dataset_id"],
+                                                           cfg.init, {"lr": lr, "warmup": warmup, **entry["best"]}))
             on_progress(entry)
         final = results_json(cfg, ckpt, plan, list(results.values()))
         if rt.master:
             save_results(json_path, final)
             print_summary(final, json_path)
-    train.teardown_runtime(rt)
+    processes.teardown_runtime(rt)
     return final
 
 
 def print_summary(results: dict, path: str):
-    pre, best = results["pretrained"], results["best"]
-    print(f"pretrained: domain test {pre['domain_test_loss']:.4f}, general val {pre['general_val_loss']:.4f}")
+    pretrained, best = results["pretrained"], results["best"]
+    print(f"pretrained: domain test {pretrained['domain_test_loss']:.4f}, general val "
+          f"{pretrained['general_val_loss']:.4f}")
     for c in results["configs"]:
         b = c["best"]
         print(f"  lr {c['lr']:.3g} warmup {c['warmup']:>4}: best domain test {b['domain_test_loss']:.4f} at step "
               f"{b['step']} ({b['epochs']:.2f} epochs), general val there {b['general_val_loss']:.4f} [{c['stopped']}]")
     print(f"best: domain test {best['domain_test_loss']:.4f} (lr {best['lr']:.3g}, warmup {best['warmup']}, "
-          f"{best['epochs']:.2f} epochs), forgetting: general val {pre['general_val_loss']:.4f} -> "
+          f"{best['epochs']:.2f} epochs), forgetting: general val {pretrained['general_val_loss']:.4f} -> "
           f"{best['general_val_loss']:.4f}; {path}")
 
 
 def main(argv=None):
-    return run(train.parse_config(FinetuneConfig, argv, __doc__))
+    return finetune_grid(settings.parse_config(FinetuneConfig, argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ import numpy as np
 from scipy import optimize, stats
 
 import data
-import train
+import run_folder
+import settings
 
 CI_LEVEL = 0.95
 GOAL_ERROR_PCT = 1.0        # a forecast is within the goal at max(this, 2 standard errors of the seed mean)
@@ -87,7 +88,7 @@ class FitError(Exception):
 
 
 def approx(tokens: float) -> str:
-    """4001792 -> 4.0M: a token count for reading (train.format_tokens names checkpoints exactly)."""
+    """4001792 -> 4.0M: a token count for reading (settings.format_tokens names checkpoints exactly)."""
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if tokens >= scale:
             return f"{tokens / scale:.3g}{unit}"
@@ -141,7 +142,7 @@ def load_runs(run_dirs: list[str], warnings: list) -> tuple[list[Run], dict]:
                                f"and batch; fit them separately")
         dataset, domain_tokens = field(config, "dataset_id", config_path), field(config, "domain_train_tokens", config_path)
         datasets.setdefault(dataset, (domain_tokens, config.get("data_dir"), run_dir))
-        log = train.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
+        log = run_folder.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
                            for _, r in sorted(by_step.items()) if r["tokens"] > 0], dtype=float).reshape(-1, 3)
@@ -908,20 +909,20 @@ def fractions(text: str) -> list[float]:
 
 
 def parse_args(argv):
-    p = data.ArgumentParser(prog="fit_laws.py", description=__doc__.split("\n\n")[0])
+    p = settings.ArgumentParser(prog="fit_laws.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="pretraining run folders (train.py --out_dir)")
     p.add_argument("--finetune", nargs="+", default=[], metavar="FT", help="finetune.py folders of their checkpoints")
-    p.add_argument("--target_tokens", type=data.token_count,
+    p.add_argument("--target_tokens", type=settings.token_count,
                    help="budget to recommend a domain_frac for, e.g. 40M (default: the largest fitted)")
     p.add_argument("--candidates", type=fractions,
                    help="domain_frac values to compare, e.g. 0,0.01,0.05 (default: the runs' own)")
-    p.add_argument("--fit_until", type=data.token_count,
+    p.add_argument("--fit_until", type=settings.token_count,
                    help="forecast check: refit on T <= this, compare with the finetunes beyond it")
     p.add_argument("--holdout_delta", type=float,
                    help="forecast check: refit without the runs and finetunes of this domain_frac, forecast them")
     p.add_argument("--rolling", action="store_true", help="forecast checks from every earlier budget too (part 4)")
-    p.add_argument("--bootstrap", type=train.integer, default=20, help="bootstrap refits for intervals (0: none)")
-    p.add_argument("--seed", type=train.integer, default=0, help="seed of the starting points and of the bootstrap")
+    p.add_argument("--bootstrap", type=settings.integer, default=20, help="bootstrap refits for intervals (0: none)")
+    p.add_argument("--seed", type=settings.integer, default=0, help="seed of the starting points and of the bootstrap")
     p.add_argument("--out", default="fit_results.json", help="results JSON; PNG plots go next to it")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
@@ -976,7 +977,7 @@ def run(args) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     results["plots"] = [] if args.no_plots else plot_all(results, runs, models, os.path.splitext(args.out)[0])
     results = json.loads(json.dumps(results, default=float))  # numpy numbers -> plain JSON
-    data.atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
+    settings.atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
     print(format_report(results))
     return results
 
@@ -984,7 +985,7 @@ def run(args) -> dict:
 def main(argv=None):
     try:
         return run(parse_args(argv))
-    except (FitError, train.TrainError, data.DataError) as e:
+    except (FitError, settings.TrainError, data.DataError) as e:
         sys.exit(f"fit_laws.py: {e}")
 
 

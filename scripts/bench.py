@@ -51,6 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import corpora  # noqa: E402
 import data  # noqa: E402
+import processes  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from model import GPT, PRESETS, config_from_preset  # noqa: E402
 
@@ -77,7 +79,7 @@ def synthetic_dataset(folder: str, vocab_size: int, n_tokens: int):
         splits[split] = {**writer.close(), "documents": 1, "bytes": int(tokens.size)}
     meta = {"tokenizer": "synthetic", "vocab_size": vocab_size, "eot_token": 0, "splits": splits, "dataset_id": "bench",
             "shard_dir": "shards-bench"}
-    data.atomic_write(os.path.join(folder, "meta.json"), lambda f: json.dump(meta, f), mode="w")
+    settings.atomic_write(os.path.join(folder, "meta.json"), lambda f: json.dump(meta, f), mode="w")
 
 
 def synthetic_batches(n: int, batch_size: int, seq_len: int, vocab_size: int, device) -> list:
@@ -150,19 +152,19 @@ def bench_training(args, rt, folder):
     def fresh_model():
         torch.manual_seed(0)
         model = GPT(mc).to(rt.device)
-        return model, (torch.compile(model) if args.compile else model)
+        return model, processes.wrap_model(model, rt, compile=args.compile)
 
-    model, run = fresh_model()
-    runs["bare PyTorch loop"] = bare_loop(run, rt, batches, args.warm_steps)
-    model, run = fresh_model()
-    runs["train.py loop"] = our_loop(run, rt, args.steps, args.warm_steps, folder, args.batch_size, args.seq_len)
+    model, wrapped = fresh_model()
+    runs["bare PyTorch loop"] = bare_loop(wrapped, rt, batches, args.warm_steps)
+    model, wrapped = fresh_model()
+    runs["train.py loop"] = our_loop(wrapped, rt, args.steps, args.warm_steps, folder, args.batch_size, args.seq_len)
     if args.kernels:
         for mode in ("triton", "torch"):
             os.environ["SPT_KERNELS"] = mode
-            model, run = fresh_model()
-            runs[f"SPT_KERNELS={mode}"] = bare_loop(run, rt, batches, args.warm_steps)
+            model, wrapped = fresh_model()
+            runs[f"SPT_KERNELS={mode}"] = bare_loop(wrapped, rt, batches, args.warm_steps)
         del os.environ["SPT_KERNELS"]
-    peak, flops = train.peak_flops(rt.device), model.flops_per_token()
+    peak, flops = processes.peak_flops(rt.device), model.flops_per_token()
     print(f"\n{args.model} ({model.num_params() / 1e6:.1f}M params), batch {args.batch_size} x {args.seq_len}, "
           f"{rt.device.type}, {str(rt.dtype).removeprefix('torch.')}, {args.steps} steps timed after {args.warm_steps}")
     loss_at = f"loss @ {args.warm_steps + args.steps}"
@@ -322,23 +324,23 @@ def bench_prepare(mb: float, repeats: int):
 
 
 def main(argv=None):
-    p = data.ArgumentParser(description=__doc__)
+    p = settings.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="cpu-mini", choices=list(PRESETS), help="model preset (model.py)")
-    p.add_argument("--vocab_size", type=train.integer, default=50257, help="vocabulary of the synthetic tokens")
-    p.add_argument("--batch_size", type=train.integer, default=32, help="sequences per step")
-    p.add_argument("--seq_len", type=train.integer, default=128, help="tokens per sequence")
-    p.add_argument("--steps", type=train.integer, default=10, help="optimizer steps timed per loop")
-    p.add_argument("--warm_steps", type=train.integer, default=2,
+    p.add_argument("--vocab_size", type=settings.integer, default=50257, help="vocabulary of the synthetic tokens")
+    p.add_argument("--batch_size", type=settings.integer, default=32, help="sequences per step")
+    p.add_argument("--seq_len", type=settings.integer, default=128, help="tokens per sequence")
+    p.add_argument("--steps", type=settings.integer, default=10, help="optimizer steps timed per loop")
+    p.add_argument("--warm_steps", type=settings.integer, default=2,
                    help="untimed steps first (the allocator, the kernels' autotuning)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--kernels", action="store_true", help="also the bare loop with the Triton kernels on and off")
     p.add_argument("--prepare", action="store_true", help="benchmark data preparation instead (CPU only)")
     p.add_argument("--mb", type=float, default=300, help="--prepare: corpus size in MB of text")
-    p.add_argument("--repeats", type=train.integer, default=3, help="--prepare: runs of each kind, the fastest kept")
+    p.add_argument("--repeats", type=settings.integer, default=3, help="--prepare: runs of each kind, the fastest kept")
     args = p.parse_args(argv)
     if args.prepare:
         return bench_prepare(args.mb, args.repeats)
-    rt = train.setup_runtime()
+    rt = processes.setup_runtime()
     with tempfile.TemporaryDirectory() as folder:
         synthetic_dataset(folder, args.vocab_size, 4_000_000)
         print(f"mixture loader, 16 x 1024 tokens: {bench_mixture(folder, 16, 1024):,.0f} batches/s")

@@ -38,6 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import run_folder  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 
 TOKENIZERS = {50257: "gpt2"}  # vocabulary size -> the tokenizer that has it (byte-level, 257, has none)
@@ -141,7 +143,7 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
                                "(transformers brings both)")
     if os.path.exists(out_dir):
         raise train.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
-    model, ckpt = train.load_model(checkpoint)
+    model, ckpt = run_folder.load_model(checkpoint)
     vocab = model.cfg.vocab_size
     if vocab not in TOKENIZERS and not no_tokenizer:
         raise train.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
@@ -163,7 +165,7 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
 
 
 def main(argv=None):
-    p = data.ArgumentParser(description=__doc__)
+    p = settings.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", help="a ckpt_<tokens>.pt (file or folder of shards) or a finetuned ckpt_best.pt")
     p.add_argument("out_dir", help="the model folder to write (must not exist)")
     p.add_argument("--no_tokenizer", action="store_true", help="write the model without a tokenizer (byte-level)")

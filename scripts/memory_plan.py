@@ -1,11 +1,11 @@
-"""The memory plan of train.py, for every preset on the hardware it is meant for, and checked against
+"""The memory plan of train.py (processes.py), for every preset on the hardware it is meant for, and checked against
 what a training step really holds.
 
     python scripts/memory_plan.py              # train.py's defaults and each configs/*.json preset, on its hardware
     python scripts/memory_plan.py --measure    # plan vs measured peak at small shapes, on this CPU
 
-train.py prints the plan of its own run at start-up and refuses one that cannot fit (memory_plan,
-check_memory). This script shows the presets side by side (README "Scaling up" is its output) and
+train.py prints the plan of its own run at start-up and refuses one that cannot fit (processes.py's
+memory_plan and check_memory). This script shows the presets side by side (README "Scaling up" is its output) and
 measures the plan's accuracy: it counts, tensor by tensor, the bytes a few real training steps hold
 (build the model, forward, backward, clip, AdamW) and compares the peak with the plan. The count is
 exact and deterministic: a dispatch mode sees every tensor an operator creates and a weak reference
@@ -23,7 +23,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
+import processes  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from model import GPT, config_from_preset  # noqa: E402
 
@@ -79,7 +80,7 @@ def compare(shapes=SHAPES) -> list[dict]:
     rows = []
     for preset, overrides, micro_batch, grad_accum, act_ckpt in shapes:
         mc = config_from_preset(preset, **{"vocab_size": 257, **overrides})
-        plan = train.memory_plan(mc, micro_batch, 1, "ddp", act_ckpt, torch.float32, "cpu")["total"]
+        plan = processes.memory_plan(mc, micro_batch, 1, "ddp", act_ckpt, torch.float32, "cpu")["total"]
         measured = measure(mc, micro_batch, grad_accum, act_ckpt)
         rows.append({"shape": f"{preset} {overrides or ''} micro {micro_batch} x{grad_accum}{' ckpt' if act_ckpt else ''}",
                      "plan_mb": plan / 1e6, "measured_mb": measured / 1e6, "ratio": plan / measured})
@@ -89,7 +90,7 @@ def compare(shapes=SHAPES) -> list[dict]:
 def preset_config(name: str | None) -> train.TrainConfig:
     """The settings of a HARDWARE entry: a configs/ file's, or train.py's defaults (None)."""
     argv = [] if name is None else ["--config", os.path.join(ROOT, "configs", name)]
-    return train.parse_config(train.TrainConfig, argv, "")
+    return settings.parse_config(train.TrainConfig, argv, "")
 
 
 def preset_plans() -> list[str]:
@@ -98,16 +99,16 @@ def preset_plans() -> list[str]:
         cfg = preset_config(name)
         mc = train.model_config(cfg, GPT2_VOCAB)
         device = "cpu" if memory_gb is None else "cuda"
-        rt = train.Runtime(0, gpus, torch.device(device), torch.float32 if device == "cpu" else torch.bfloat16)
+        rt = processes.Runtime(0, gpus, torch.device(device), torch.float32 if device == "cpu" else torch.bfloat16)
         micro = cfg.batch_size // cfg.grad_accum
-        plan = train.memory_plan(mc, micro, gpus, cfg.parallel, cfg.act_ckpt, rt.dtype, device)
-        budget = (memory_gb or 0) * train.GB
-        lines.append(f"{name or f'defaults ({cfg.model})'}: " + train.format_plan(plan, mc, micro, cfg, rt, budget))
+        plan = processes.memory_plan(mc, micro, gpus, cfg.parallel, cfg.act_ckpt, rt.dtype, device)
+        budget = (memory_gb or 0) * processes.GB
+        lines.append(f"{name or f'defaults ({cfg.model})'}: " + processes.format_plan(plan, mc, micro, cfg, rt, budget))
     return lines
 
 
 def main(argv=None):
-    p = data.ArgumentParser(description=__doc__)
+    p = settings.ArgumentParser(description=__doc__)
     p.add_argument("--measure", action="store_true", help="compare plan and measured peak at small shapes (CPU)")
     args = p.parse_args(argv)
     print("\n\n".join(preset_plans()))

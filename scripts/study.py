@@ -30,8 +30,9 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import fit_laws  # noqa: E402
-import train  # noqa: E402
-from train import format_tokens  # noqa: E402
+import run_folder  # noqa: E402
+import settings  # noqa: E402
+from settings import format_tokens  # noqa: E402
 
 NOISE = 0.01  # nats: smaller changes of a smoothed loss curve are not called a trend
 
@@ -167,7 +168,7 @@ def pretrain(preset: dict, out: str, data_dir: str, n_parallel: int):
                    "ckpt_tokens": ",".join(f"{m:g}" for m in milestones), "seed": arm.seed}
         folder = run_dir(out, arm)
         log_path = os.path.join(folder, "log.jsonl")
-        log = train.read_log(log_path) if os.path.exists(log_path) else []
+        log = run_folder.read_log(log_path) if os.path.exists(log_path) else []
         checkpoints = [os.path.join(folder, f"ckpt_{format_tokens(m)}.pt") for m in milestones]
         if log and log[-1]["tokens"] >= options["max_tokens"] and all(map(os.path.exists, checkpoints)):
             continue  # finished (train.py logs an eval before it writes that eval's checkpoints)
@@ -244,7 +245,7 @@ def dataset_line(meta: dict) -> str:
 def load_study(preset: dict, out: str) -> dict:
     """Every arm's log and finetune.json files; for the whole set, per (delta, tokens), one record of the
     seed means ("after": each seed's loss after finetuning), which the tables below read."""
-    logs = {arm: train.read_log(os.path.join(run_dir(out, arm), "log.jsonl")) for arm in arms(preset)}
+    logs = {arm: run_folder.read_log(os.path.join(run_dir(out, arm), "log.jsonl")) for arm in arms(preset)}
     fts = {}
     for arm in arms(preset):
         for t in arm_milestones(preset, arm):
@@ -534,7 +535,7 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     warnings = fit_results["warnings"] + ([f"finetuning did not converge (still improving at --extend_epochs): "
                                            f"{', '.join(unconverged)}"] if unconverged else [])
     lines += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["none"]) + [""]
-    data.atomic_write(os.path.join(results_dir, "REPORT.md"), lambda f: f.write("\n".join(lines)), mode="w")
+    settings.atomic_write(os.path.join(results_dir, "REPORT.md"), lambda f: f.write("\n".join(lines)), mode="w")
     print(f"report: {os.path.join(results_dir, 'REPORT.md')}")
 
 

@@ -156,7 +156,7 @@ def test_a_damaged_dataset_is_refused_in_one_line(tmp_path, tiny_data):
     refused("is not valid JSON")
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump({"tokenizer": "byte", "vocab_size": 257}, f)
-    refused("lacks tokenizer, vocab_size, splits or dataset_id")
+    refused("lacks tokenizer, vocab_size, splits, dataset_id or shard_dir")
 
 
 def test_datasets_from_before_shards_are_refused_in_one_line(tmp_path, tiny_data):
@@ -169,8 +169,8 @@ def test_datasets_from_before_shards_are_refused_in_one_line(tmp_path, tiny_data
         meta["splits"][s] = {k: v for k, v in meta["splits"][s].items() if k != "shards"}
     del meta["shard_dir"]
     (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(data.DataError, match=r"old was prepared before datasets had shards: delete it, then "
-                                             r"prepare it again with `python data.py --out .*old`$") as e:
+    with pytest.raises(data.DataError, match=r"old/meta.json lacks tokenizer, vocab_size, splits, dataset_id or "
+                                             r"shard_dir: prepare it again with `python data.py --out .*old`$") as e:
         data.open_split(str(folder), "general_train")
     assert "\n" not in str(e.value)
 
@@ -303,7 +303,7 @@ def test_workers_units_and_shards_do_not_change_the_tokens(tmp_path, monkeypatch
 KILLER = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import corpora, data
+import corpora, data, settings
 corpora.UNIT_BYTES = 2000
 point, n, calls = sys.argv[2], int(sys.argv[3]), [0]
 
@@ -319,11 +319,11 @@ def killing(original, applies=lambda *args: True):
 if point == "inside a unit":
     data.TokenWriter.append = killing(data.TokenWriter.append)
 if point == "before a unit's index":
-    data.atomic_write = killing(data.atomic_write, lambda path, *_: path.endswith(".npz"))
+    settings.atomic_write = killing(settings.atomic_write, lambda path, *_: path.endswith(".npz"))
 if point == "between shards":
     data.TokenWriter.close = killing(data.TokenWriter.close, lambda writer: ".assemble" in writer.path)
 if point == "before meta.json":
-    data.atomic_write = killing(data.atomic_write, lambda path, *_: path.endswith("meta.json"))
+    settings.atomic_write = killing(settings.atomic_write, lambda path, *_: path.endswith("meta.json"))
 data.prepare(sys.argv[4], "local:" + sys.argv[5], "local:" + sys.argv[6], tokenizer="byte", val_frac=0.1,
              test_frac=0.1, domain_tokens=3000, workers=1, shard_tokens=4000)
 """

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import data
 import evaluate
+import run_folder
 import train
 from model import GPT, config_from_preset
 
@@ -215,7 +216,7 @@ def test_cli_matches_the_training_log(tiny_run, tiny_data, tmp_path, capsys):
 
 def test_sample_continues_the_prompt_and_follows_the_seed(tiny_run, capsys):
     ckpt = os.path.join(tiny_run, "ckpt_latest.pt")
-    model, _ = train.load_model(ckpt)
+    model, _ = run_folder.load_model(ckpt)
     enc = data.get_tokenizer("byte")
     texts = [evaluate.sample_text(model, enc, "X:1\n", 40, 1.0, None, seed, "cpu") for seed in (0, 0, 1)]
     assert all(t.startswith("X:1\n") and len(t.encode()) >= 44 for t in texts)  # byte tokens: 40 more

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data
+import run_folder
 import train
 from model import GPT, config_from_preset
 
@@ -54,7 +55,7 @@ def checkpoint(path, norm="layernorm", tied=True, vocab_size=257):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(10)
-    train.save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config_dict(), "config": {},
+    run_folder.save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config_dict(), "config": {},
                                  "step": 0, "tokens": 0, "general_position": 0})
     return model
 

@@ -10,6 +10,8 @@ import torch
 
 import data
 import finetune
+import run_folder
+import settings
 import train
 from conftest import one_process_and_two_ranks
 
@@ -41,7 +43,7 @@ def read_log(out_dir):
 
 
 def test_untying_keeps_the_function(ckpt, tiny_data):
-    tied, _ = train.load_model(ckpt)
+    tied, _ = run_folder.load_model(ckpt)
     untied = copy.deepcopy(tied).untie()  # what finetune.run_config does first
     assert tied.lm_head is None and untied.lm_head is not None
     assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()  # two matrices now
@@ -59,7 +61,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert result["pretrain_tokens"] == 8192 and result["domain_frac"] == 0.25 and result["replay"] == 0.0
     assert result["dataset_id"] == data.load_meta(tiny_data)["dataset_id"]
     # step 0 is the checkpoint itself, untied: the same losses as the tied model
-    tied, _ = train.load_model(ckpt)
+    tied, _ = run_folder.load_model(ckpt)
     test_loss = train.mean_loss(tied, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu")
     assert result["pretrained"]["domain_test_loss"] == pytest.approx(test_loss, rel=1e-6)
     assert [(c["lr"], c["warmup"]) for c in result["configs"]] == [(3e-3, 2), (1e-3, 2)]
@@ -74,7 +76,7 @@ def test_run_records_the_protocol(ckpt, tiny_data, tmp_path):
     assert {"step", "tokens", "domain_epochs", "train_loss", "domain_test_loss", "ft_lr", "ft_warmup"} <= set(log[-1])
     assert len(log) == sum(len(c["curve"]) for c in result["configs"])
     # the kept checkpoint is the best point over the grid, and evaluates to the same loss
-    model, kept = train.load_model(os.path.join(out, "ckpt_best.pt"))
+    model, kept = run_folder.load_model(os.path.join(out, "ckpt_best.pt"))
     assert kept["finetune"]["step"] == result["best"]["step"] and kept["finetune"]["lr"] == result["best"]["lr"]
     assert train.mean_loss(model, data.open_split(tiny_data, "domain_test"), 32, 8, 32, "cpu") == pytest.approx(
         result["best"]["domain_test_loss"], rel=1e-5)
@@ -154,11 +156,15 @@ def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
     path = os.path.join(out, "finetune.json")
     state = read_json(path)
     state["configs"][1]["finished"] = False
-    del state["settings"]["pretrain_config"]  # as an older finetune.py wrote it: what it lacks is not compared
-    data.atomic_write(path, lambda f: json.dump(state, f), mode="w")
+    settings.atomic_write(path, lambda f: json.dump({k: v for k, v in state.items() if k != "format"}, f), mode="w")
+    with pytest.raises(train.TrainError, match="finetune.json is of format none, and this code writes format 1: "
+                                               "move it away") as info:  # a file of no known format is not guessed at
+        finetune.main(args)
+    assert "\n" not in str(info.value)
+    settings.atomic_write(path, lambda f: json.dump(state, f), mode="w")
     runs = []
     real = finetune.run_config
-    monkeypatch.setattr(finetune, "run_config", lambda *a: runs.append(a[6:8]) or real(*a))
+    monkeypatch.setattr(finetune, "run_config", lambda **kw: runs.append((kw["lr"], kw["warmup"])) or real(**kw))
     second = finetune.main(args)
     assert runs == [(1e-3, 2)]
     assert second["configs"] == first["configs"] and second["best"] == first["best"]  # deterministic on CPU
@@ -176,7 +182,7 @@ def test_grid_resumes_and_skips_finished_configs(ckpt, tmp_path, monkeypatch):
 def test_results_of_another_checkpoint_are_never_reused(ckpt, tmp_path):
     """Same dataset, tokens and step, but another pretraining run: its finetuning is not this one's."""
     other = str(tmp_path / "other")
-    pre = train.load_checkpoint(ckpt)["config"]
+    pre = run_folder.load_checkpoint(ckpt)["config"]
     train.main(["--data_dir", pre["data_dir"], "--out_dir", other, "--model=cpu-tiny", "--seq_len", "32",
                 "--batch_size", "8", "--max_tokens", "8192", "--eval_interval", "16", "--eval_windows", "8",
                 "--warmup_steps", "4", "--lr", "3e-3", "--domain_frac", "0", "--ckpt_tokens", "8192"])

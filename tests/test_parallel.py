@@ -14,6 +14,9 @@ import torch
 import torch.distributed as dist
 
 import evaluate
+import processes
+import run_folder
+import settings
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,9 +89,9 @@ def test_fsdp_gives_the_losses_of_one_process_and_writes_shards(runs):
     assert_same_losses(read_log(plain), read_log(fsdp), rel=1e-4)  # DDP == one process: test_train.py
     latest, milestone = os.path.join(fsdp, "ckpt_latest.pt"), os.path.join(fsdp, "ckpt_2048.pt")
     assert sorted(os.listdir(latest)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "info.pt"]  # a part per rank
-    assert any(k.startswith("optimizer.") for k in train.shard_contents(latest))
-    assert not any(k.startswith("optimizer.") for k in train.shard_contents(milestone))  # weights only
-    assert train.load_checkpoint(milestone)["step"] == 8 and "mixture" not in train.load_checkpoint(milestone)
+    assert any(k.startswith("optimizer.") for k in run_folder.shard_contents(latest))
+    assert not any(k.startswith("optimizer.") for k in run_folder.shard_contents(milestone))  # weights only
+    assert run_folder.load_checkpoint(milestone)["step"] == 8 and "mixture" not in run_folder.load_checkpoint(milestone)
     assert not [f for f in os.listdir(fsdp) if ".tmp" in f or ".old" in f]
 
 
@@ -96,8 +99,8 @@ def test_a_sharded_checkpoint_loads_in_one_process(runs):
     """evaluate.py (one process, no process group) reads the 2 ranks' shards: the same weights as the
     one-process run's milestone and the same losses as the FSDP run logged."""
     plain, fsdp = runs
-    model, ckpt = train.load_model(os.path.join(fsdp, "ckpt_2048.pt"))
-    reference, _ = train.load_model(os.path.join(plain, "ckpt_2048.pt"))
+    model, ckpt = run_folder.load_model(os.path.join(fsdp, "ckpt_2048.pt"))
+    reference, _ = run_folder.load_model(os.path.join(plain, "ckpt_2048.pt"))
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
     result = evaluate.evaluate_checkpoint(os.path.join(fsdp, "ckpt_2048.pt"), n_items=4, device="cpu")
@@ -112,12 +115,12 @@ def test_a_killed_sharded_run_resumes_exactly_on_any_number_of_processes(runs, t
     killed = str(tmp_path / "killed")
     done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp"), port=29532,
                     script=KILL_AT_STEP.format(root=ROOT, step=12), tmp_path=tmp_path)
-    assert done.returncode != 0 and train.load_checkpoint(os.path.join(killed, "ckpt_latest.pt"))["step"] == 8
+    assert done.returncode != 0 and run_folder.load_checkpoint(os.path.join(killed, "ckpt_latest.pt"))["step"] == 8
     one = shutil.copytree(killed, str(tmp_path / "one"))
     done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp", "--resume"), port=29533)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_log(killed) == read_log(runs[1])
-    a, b = (train.load_model(os.path.join(d, "ckpt_latest.pt"))[0].state_dict() for d in (killed, runs[1]))
+    a, b = (run_folder.load_model(os.path.join(d, "ckpt_latest.pt"))[0].state_dict() for d in (killed, runs[1]))
     assert all(torch.equal(a[k], b[k]) for k in a)
     train.main(tiny_args(tiny_data, one, "--parallel", "fsdp", "--resume"))  # a process group of one
     assert_same_losses(read_log(one), read_log(runs[1]), rel=1e-5)
@@ -130,7 +133,7 @@ def test_a_sharded_weight_average_resumes_and_is_the_milestone(tiny_data, tmp_pa
     train.main(tiny_args(tiny_data, plain, "--ema", "0.9"))
     done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp", "--ema", "0.9"), port=29534,
                     script=KILL_AT_STEP.format(root=ROOT, step=12), tmp_path=tmp_path)
-    assert done.returncode != 0 and train.load_checkpoint(os.path.join(killed, "ckpt_latest.pt"))["step"] == 8
+    assert done.returncode != 0 and run_folder.load_checkpoint(os.path.join(killed, "ckpt_latest.pt"))["step"] == 8
     done = torchrun(tiny_args(tiny_data, killed, "--parallel", "fsdp", "--ema", "0.9", "--resume"), port=29535)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_losses(read_log(plain), read_log(killed), rel=1e-4)
@@ -156,27 +159,27 @@ def test_bad_sharded_checkpoints_fail_in_one_line(runs, tiny_data, tmp_path):
         evaluate.main([damaged])
     os.remove(os.path.join(damaged, "__1_0.distcp"))
     with pytest.raises(train.TrainError, match="__1_0.distcp is missing or cut short"):
-        train.load_model(damaged)
+        run_folder.load_model(damaged)
     os.remove(os.path.join(damaged, ".metadata"))
     with pytest.raises(train.TrainError, match="not a complete checkpoint folder"):
-        train.load_model(damaged)
+        run_folder.load_model(damaged)
     os.remove(os.path.join(damaged, "info.pt"))
     with pytest.raises(train.TrainError, match="is a folder but not a checkpoint"):
-        train.load_model(damaged)
+        run_folder.load_model(damaged)
 
 
 def test_a_failed_sharded_save_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch):
     """The disk fills up during the step-8 checkpoint: one line, the step-0 checkpoint intact, no
     temporary folder. A kill between a save's two renames leaves it set aside; the rerun puts it back."""
     out, latest = str(tmp_path / "run"), os.path.join(str(tmp_path / "run"), "ckpt_latest.pt")
-    write_data, writes = train.dcp.FileSystemWriter.write_data, []
+    write_data, writes = run_folder.dcp.FileSystemWriter.write_data, []
 
     def full_disk(self, *args, **kwargs):
         writes.append(1)
         if len(writes) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write_data(self, *args, **kwargs)
-    monkeypatch.setattr(train.dcp.FileSystemWriter, "write_data", full_disk)
+    monkeypatch.setattr(run_folder.dcp.FileSystemWriter, "write_data", full_disk)
     try:
         with pytest.raises(train.TrainError) as failure:
             train.main(tiny_args(tiny_data, out, "--parallel", "fsdp", "--ckpt_tokens", ""))
@@ -184,12 +187,12 @@ def test_a_failed_sharded_save_keeps_the_previous_checkpoint(tiny_data, tmp_path
         dist.destroy_process_group()  # left by the failed run (a real one exits)
     assert str(failure.value) == (f"cannot write in {out}: No space left on device (the disk is full); {latest} is "
                                   f"intact: free space, then rerun the same command with --resume")
-    assert train.load_checkpoint(latest)["step"] == 0 and sorted(os.listdir(out)) == [
+    assert run_folder.load_checkpoint(latest)["step"] == 0 and sorted(os.listdir(out)) == [
         "ckpt_latest.pt", "config.json", "log.jsonl"]
     monkeypatch.undo()
     os.rename(latest, latest + ".old8")  # as a kill after the first rename of the next save leaves it
     train.main(tiny_args(tiny_data, out, "--parallel", "fsdp", "--ckpt_tokens", "", "--resume"))
-    assert [r["step"] for r in read_log(out)] == [0, 8, 16] and train.load_checkpoint(latest)["step"] == 16
+    assert [r["step"] for r in read_log(out)] == [0, 8, 16] and run_folder.load_checkpoint(latest)["step"] == 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ def test_every_preset_fits_its_hardware_by_the_plan():
     for name, (gpus, memory_gb) in memory_plan.HARDWARE.items():
         cfg = memory_plan.preset_config(name)
         mc = train.model_config(cfg, memory_plan.GPT2_VOCAB)
-        plan = train.memory_plan(mc, cfg.batch_size // cfg.grad_accum, gpus, cfg.parallel, cfg.act_ckpt,
+        plan = processes.memory_plan(mc, cfg.batch_size // cfg.grad_accum, gpus, cfg.parallel, cfg.act_ckpt,
                                  torch.float32 if memory_gb is None else torch.bfloat16,
                                  "cpu" if memory_gb is None else "cuda")
         assert plan["total"] <= (memory_gb or 1) * 1e9, name
@@ -216,8 +219,8 @@ def test_every_preset_fits_its_hardware_by_the_plan():
 def test_a_run_that_cannot_fit_is_refused_with_a_fix_that_fits(tiny_data, tmp_path, capsys):
     """A budget between the plans of micro-batches of 4 and 8: refused before anything is written,
     with the grad_accum that fits, which then runs."""
-    mc = train.model_config(train.parse_config(train.TrainConfig, tiny_args(tiny_data, "x"), ""), 257)
-    four, eight = (train.memory_plan(mc, m, 1, "ddp", False, torch.float32, "cpu")["total"] for m in (4, 8))
+    mc = train.model_config(settings.parse_config(train.TrainConfig, tiny_args(tiny_data, "x"), ""), 257)
+    four, eight = (processes.memory_plan(mc, m, 1, "ddp", False, torch.float32, "cpu")["total"] for m in (4, 8))
     budget = ["--memory_gb", f"{(four + eight) / 2 / 1e9:.6f}"]
     out = str(tmp_path / "run")
     with pytest.raises(train.TrainError, match="the memory plan needs .* GB per process but --memory_gb gives .* GB: "

@@ -21,6 +21,7 @@ import torch
 import data
 import evaluate
 import finetune
+import run_folder
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def finetune_args(init, out_dir, *extra):
 
 KILL_HOOK = '''
 import io, json, os, signal
-import data, train
+import run_folder, settings
 
 
 def kill_in_write(name, n):
@@ -58,7 +59,7 @@ def kill_in_write(name, n):
         seen.append(os.path.basename(path) == name)
         return seen[-1] and sum(seen) == n
 
-    atomic_write, append_jsonl = data.atomic_write, train.append_jsonl
+    atomic_write, append_jsonl = settings.atomic_write, run_folder.append_jsonl
 
     def killing_atomic_write(path, write_fn, mode="wb"):
         if is_nth(path):
@@ -73,7 +74,7 @@ def kill_in_write(name, n):
             halfway(path, (json.dumps(record) + "\\n").encode())
         append_jsonl(path, record)
 
-    data.atomic_write, train.append_jsonl = killing_atomic_write, killing_append_jsonl
+    settings.atomic_write, run_folder.append_jsonl = killing_atomic_write, killing_append_jsonl
 '''
 
 
@@ -204,7 +205,7 @@ def test_a_full_disk_stops_training_in_one_line_and_the_run_resumes(reference, t
                                           f"full); {out}/ckpt_latest.pt is intact: free space, then rerun the same "
                                           f"command with --resume")
         assert not temporary_files(out)
-        assert train.load_checkpoint(os.path.join(out, "ckpt_latest.pt"))["step"] == 8
+        assert run_folder.load_checkpoint(os.path.join(out, "ckpt_latest.pt"))["step"] == 8
         resize(64 << 20)
         again = run("train.py", train_args(tiny_data, out, "--resume"))
         assert again.returncode == 0, again.stderr[-2000:]
@@ -335,9 +336,8 @@ TRAIN_CASES = [
     ("--grad_clip", "-1", "--grad_clip -1.0: must be a number >= 0"),
     ("--horizon_mult", "nan", "--horizon_mult nan: must be a number >= 1"),
     ("--horizon_mult", "0.5", "--horizon_mult 0.5: must be a number >= 1"),
-    ("--decay_frac", "0", "--decay_frac 0.0: must be in (0, 1]"),
-    ("--schedule", "bogus", "argument --schedule: invalid choice: 'bogus' (choose from 'cosine_truncated', 'cosine', "
-                            "'constant', 'wsd')"),
+    ("--schedule", "bogus", "argument --schedule: invalid choice: 'bogus' (choose from 'cosine_truncated', "
+                            "'constant')"),
     ("--domain_frac", "1.2", "--domain_frac 1.2: must be in [0, 1)"),
     ("--seq_len", "0", "--seq_len 0: must be a positive integer"),
     ("--batch_size", "2.5", "argument --batch_size: invalid integer value: '2.5'"),
@@ -372,8 +372,6 @@ FINETUNE_CASES = [
     ("--eval_epochs", "-1", "--eval_epochs -1.0: must be a number of epochs > 0"),
     ("--patience", "0", "--patience 0: must be a positive integer"),
     ("--replay", "1", "--replay 1.0: must be in [0, 1)"),
-    ("--min_lr_frac", "2", "--min_lr_frac 2.0: must be in [0, 1]"),
-    ("--schedule", "cosine", "argument --schedule: invalid choice: 'cosine' (choose from 'constant', 'wsd')"),
     ("--lr", "nan", "--lr must be numbers > 0 and --warmup integers >= 0"),
     ("--lr", "0x", "--lr must be numbers > 0 and --warmup integers >= 0"),
     ("--warmup", "-1", "--lr must be numbers > 0 and --warmup integers >= 0"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fit_laws
+import settings
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,13 +22,13 @@ import study  # noqa: E402  (scripts/ is not a package)
 KILL_AT_LAST_MILESTONE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import data, train
-atomic_write = data.atomic_write
+import settings, train
+atomic_write = settings.atomic_write
 def killing_atomic_write(path, *args, **kwargs):
     if os.path.basename(path) == "ckpt_8192.pt":
         os.kill(os.getpid(), signal.SIGKILL)
     return atomic_write(path, *args, **kwargs)
-data.atomic_write = killing_atomic_write
+settings.atomic_write = killing_atomic_write
 train.main({args!r})
 """
 
@@ -148,9 +149,9 @@ def test_every_study_preset_parses():
     for name in os.listdir(os.path.join(ROOT, "configs", "study")):
         preset = json.load(open(os.path.join(ROOT, "configs", "study", name)))
         assert {"data", "train", "deltas", "milestones", "finetune", "fit", "evaluate"} <= set(preset), name
-        cfg = train.parse_config(train.TrainConfig, [f"--{k}={v}" for k, v in preset["train"].items()], "")
+        cfg = settings.parse_config(train.TrainConfig, [f"--{k}={v}" for k, v in preset["train"].items()], "")
         assert max(preset["milestones"]) == cfg.max_tokens, name
-        train.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
+        settings.parse_config(finetune.FinetuneConfig, [f"--{k}={v}" for k, v in preset["finetune"].items()], "")
         assert len({d for d in preset["deltas"] if d > 0}) >= 3, name  # the 12-parameter law needs them
         assert study.pilots_until(preset) <= max(preset["milestones"]) / 4, name  # 3 or more pilot budgets
         fit_laws.parse_args(["run"] + study.flags(preset["fit"]))  # every fit setting is a flag of fit_laws.py

@@ -9,6 +9,8 @@ import types
 import pytest
 import torch
 
+import run_folder
+import settings
 import train
 from conftest import one_process_and_two_ranks
 
@@ -69,8 +71,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatc
     train.main(tiny_args(tiny_data, full, "--ckpt_tokens", "4096", *average))
     # Interrupt after step 16: what a crash would leave is the step-16 checkpoint as the latest one,
     # plus log lines written after it (which resume must drop).
-    save = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", lambda path, state: state["step"] <= 16 and save(path, state))
+    save = run_folder.save_checkpoint
+    monkeypatch.setattr(run_folder, "save_checkpoint", lambda path, state: state["step"] <= 16 and save(path, state))
     train.main(tiny_args(tiny_data, resumed, "--ckpt_tokens", "4096", *average))
     monkeypatch.undo()
     with open(os.path.join(resumed, "log.jsonl"), "w") as f:
@@ -103,7 +105,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_log(tiny_data, tmp_path, monk
         if where == "batch":
             m.setattr(train.data.Mixture, "get_batch", kill_at(train.data.Mixture.get_batch, lambda mix, s, *a: s))
         else:
-            m.setattr(train, "append_jsonl", kill_at(train.append_jsonl, lambda path, record: record["step"]))
+            m.setattr(run_folder, "append_jsonl", kill_at(run_folder.append_jsonl, lambda path, record: record["step"]))
         with pytest.raises(KeyboardInterrupt):
             train.main(tiny_args(tiny_data, killed))
     train.main(tiny_args(tiny_data, killed, "--resume"))
@@ -131,7 +133,7 @@ def test_the_weight_average_follows_its_rule_and_is_what_evals_and_milestones_ho
 
     out = str(tmp_path / "ema")
     train.main(tiny_args(tiny_data, out, "--ckpt_tokens", "4096", "--ema", "0.9", "--max_tokens", "4096"))
-    milestone, latest = (train.load_model(os.path.join(out, f)) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
+    milestone, latest = (run_folder.load_model(os.path.join(out, f)) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
     assert milestone[1]["step"] == latest[1]["step"] == 16 and latest[1]["ema_steps"] == 16
     assert not torch.equal(milestone[0].wte.weight, latest[0].wte.weight)
     assert torch.equal(milestone[0].wte.weight, latest[1]["ema"]["wte.weight"])
@@ -190,6 +192,11 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path, capsys):
     torch.save({"weights": torch.zeros(2)}, bad)  # a torch file, but not a checkpoint
     with pytest.raises(train.TrainError, match="not a checkpoint of train.py.*model_config"):
         train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
+    ckpt = torch.load(os.path.join(out, "ckpt_latest.pt"), weights_only=False)
+    torch.save({k: v for k, v in ckpt.items() if k != "format"}, bad)  # a checkpoint of no known format
+    with pytest.raises(train.TrainError, match="bad.pt is a checkpoint of format none, and this code reads format 1: "
+                                               "use the version of the code that wrote it, or train it again"):
+        train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
     for flags, message in ((["--grad_accum", "3"], "batch_size 8 must split into grad_accum 3"),
                            (["--eval_interval", "0"], "--eval_interval 0: must be a positive integer"),
                            (["--ema", "1"], r"--ema 1.0: must be in \[0, 1\)")):
@@ -198,7 +205,7 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path, capsys):
         assert not os.path.exists(tmp_path / "v")  # refused before anything is written
     # a checkpoint of the gpt2 vocabulary on a byte-level dataset: refused where the two meet
     with pytest.raises(train.data.DataError, match="50257-token vocabulary but .* holds byte tokens"):
-        train.check_vocabulary({"model_config": {"vocab_size": 50257}}, train.data.load_meta(tiny_data), "x.pt",
+        run_folder.check_vocabulary({"model_config": {"vocab_size": 50257}}, train.data.load_meta(tiny_data), "x.pt",
                                tiny_data)
 
 
@@ -209,34 +216,31 @@ def test_nan_loss_stops_with_the_step(tiny_data, tmp_path):
 
 
 def test_schedules():
-    schedule = train.Schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100)
+    schedule = train.Schedule("cosine_truncated", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100)
     assert schedule(0) == pytest.approx(0.1)
     assert schedule(9) == pytest.approx(1.0)
-    assert schedule(100) == pytest.approx(0.1)
-    schedule = dataclasses.replace(schedule, kind="cosine_truncated")  # the paper: a 10x longer cosine, stopped early
-    assert 0.9 < schedule(99) < 1.0
-    schedule = dataclasses.replace(schedule, kind="wsd")
-    assert schedule(79) == 1.0 and schedule(100) == pytest.approx(0.1)
+    assert 0.9 < schedule(99) < 1.0  # the paper: a 10x longer cosine, stopped early
+    assert schedule(1000) == pytest.approx(0.1)  # where the cosine would end, had the run gone on
     schedule = dataclasses.replace(schedule, kind="constant")
-    assert schedule(99) == 1.0
+    assert schedule(0) == pytest.approx(0.1) and schedule(99) == 1.0 and schedule(1000) == 1.0
 
 
 def test_flags_accept_both_spellings_and_config_files(tmp_path):
-    cfg = train.parse_config(train.TrainConfig, ["--lr=0.01", "--batch_size", "64", "--compile",
+    cfg = settings.parse_config(train.TrainConfig, ["--lr=0.01", "--batch_size", "64", "--compile",
                                                  "--max_tokens=2e6"], "")
     assert (cfg.lr, cfg.batch_size, cfg.compile, cfg.max_tokens) == (0.01, 64, True, 2e6)
-    cfg = train.parse_config(train.TrainConfig, ["--max_tokens", "1.5M", "--ckpt_tokens=250K,1e6"], "")
+    cfg = settings.parse_config(train.TrainConfig, ["--max_tokens", "1.5M", "--ckpt_tokens=250K,1e6"], "")
     assert cfg.max_tokens == 1_500_000 and train.parse_milestones(cfg.ckpt_tokens) == [250_000, 1_000_000]
     for bad in (["--max_tokens", "lots"], ["--max_tokens=-2M"]):
         with pytest.raises(SystemExit):
-            train.parse_config(train.TrainConfig, bad, "")
+            settings.parse_config(train.TrainConfig, bad, "")
     preset = tmp_path / "p.json"
     preset.write_text(json.dumps({"lr": 0.5, "batch_size": 4}))
-    cfg = train.parse_config(train.TrainConfig, ["--config", str(preset), "--batch_size", "2"], "")
+    cfg = settings.parse_config(train.TrainConfig, ["--config", str(preset), "--batch_size", "2"], "")
     assert (cfg.lr, cfg.batch_size) == (0.5, 2)
     for name in os.listdir(os.path.join(ROOT, "configs")):
         if name.endswith(".json"):  # every training preset parses
-            train.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
+            settings.parse_config(train.TrainConfig, ["--config", os.path.join(ROOT, "configs", name)], "")
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(tiny_data, tmp_path):

@@ -40,7 +40,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import run_folder  # noqa: E402
 import settings  # noqa: E402
-import train  # noqa: E402
 
 TOKENIZERS = {50257: "gpt2"}  # vocabulary size -> the tokenizer that has it (byte-level, 257, has none)
 
@@ -128,10 +127,10 @@ def write_tokenizer(name: str, seq_len: int, folder: str):
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.add_special_tokens([AddedToken(data.EOT, special=True, normalized=False)])
     tokenizer.save(os.path.join(folder, "tokenizer.json"))
-    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
-                "unk_token": data.EOT, "model_max_length": seq_len, "clean_up_tokenization_spaces": False}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
+              "unk_token": data.EOT, "model_max_length": seq_len, "clean_up_tokenization_spaces": False}
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+        json.dump(config, f, indent=1)
 
 
 def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
@@ -139,14 +138,14 @@ def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
         from safetensors.torch import save_file
         import tokenizers  # noqa: F401
     except ImportError:
-        raise train.TrainError("the export needs safetensors and tokenizers: pip install safetensors tokenizers "
+        raise settings.TrainError("the export needs safetensors and tokenizers: pip install safetensors tokenizers "
                                "(transformers brings both)")
     if os.path.exists(out_dir):
-        raise train.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
+        raise settings.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
     model, ckpt = run_folder.load_model(checkpoint)
     vocab = model.cfg.vocab_size
     if vocab not in TOKENIZERS and not no_tokenizer:
-        raise train.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
+        raise settings.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
                                f"tokenizer: add --no_tokenizer to export the model alone (ids 0-255 are UTF-8 "
                                f"bytes, 256 ends a document)")
     tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"  # written whole, then renamed: never half an export
@@ -177,5 +176,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (train.TrainError, data.DataError) as e:
+    except (settings.TrainError, data.DataError) as e:
         sys.exit(f"export_hf.py: {e}")

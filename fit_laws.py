@@ -27,24 +27,25 @@ atomically), PNG plots next to it and a report.
 
 2. Repeats. Pilots of the whole domain set rarely reach the repeat counts of the target (16M tokens at
    delta 0.2 repeat a 40K-token set 80 times, 4M only 20), so they cannot show where it overfits.
-   Runs on nested subsets of D_dom (U/4, U/8: the same test split, data.py --domain_tokens) reach
-   those counts at pilot budgets. Every run's pretrained domain test loss is fitted as its own
+   Arms on nested subsets of D_dom (U/4, U/8: the same test split, data.py --domain_tokens) reach
+   those counts at pilot budgets. Every arm's (delta, U) loss after finetuning is fitted as its own
    saturating curve plus one shared penalty for repeating past an onset:
-       L(T) = A + B x^-beta + c d^gamma max(0, ln(E / E0_U))^2,    E0_U = E0 (U / U_full)^kappa
-   (x = T / t_scale). c, gamma, E0 and kappa are the same for every run; kappa says whether smaller sets
-   overfit at fewer repeats (fitted where there are two subset sizes). Past the onset finetuning adds
-   nothing (the loss after finetuning is the pretrained loss by E = 40-80 at CPU scale), so the
-   penalty carries over to the loss after finetuning.
+       L(T) = E_a + B_a x^-beta + c d^gamma max(0, ln(E / E0_U))^2,    E0_U = E0 (U / U_full)^kappa
+   (x = T / t_scale; E_a, B_a, c >= 0). beta, c, gamma, E0 and kappa are the same for every arm; kappa
+   says whether smaller sets overfit at fewer repeats (fitted where there are two set sizes). The fit
+   is on the losses after finetuning because those are what is forecast, and because their curves are
+   saturating ones: the pretrained domain test loss over these budgets is not (a saturating curve
+   misses it by 0.02-0.06 nats), and a penalty fitted on it absorbs the misfit.
 
 3. After finetuning, which is what counts: `law - drop`, the paper's law shrunk by the paper's drop
    (log(before / after) = a_d x^b + c_d, a log ratio so that no extrapolation goes below zero);
-   `direct`, the full set's losses after finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0,
-   one exponent), which can neither go below zero nor turn up; and `repeats`, direct fitted on the
-   losses less the penalty and forecast with it: the forecast that turns up past the onset. Between
-   fitted deltas the coefficients are interpolated. Which one recommends is decided by the pilots
-   themselves: `repeats`, unless `law - drop` refitted on the pilots' first half (T <= T0 / 2)
-   forecast their last budget T0 better (so where the data follow the paper's law, its forecast
-   recommends). With several seeds, every seed's points are fitted; measurements are seed means.
+   `direct`, the whole set's losses after finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0,
+   one exponent), which can neither go below zero nor turn up; and `repeats` (part 2) at U_full, the
+   forecast that turns up past the onset. Between fitted deltas the coefficients are interpolated.
+   Which one recommends is decided by the pilots themselves: `repeats`, unless `law - drop` refitted
+   on the pilots' first half (T <= T0 / 2) forecast their last budget T0 better (so where the data
+   follow the paper's law, its forecast recommends). Every seed's points are fitted; measurements are
+   seed means.
 
 4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
    refits every model on the evals and finetunes at T <= T0 (--holdout_delta d: without that delta's
@@ -62,6 +63,7 @@ atomically), PNG plots next to it and a report.
    what the pilots reached is flagged "onset not observed"; one outside the fitted deltas is never
    recommended.
 """
+import itertools
 import json
 import math
 import os
@@ -377,20 +379,26 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
                math.sqrt(2 * best.cost / len(target)), rows, flags)
 
 
-def fit_saturating(x: np.ndarray, y: np.ndarray) -> dict:
+def fit_saturating(x: np.ndarray, y: np.ndarray, start: dict | None = None) -> dict:
     """L = E + B x^-beta, as the Chinchilla paper fits it: Huber loss (threshold 1e-3) on log loss,
-    summed, from a grid of starts (least_squares with loss="huber" minimises that very sum)."""
+    summed, from a grid of starts (least_squares with loss="huber" minimises that very sum); only the
+    three best starts are refined (or `start` alone: the bootstrap's refits)."""
     log_x, log_y = np.log(x), np.log(y)
 
     def residuals(theta):
         e, b, beta = theta
         return np.logaddexp(e, b - beta * log_x) - log_y
 
+    def huber(theta):
+        r = np.abs(residuals(theta))
+        return np.sum(np.where(r <= HUBER_DELTA, r ** 2, 2 * HUBER_DELTA * r - HUBER_DELTA ** 2))
+
     starts = [[math.log(0.9 * y.min()), 0.0, 0.5]]
     for beta in np.linspace(0.05, 2.0, 40):  # E and B solved linearly for each beta on a grid
         (e, b), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x ** -beta]), y, rcond=None)
         if e > 0 and b > 0:
             starts.append([math.log(e), math.log(b), beta])
+    starts = [[math.log(start["E"]), start["log_B"], start["beta"]]] if start else sorted(starts, key=huber)[:3]
     best = min((optimize.least_squares(residuals, s, loss="huber", f_scale=HUBER_DELTA,
                                        bounds=([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 5.0])) for s in starts),
                key=lambda res: res.cost)
@@ -406,14 +414,13 @@ def saturating(fits: dict, tokens, delta, t_scale: float):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Repeats: one penalty for repeating the domain set past an onset, from every run's pretraining curve
+# 3. Repeats: the loss after finetuning of every arm, with one penalty for repeating past an onset
 
-class Penalty(namedtuple("Penalty", "c gamma e0 kappa full bases rmse")):
-    """Part 2: c d^gamma max(0, ln(E / E0_U))^2 nats, E0_U = e0 (U / full)^kappa, with the runs' own
-    saturating bases (path -> (A, B, beta)) and the fit's RMSE."""
+class Penalty(namedtuple("Penalty", "c gamma e0 kappa full")):
+    """Part 2's penalty in nats: c d^gamma max(0, ln(E / E0_U))^2, E0_U = e0 (U / full)^kappa."""
 
     def onset(self, domain_tokens):
-        """E0_U: the repeats where the domain set of `domain_tokens` starts to overfit."""
+        """E0_U: the repeats where a domain set of `domain_tokens` starts to overfit."""
         return self.e0 * (domain_tokens / self.full) ** self.kappa
 
     def __call__(self, tokens, delta, domain_tokens):
@@ -421,47 +428,60 @@ class Penalty(namedtuple("Penalty", "c gamma e0 kappa full bases rmse")):
         past = np.log(np.maximum(repeats, 1e-30) / self.onset(domain_tokens))
         return self.c * delta ** self.gamma * np.maximum(past, 0.0) ** 2
 
-    def reach(self, runs: list[Run]) -> float:
-        """How far past its onset the furthest run got: max E / E0_U over every eval (1: at the onset)."""
-        return max(float(np.max(r.tokens * r.delta / r.domain_tokens)) / self.onset(r.domain_tokens)
-                   for r in runs if r.delta > 0)
+    def reach(self, points) -> float:
+        """How far past its onset the furthest pilot got: the largest E / E0_U (1: at the onset)."""
+        return max(p.tokens * p.delta / p.domain_tokens / self.onset(p.domain_tokens) for p in points)
 
 
-def fit_penalty(runs: list[Run], t_scale: float, start: Penalty | None = None) -> Penalty:
-    """Least squares on the domain test loss of every run with domain data: its own A + B x^-beta plus the
-    shared penalty. For given exponents and penalty, each run's A and B are linear: they are solved, and
-    only c, gamma, E0, kappa and the betas searched (variable projection). kappa is fitted only where there
-    are two or more set sizes (else 0); the hinge has no slope below the onset, so the search starts from
-    a grid of onsets (or from `start`: the bootstrap's)."""
-    arms = [r for r in runs if r.delta > 0]
-    full, free_kappa = max(r.domain_tokens for r in runs), len({r.domain_tokens for r in arms}) > 1
-    shared = 4 if free_kappa else 3
-    powers = [np.log(r.tokens / t_scale) for r in arms]
+class Repeats(namedtuple("Repeats", "penalty exponent coef t_scale")):
+    """Part 2 fitted: each arm's (delta, U) base E + B x^-exponent (coef[(delta, U)] = (E, B)) plus the
+    penalty; a delta between an arm's neighbours of the same U gets their coefficients interpolated."""
 
-    def solve(v) -> tuple[Penalty, list[np.ndarray]]:
-        c, gamma, log_e0, kappa = (*v[:3], v[3] if free_kappa else 0.0)
-        p, bases, residuals = Penalty(c, gamma, math.exp(log_e0), kappa, full, {}, None), {}, []
-        for r, log_x, beta in zip(arms, powers, v[shared:]):
-            design = np.column_stack([np.ones_like(log_x), np.exp(-beta * log_x)])
-            y = r.test - p(r.tokens, r.delta, r.domain_tokens)
-            (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
-            bases[r.path] = (float(a), float(b), float(beta))
-            residuals.append(design @ (a, b) - y)
-        return p._replace(bases=bases), residuals
+    def __call__(self, tokens, delta, domain_tokens):
+        ds = sorted(d for d, u in self.coef if u == domain_tokens)
+        e, b = (np.interp(delta, ds, [self.coef[(d, domain_tokens)][i] for d in ds]) for i in (0, 1))
+        x = np.asarray(tokens, dtype=float) / self.t_scale
+        return e + b * x ** -self.exponent + self.penalty(tokens, delta, domain_tokens)
 
+
+def fit_repeats(points: list[Finetuned], t_scale: float, start: Repeats | None = None) -> Repeats:
+    """Least squares on every arm's losses after finetuning. For given exponent, gamma, E0 and kappa the
+    model is linear in the bases and c, all >= 0 (non-negative least squares); those four are searched
+    on a grid, then refined (from `start` alone: the bootstrap's refits). kappa is fitted only where
+    the pilots have two or more set sizes with domain data (else 0). When no pilot shows a penalty
+    (c = 0), the onset is placed at the most repeats a pilot reached: no sooner than that."""
+    arms = sorted({(p.delta, p.domain_tokens) for p in points})
+    full = max(u for _, u in arms)
+    x, y = np.array([p.tokens for p in points]) / t_scale, np.array([p.after for p in points])
+    onehot = np.array([[(p.delta, p.domain_tokens) == a for a in arms] for p in points], dtype=float)
+    delta, size = np.array([p.delta for p in points]), np.array([p.domain_tokens for p in points], dtype=float)
+    repeats = x * t_scale * delta / size
+    free_kappa = len({u for d, u in arms if d > 0}) > 1
+
+    def solve(v):
+        beta, gamma, log_e0, kappa = (*v[:3], v[3] if free_kappa else 0.0)
+        hinge = delta ** gamma * np.maximum(np.log(np.maximum(repeats, 1e-30) / (math.exp(log_e0) * (size / full)
+                                                                                   ** kappa)), 0) ** 2
+        design = np.hstack([onehot, onehot * (x ** -beta)[:, None], hinge[:, None]])
+        coef, norm = optimize.nnls(design, y)
+        return norm ** 2, coef
+
+    lower, upper = [0.01, 0.0, math.log(1.0), -2.0], [3.0, 3.0, math.log(1e5), 2.0]
     if start:
-        starts = [[start.c, start.gamma, math.log(start.e0), start.kappa][:shared] + [start.bases[r.path][2] for r in arms]]
+        best = [start.exponent, start.penalty.gamma, math.log(start.penalty.e0), start.penalty.kappa]
     else:
-        starts = [[0.1, 1.0, math.log(e0), 0.0][:shared] + [0.5] * len(arms) for e0 in (10, 30, 60, 120, 300)]
-    lower = [0.0, 0.0, 0.0, -2.0][:shared] + [0.01] * len(arms)
-    upper = [100.0, 3.0, math.log(1e5), 2.0][:shared] + [3.0] * len(arms)
-    rows = np.repeat(np.arange(len(arms)), [len(r.tokens) for r in arms])  # a run's exponent moves its evals alone
-    sparsity = np.hstack([np.ones((len(rows), shared)), np.eye(len(arms))[rows]])
-    fits = [optimize.least_squares(lambda v: np.concatenate(solve(v)[1]), np.clip(s, np.add(lower, 1e-9),
-                                   np.subtract(upper, 1e-9)), bounds=(lower, upper), jac_sparsity=sparsity)
-            for s in starts]
-    best = min(fits, key=lambda res: res.cost)
-    return solve(best.x)[0]._replace(rmse=math.sqrt(2 * best.cost / len(best.fun)))
+        grid = itertools.product(np.linspace(0.1, 2.0, 12), (0.0, 1.0, 2.0), np.log(np.geomspace(3, 1000, 16)),
+                                 np.linspace(-1, 1, 5) if free_kappa else (0.0,))
+        best = min(grid, key=lambda v: solve(v)[0])
+    n = 4 if free_kappa else 3
+    refined = optimize.minimize(lambda v: solve(np.clip(v, lower[:n], upper[:n]))[0], best[:n], method="Nelder-Mead",
+                                options={"xatol": 1e-4, "fatol": 1e-10, "maxiter": 400})
+    v = np.clip(refined.x, lower[:n], upper[:n])
+    coef, k = solve(v)[1], len(arms)
+    beta, gamma, log_e0, kappa = (*v[:3], v[3] if free_kappa else 0.0)
+    e0 = math.exp(log_e0) if coef[-1] > 0 else float(repeats[delta > 0].max(initial=1.0))
+    return Repeats(Penalty(float(coef[-1]), float(gamma), e0, float(kappa) if coef[-1] > 0 else 0.0, full),
+                   float(beta), {a: (coef[j], coef[k + j]) for j, a in enumerate(arms)}, t_scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,19 +528,25 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_direct", "after_repeats")  # before / after finetuning
 
 
-class Models(namedtuple("Models", "law baseline penalty drop direct repeats by choice")):
-    """Every model fitted on the same data: the Law and the baseline (per delta) of the whole set, the
-    Penalty, and after finetuning the drop, direct and repeats PostFT's (None without finetunes); `by`
+class Models(namedtuple("Models", "law baseline drop direct repeats by choice")):
+    """Every model fitted on the same data: the Law and the baseline (per delta) of the whole set, and
+    after finetuning its drop and direct PostFT's and every arm's Repeats (None without finetunes); `by`
     is the forecast that recommends, `choice` the pilots' own check that chose it (None: none possible)."""
 
     def forecast(self, tokens: float, delta: float) -> dict:
+        """Every model's domain test loss of the whole set at (tokens, delta), before and after finetuning."""
         out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta))),
                "baseline": float(saturating(self.baseline, tokens, delta, self.law.t_scale))}
         if self.drop:
             out.update(after_law=out["law"] * math.exp(-float(self.drop(tokens, delta))),
                        after_direct=float(self.direct(tokens, delta)),
-                       after_repeats=float(self.repeats(tokens, delta) + self.penalty(tokens, delta, self.penalty.full)))
+                       after_repeats=float(self.repeats(tokens, delta, self.repeats.penalty.full)))
         return out
+
+    def unobserved(self, tokens: float, delta: float, reach: float) -> bool:
+        """Whether the whole set at (tokens, delta) is further past its onset than any pilot got."""
+        p = self.repeats and self.repeats.penalty
+        return bool(p) and tokens * delta / p.full / p.onset(p.full) > reach
 
 
 def cut(runs, points, until: float, holdout: float | None = None):
@@ -542,17 +568,15 @@ def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: i
         raise FitError("the forecast after finetuning needs finetuned checkpoints of the whole domain set at 3 or "
                        "more pretraining token counts: finetune more milestones")
     baseline = {d: fit_saturating(np.concatenate([r.tokens for r in full if r.delta == d]) / t_scale,
-                                  np.concatenate([r.test for r in full if r.delta == d]))
+                                  np.concatenate([r.test for r in full if r.delta == d]), start and start.baseline[d])
                 for d in sorted({r.delta for r in full})}
-    penalty = fit_penalty(runs, t_scale, start and start.penalty)
     x0 = start and inside(to_vector(start.law.params))
-    models = Models(fit_law(full, t_scale, seed, x0), baseline, penalty, None, None, None, "law", None)
+    models = Models(fit_law(full, t_scale, seed, x0), baseline, None, None, None, "law", None)
     if not points:
         return models
-    adjusted = [p._replace(after=p.after - float(penalty(p.tokens, p.delta, p.domain_tokens))) for p in full_points]
     models = models._replace(drop=fit_post_ft(full_points, "drop", t_scale),
                              direct=fit_post_ft(full_points, "direct", t_scale),
-                             repeats=fit_post_ft(adjusted, "direct", t_scale), by=by or "after_repeats")
+                             repeats=fit_repeats(points, t_scale, start and start.repeats), by=by or "after_repeats")
     return models if by else choose_forecast(models, runs, points, t_scale, seed)
 
 
@@ -571,27 +595,19 @@ def choose_forecast(models: Models, runs, points, t_scale: float, seed: int) -> 
 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
-    """n refits on resampled residuals (part 5), each starting from the fit itself: a run's test curve
-    around its penalty fit (its baseline's without domain data), its train curve around the law's (only
-    the law reads it), the finetunes around repeats'."""
-    rng, boot, t_scale, full = np.random.default_rng(seed + 1), [], models.law.t_scale, max(r.domain_tokens for r in runs)
-    curves = []
-    for r in runs:
-        train_fit = law(models.law.params, r.tokens / t_scale, r.delta)[0] if r.domain_tokens == full else r.train
-        if r.delta > 0:
-            a, b, beta = models.penalty.bases[r.path]
-            test_fit = a + b * (r.tokens / t_scale) ** -beta + models.penalty(r.tokens, r.delta, r.domain_tokens)
-        else:
-            test_fit = saturating(models.baseline, r.tokens, r.delta, t_scale)
-        curves.append([(train_fit, r.train - train_fit), (test_fit, r.test - test_fit)])
-    full_points = whole(points, runs)
-    after = np.array([models.forecast(p.tokens, p.delta)["after_repeats"] for p in full_points]) if points else []
-    noise = np.array([p.after for p in full_points]) - after
+    """n refits on resampled residuals (part 5), each starting from the fit itself: the whole set's runs
+    around the law's train loss and the baseline's test loss, the finetunes around repeats' fit."""
+    rng, boot, t_scale, full = np.random.default_rng(seed + 1), [], models.law.t_scale, whole(runs, runs)
+    fitted = [(law(models.law.params, r.tokens / t_scale, r.delta)[0],
+               saturating(models.baseline, r.tokens, r.delta, t_scale)) for r in full]
+    after = np.array([float(models.repeats(p.tokens, p.delta, p.domain_tokens)) for p in points]) if points else []
+    noise = np.array([p.after for p in points]) - after
+
+    def resample(fit, values):
+        return fit + (values - fit)[rng.integers(0, len(values), len(values))]
     for _ in range(n):
-        resampled = [r._replace(train=tr + ertr[rng.integers(0, len(ertr), len(ertr))],
-                                test=te + erte[rng.integers(0, len(erte), len(erte))])
-                     for r, ((tr, ertr), (te, erte)) in zip(runs, curves)]
-        shifted = [p._replace(after=a + e) for p, a, e in zip(full_points, after, rng.choice(noise, len(full_points)))]
+        resampled = [r._replace(train=resample(tr, r.train), test=resample(te, r.test)) for r, (tr, te) in zip(full, fitted)]
+        shifted = [p._replace(after=a + e) for p, a, e in zip(points, after, rng.choice(noise, len(points)))]
         boot.append(fit_models(resampled, shifted, t_scale, seed, start=models, by=models.by))
     return boot
 
@@ -640,7 +656,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
                        f"{approx(min(p.tokens for p in points))} or more")
     models = fit_models(seen_runs, seen, t_scale, seed)
     boot = bootstrap(seen_runs, seen, models, n_boot, seed)
-    reach, all_seeds, checks = models.penalty.reach(seen_runs), sorted({p.seed for p in points}), []
+    reach, all_seeds, checks = models.repeats.penalty.reach(seen), sorted({p.seed for p in points}), []
     for budget in budgets:
         rows = []
         for delta, (mean, se, seeds) in seed_means(unseen, budget).items():
@@ -648,12 +664,12 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
             before = float(np.mean([p.before for p in unseen if p.tokens == budget and p.delta == delta]))
             measured = {k: mean if k in AFTER else before for k in f}
             error = {k: 100 * (v - measured[k]) / measured[k] for k, v in f.items()}
-            repeats = budget * delta / models.penalty.full
+            repeats = budget * delta / models.repeats.penalty.full
             rows.append({"delta": delta, "measured_after": mean, "se_after": se, "seeds": seeds, "measured_before": before,
                          "forecast": f, "error_pct": error, "within": {k: abs(error[k]) <= max(GOAL_ERROR_PCT, 200 * (se or 0) / mean)
                                                                       for k in AFTER},
                          "onset": onset(models.law.params, delta, t_scale, models.law.max_tokens), "repeats": repeats,
-                         "unobserved": repeats / models.penalty.onset(models.penalty.full) > reach,
+                         "unobserved": models.unobserved(budget, delta, reach),
                          "interval": {k: interval([b.forecast(budget, delta)[k] for b in boot]) for k in f} if boot else {}})
         best, measured = min(rows, key=lambda r: r["measured_after"]), [r["measured_after"] for r in rows]
         summary = {}
@@ -678,7 +694,7 @@ def forecast_check(runs, points, fit_until: float, holdout: float | None, t_scal
             "scope": " and ".join(([f"T <= {approx(fit_until)}"] if cut_at else [])
                                   + ([f"without delta {holdout:g}"] if holdout is not None else [])),
             "pilot_budgets": sorted({p.tokens for p in whole(seen, runs)}), "reach": reach,
-            "penalty": models.penalty._asdict(), "law_rmse": models.law.rmse, "law_flags": models.law.flags,
+            "penalty": models.repeats.penalty._asdict(), "law_rmse": models.law.rmse, "law_flags": models.law.flags,
             "budgets": checks}
 
 
@@ -699,14 +715,14 @@ def rolling(runs, points, t_scale: float, n_boot: int, seed: int, known: dict) -
     return rows
 
 
-def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], reach: float) -> dict:
+def recommend(models: Models, boot: list[Models], target: float, candidates: list[float], domain_tokens: int,
+              reach: float | None) -> dict:
     """Every candidate's forecasts at the target; the one of least expected regret by `by` is recommended."""
-    key, fit, full = models.by, models.law, models.penalty.full
+    key, fit, full = models.by, models.law, domain_tokens
     lo, hi = min(fit.deltas), max(fit.deltas)
     rows = [{"delta": d, "repeats": target * d / full, "trained": d in fit.deltas, "inside": lo <= d <= hi,
              "onset": onset(fit.params, d, fit.t_scale, fit.max_tokens),
-             "unobserved": target * d / full / models.penalty.onset(full) > reach, **models.forecast(target, d)}
-            for d in candidates]
+             "unobserved": models.unobserved(target, d, reach), **models.forecast(target, d)} for d in candidates]
     eligible = np.array([r["inside"] for r in rows])
     draws = np.array([[b.forecast(target, r["delta"])[key] for r in rows] for b in boot]).reshape(len(boot), len(rows))
     pick = choose(np.array([r[key] for r in rows]), draws, eligible)
@@ -791,10 +807,11 @@ def format_report(results: dict) -> str:
               "  stage 1, each delta on its own:  delta  A_train  C_train  A_gap (+- stderr)"]
     lines += [f"    {r['delta']:8g} {r['A_train']:8.4g} {r['C_train']:8.4g} {r['A_gap']:8.4g} "
               f"(+- {r['A_gap_stderr']:.2g})" for r in law["stage1"]]
-    lines.append(f"Repeats ({len(p['bases'])} runs with domain data, sets of {', '.join(f'{u:,}' for u in results['domain_sets'])} "
-                 f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^{p['kappa']:.3f}; "
-                 f"penalty {p['c']:.3g} d^{p['gamma']:.3f} ln(E / E0_U)^2 past it; RMSE {p['rmse']:.4f}; the runs "
-                 f"reached {results['reach']:.3g}x their onset")
+    if p:
+        lines.append(f"Repeats (the finetunes of domain sets of {', '.join(f'{u:,}' for u in results['domain_sets'])} "
+                     f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^"
+                     f"{p['kappa']:.3f}; penalty {p['c']:.3g} d^{p['gamma']:.3f} ln(E / E0_U)^2 past it; the pilots "
+                     f"reached {results['reach']:.3g}x their onset")
     for kind, post in results["post"].items():
         lines.append(f"  after finetuning, {kind}: exponent {post['exponent']:.3g}, per delta "
                      + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
@@ -823,11 +840,11 @@ def errorbars(ax, x, y, ci, **style):
     ax.errorbar(x, y, yerr=np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None), capsize=3, **style)
 
 
-def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[str]:
+def plot_all(results: dict, runs: list[Run], points: list[Finetuned], models: Models, stem: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fc, fit, pen, figures = results["forecast"], models.law, models.penalty, {}
+    fc, fit, figures = results["forecast"], models.law, {}
 
     figures["curves"], axes = plt.subplots(1, 3, figsize=(15, 4.5))
     grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], fit.max_tokens), 200)
@@ -842,20 +859,23 @@ def plot_all(results: dict, runs: list[Run], models: Models, stem: str) -> list[
         ax.set(xscale="log", xlabel="pretraining tokens", ylabel=title, title=f"{title}: evals (dots), the paper's law")
     axes[2].legend(fontsize=8)
 
-    figures["repeats"], ax = plt.subplots(figsize=(7.5, 5))
-    sizes = sorted({r.domain_tokens for r in runs}, reverse=True)
-    for r in (r for r in runs if r.delta > 0):
-        color, (a, b, beta) = plt.cm.plasma(0.8 * sizes.index(r.domain_tokens) / max(1, len(sizes) - 1)), pen.bases[r.path]
-        repeats = r.tokens * r.delta / r.domain_tokens
-        ax.plot(repeats, r.test, ".", ms=2, color=color, alpha=0.4)
-        ax.plot(repeats, a + b * (r.tokens / fit.t_scale) ** -beta + pen(r.tokens, r.delta, r.domain_tokens), "-",
-                color=color, lw=0.8)
-    for u in sizes:
-        ax.axvline(pen.onset(u), color=plt.cm.plasma(0.8 * sizes.index(u) / max(1, len(sizes) - 1)), ls="--", lw=1,
-                   label=f"U = {u:,} tokens (dashed: its onset)")
-    ax.set(xscale="log", xlabel="repeats of the domain set E = T delta / U", ylabel="pretrained domain test loss",
-           title="every run with domain data (dots) and its fit: own base + shared penalty")
-    ax.legend(fontsize=8)
+    if models.repeats:  # every arm's losses after finetuning (seed means) against its repeats, and its fit
+        figures["repeats"], ax = plt.subplots(figsize=(7.5, 5))
+        sizes = sorted({p.domain_tokens for p in points}, reverse=True)
+        for (d, u), color in zip(models.repeats.coef, plt.cm.viridis(np.linspace(0, 0.9, len(models.repeats.coef)))):
+            if d == 0:
+                continue
+            arm = sorted({p.tokens for p in points if (p.delta, p.domain_tokens) == (d, u)})
+            means = [np.mean([p.after for p in points if (p.delta, p.domain_tokens, p.tokens) == (d, u, t)]) for t in arm]
+            grid = np.geomspace(arm[0], 4 * arm[-1], 60)
+            ax.plot(np.array(arm) * d / u, means, "os^vD"[sizes.index(u) % 5], color=color, ms=5)
+            ax.plot(grid * d / u, models.repeats(grid, d, u), "-", color=color, lw=1,
+                    label=f"delta {d:g}, U = {u:,}" + (" (the whole set)" if u == sizes[0] else ""))
+        for u in sizes:
+            ax.axvline(models.repeats.penalty.onset(u), color="gray", ls="--", lw=0.8)
+        ax.set(xscale="log", xlabel="repeats of the domain set E = T delta / U (dashed: onsets)",
+               ylabel="domain test loss after finetuning", title="every arm (seed means) and its fit, to 4x its pilots")
+        ax.legend(fontsize=6, ncol=2)
 
     if results.get("check"):
         figures["check"], ax = plt.subplots(figsize=(6.5, 5.5))
@@ -953,7 +973,7 @@ def run(args) -> dict:
         if args.fit_until is not None or args.holdout_delta is not None else None  # (first: bad input fails fast)
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
-    fit, reach = models.law, models.penalty.reach(runs)
+    fit, reach = models.law, models.repeats and models.repeats.penalty.reach(points)
     baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in full])
     results = {"runs": [{"path": r.path, "delta": r.delta, "domain_tokens": r.domain_tokens, "seed": r.seed,
                          "evals": len(r.tokens)} for r in runs],
@@ -965,17 +985,19 @@ def run(args) -> dict:
                        "interval": {n: interval([getattr(b.law.params, n) for b in boot]) for n in Params._fields}
                        if boot else {}},
                "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(baseline_errors ** 2))),
-               "penalty": models.penalty._asdict(), "reach": reach, "choice": models.choice,
-               "post": {name: {"exponent": p.exponent, "coef": p.coef}
+               "penalty": models.repeats and models.repeats.penalty._asdict(), "reach": reach, "choice": models.choice,
+               "post": {name: {"exponent": p.exponent, "coef": {f"{k:g}" if name != "repeats" else f"{k[0]:g} @ U={k[1]}":
+                                                                c for k, c in p.coef.items()}}
                         for name, p in (("drop", models.drop), ("direct", models.direct), ("repeats", models.repeats)) if p},
-               "forecast": recommend(models, boot, target, candidates, reach),
-               "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates, reach)
+               "forecast": recommend(models, boot, target, candidates, setting["domain_tokens"], reach),
+               "best_by_budget": [{"tokens": float(t), "delta": recommend(models, [], t, candidates,
+                                                                           setting["domain_tokens"], reach)
                                    ["recommended"]["delta"]} for t in np.geomspace(max_tokens, 100 * max_tokens, 13)],
                "check": check,
                "rolling": rolling(runs, points, t_scale, args.bootstrap, args.seed, check) if args.rolling else None,
                "warnings": warnings + [m for b in (check or {}).get("budgets", []) for m in b["missing_seeds"]]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    results["plots"] = [] if args.no_plots else plot_all(results, runs, models, os.path.splitext(args.out)[0])
+    results["plots"] = [] if args.no_plots else plot_all(results, runs, points, models, os.path.splitext(args.out)[0])
     results = json.loads(json.dumps(results, default=float))  # numpy numbers -> plain JSON
     settings.atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
     print(format_report(results))

@@ -8,8 +8,8 @@ sign or exponent in the module cannot cancel out:
 - repeats (a CPU-scale study: a 40K-token domain set and subsets of a quarter and an eighth, two seeds):
   every delta's domain test loss saturates, plus a penalty past 50 repeats. Pilots of the whole set
   (<= 4M tokens, <= 20 repeats) never reach it, but delta 0.2 repeats the set 80 times by 16M, where
-  the best delta after finetuning is 0.1. The subset runs reach it: the repeat-aware forecast must say
-  so, where `direct` (which cannot turn up) recommends 0.2.
+  the best delta after finetuning is 0.1 (0.2 is best at 8M). The subset arms reach it: the
+  repeat-aware forecast must say so, where `direct` (which cannot turn up) recommends 0.2.
 """
 import json
 import math
@@ -189,7 +189,8 @@ def test_a_held_out_delta_is_forecast_from_the_others(world, tmp_path):
     assert check["scope"] == "without delta 0.05" and [b["tokens"] for b in check["budgets"]] == FT_TOKENS
     for budget in check["budgets"]:
         [row] = budget["rows"]
-        assert row["delta"] == 0.05 and abs(row["error_pct"]["after_law"]) < 1.0 and abs(row["error_pct"]["law"]) < 1.0
+        assert row["delta"] == 0.05 and abs(row["error_pct"]["law"]) < 1.0
+        assert abs(row["error_pct"]["after_law"]) < (1.0 if budget["tokens"] >= 1e10 else 1.5)  # 5e9: the drop's edge
 
 
 def test_the_check_never_sees_what_it_scores(world, tmp_path):
@@ -230,7 +231,9 @@ def test_the_choice_is_by_expected_regret_with_ties_named():
     regret_1 = 100 * np.mean(np.maximum(draws[:, 1] - 1.0, 0) / np.minimum(draws[:, 1], 1.0))
     assert pick["index"] == 0 and pick["expected_regret_pct"][1] == pytest.approx(regret_1)
     assert pick["tie"] == 1  # 0.99 - 1.00 ... 1.06 - 1.00: the interval holds zero
-    assert fit_laws.choose(point, draws[:, [0, 2, 1]] * [1, 1.2, 1], np.array([True, True, True]))["tie"] is None
+    clear = np.array([[1.00, 1.10, 1.20], [1.00, 1.12, 1.30], [1.00, 1.09, 1.25], [1.00, 1.11, 1.22]])
+    assert fit_laws.choose(point, clear, np.array([True, True, True])) == \
+        {"index": 0, "expected_regret_pct": pytest.approx([0, 10.5, 24.25]), "tie": None}
     assert fit_laws.choose(point, np.zeros((0, 3)), np.array([True, True, False])) == \
         {"index": 1, "expected_regret_pct": None, "tie": None}
 
@@ -300,9 +303,11 @@ def pretrained(tokens, delta, u=U_FULL):
 
 
 def finetuned(tokens, delta, u=U_FULL):
-    """After finetuning: a flatter curve, the same penalty (finetuning cannot undo memorisation)."""
+    """After finetuning: lower the more domain data, a flatter curve, the same penalty (finetuning cannot
+    undo memorisation). At 16M: 1.989, 1.981, 1.969, 1.949 and 2.019 for deltas 0 to 0.2 (0.2 is best at
+    8M); at 64M delta 0.02 is best (0.1 and 0.05 are past the onset there)."""
     x = np.asarray(tokens, dtype=float) / 1e7
-    return 1.80 + 0.3 * (U_FULL / u) ** 0.1 - 0.05 * delta + 0.06 * x ** -0.3 + repeat_penalty(tokens, delta, u)
+    return 1.62 + 0.3 * (U_FULL / u) ** 0.1 - 0.4 * delta + 0.08 * x ** -0.3 + repeat_penalty(tokens, delta, u)
 
 
 def repeats_world(root, subsets=R_SUBSETS):
@@ -345,7 +350,7 @@ def test_the_penalty_is_found_where_only_the_subsets_reach_it(repeats):
     p = results["check"]["penalty"]
     assert p["e0"] == pytest.approx(ONSET, rel=0.2) and abs(p["kappa"]) < 0.2
     for tokens, delta in ((16e6, 0.2), (16e6, 0.1), (64e6, 0.05)):  # the target's repeats: 80, 40, 80
-        fitted = fit_laws.Penalty(**{**p, "bases": {}})(tokens, delta, U_FULL)
+        fitted = fit_laws.Penalty(**p)(tokens, delta, U_FULL)
         assert fitted == pytest.approx(repeat_penalty(tokens, delta, U_FULL), abs=0.02)
     assert results["check"]["reach"] > 2  # the eighth at delta 0.2 reached 150 repeats by 4M
 

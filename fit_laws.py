@@ -143,7 +143,7 @@ def load_runs(run_dirs: list[str], warnings: list) -> tuple[list[Run], dict]:
                 raise FitError(f"{run_dir} and {run_dirs[0]} differ in {key}: one law describes one model shape "
                                f"and batch; fit them separately")
         dataset, domain_tokens = field(config, "dataset_id", config_path), field(config, "domain_train_tokens", config_path)
-        datasets.setdefault(dataset, (domain_tokens, config.get("data_dir"), run_dir))
+        datasets.setdefault(dataset, (domain_tokens, field(config, "data_dir", config_path), run_dir))
         log = run_folder.read_log(os.path.join(run_dir, "log.jsonl"))  # a damaged log: a one-line TrainError
         by_step = {field(r, "step", run_dir): r for r in log}  # a resumed run's repeated step: the last wins
         values = np.array([[r["tokens"], r["domain_train_loss"] or np.nan, r["domain_test_loss"] or np.nan]
@@ -186,8 +186,8 @@ def check_datasets(datasets: dict, full: int):
             raise FitError(f"{run_dir} trained on {data_dir}, which is gone: runs on domain subsets are checked "
                            f"against their dataset folders (the same held-out splits); put them back")
         metas[size] = (data.load_meta(data_dir), data_dir)
-    (whole, whole_dir), splits = metas[full], {s: metas[full][0]["splits"][s]["sha256"] for s in SHARED_SPLITS}
-    for size, (meta, data_dir) in metas.items():
+    whole_dir, splits = metas[full][1], {s: metas[full][0]["splits"][s]["sha256"] for s in SHARED_SPLITS}
+    for meta, data_dir in metas.values():
         differ = [s for s in SHARED_SPLITS if meta["splits"][s]["sha256"] != splits[s]]
         if differ:
             raise FitError(f"{data_dir} has other {' and '.join(differ)} than {whole_dir}: a domain subset must "
@@ -204,8 +204,8 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
         if field(ft, "dataset_id", file) not in setting["datasets"]:
             raise FitError(f"{file} finetuned on dataset {ft['dataset_id']}, none of the runs' "
                            f"({', '.join(setting['datasets'])})")
-        shape = {k: v for k, v in ft.get("model_config", {}).items() if k != "tie_embeddings"}
-        if shape and shape != {k: v for k, v in setting["model_config"].items() if k != "tie_embeddings"}:
+        shape = {k: v for k, v in field(ft, "model_config", file).items() if k != "tie_embeddings"}
+        if shape != {k: v for k, v in setting["model_config"].items() if k != "tie_embeddings"}:
             raise FitError(f"{file} finetuned another model shape than the runs'")
         if field(ft, "replay", file):
             raise FitError(f"{file} replayed general data: fit one finetuning recipe at a time")
@@ -214,13 +214,13 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
             why = "no finished configuration" if best is None else "a checkpoint at 0 tokens"
             warn(f"{file}: skipped ({why})", warnings)
             continue
-        if best.get("converged") is False:
+        if not best["converged"]:
             warn(f"{file}: its best configuration was still improving when its epochs ran out (unconverged): "
                  f"its loss after finetuning is an upper bound; raise finetune.py's --extend_epochs", warnings)
         seed = field(field(field(ft, "settings", file), "pretrain_config", file), "seed", file)
         points.append(Finetuned(file, float(ft["domain_frac"]), setting["datasets"][ft["dataset_id"]], seed,
                                 float(ft["pretrain_tokens"]), field(ft["pretrained"], "domain_test_loss", file),
-                                field(best, "domain_test_loss", file), best.get("general_val_loss", np.nan)))
+                                best["domain_test_loss"], best["general_val_loss"]))
     return points
 
 

@@ -524,7 +524,9 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
     lines += table(["delta", "acc (pretrained)", "acc (after FT)", "acc_norm (after FT)",
                     "dom test bits/byte (pretrained)", "(after FT)"], rows) + [""]
 
-    lines += ["## Scaling laws", "", "```", fit_laws.format_report(fit_results), "```", ""]
+    lines += ["## Scaling laws", "", "The fits on every pilot and budget (the forecast check above refits them on the "
+              "pilots alone):", "", "```", fit_laws.format_report({**fit_results, "check": None, "rolling": None}),
+              "```", ""]
     for plot in fit_results["plots"]:
         shutil.copy(plot, os.path.join(results_dir, os.path.basename(plot)))
         if not plot.endswith(("_check.png", "_repeats.png")):  # (shown above)

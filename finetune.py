@@ -374,7 +374,8 @@ def finetune_grid(cfg: FinetuneConfig) -> dict:
     settings.check_ranges(cfg, RANGES)
     rt = processes.setup_runtime(cfg.device, cfg.dtype)
     pretrained, ckpt = run_folder.load_model(cfg.init)  # read once; every configuration starts from a copy
-    pretraining = train.TrainConfig(**ckpt["config"])  # the settings of the run that wrote the checkpoint
+    # the settings of the run that wrote the checkpoint
+    pretraining = settings.config_from_dict(train.TrainConfig, ckpt["config"], f"{cfg.init}'s config")
     plan = make_plan(cfg, ckpt, pretraining, rt.world_size)
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)

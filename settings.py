@@ -17,8 +17,9 @@ checkpoints and runs (data.DataError the one for data); each script's __main__ p
 The rest is done one way here, for every script: atomic_write (a file through a temporary file and a
 rename, so that a kill never leaves half of one), token_count and format_tokens (token counts read
 as 3e6, 3M or 1.5B, and written back exactly and short: 3M, 250K, 2048), integer (1e3 is an integer,
-2.5 is not) and ArgumentParser (a meaning and a default on every --help line, errors in one line).
-Nothing here imports the rest of the project.
+2.5 is not), config_from_dict (a config that a file holds, checked field by field) and ArgumentParser
+(a meaning and a default on every --help line, errors in one line). Nothing here imports the rest of
+the project.
 """
 import argparse
 import dataclasses
@@ -102,6 +103,36 @@ def check_ranges(cfg, ranges: dict):
             ok, what = ranges[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise TrainError(f"--{f.name} {value}: must be {what}")
+
+
+def has_field_type(value, f) -> bool:
+    """Whether `value` is of a dataclass field's type: None where the annotation allows it (int | None),
+    an int where a float is expected, never a bool for a number."""
+    if value is None:
+        return isinstance(f.type, types.UnionType) and type(None) in f.type.__args__
+    kind = field_type(f)
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def config_from_dict(config_cls, values, where: str):
+    """A config that a file holds (a checkpoint's model_config or the settings of the run that wrote
+    it), with every field of config_cls and no other, each of its field's type; else a one-line error."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if not isinstance(values, dict):
+        problem = f"is a {type(values).__name__}, not a dict"
+    elif fields.keys() - values.keys():
+        problem = f"lacks {', '.join(sorted(fields.keys() - values.keys()))}"
+    elif values.keys() - fields.keys():
+        problem = f"has unknown keys {', '.join(sorted(map(str, values.keys() - fields.keys())))}"
+    else:
+        wrong = [name for name, f in fields.items() if not has_field_type(values[name], f)]
+        if not wrong:
+            return config_cls(**values)
+        name = wrong[0]
+        problem = f"has a {type(values[name]).__name__} for {name}, not a {field_type(fields[name]).__name__}"
+    raise TrainError(f"{where} {problem}: it was not written by this code (or is damaged); use a file this code wrote")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -427,9 +427,10 @@ def resume_point(cfg: TrainConfig, resuming: bool, out_dir: str, meta: dict, mod
         if "mixture" not in ckpt:
             raise TrainError(f"{latest} holds weights only (a milestone's), not the optimizer and data position an "
                              f"exact resume needs: start a new run from it with --init_from in another --out_dir")
-        changed = [k for k in RESUME_FIXED if ckpt["config"][k] != getattr(cfg, k)]
+        run = settings.config_from_dict(TrainConfig, ckpt["config"], f"{latest}'s config")
+        changed = [k for k in RESUME_FIXED if getattr(run, k) != getattr(cfg, k)]
         if changed:
-            was = ", ".join(f"{k}={ckpt['config'][k]}" for k in changed)
+            was = ", ".join(f"{k}={getattr(run, k)}" for k in changed)
             raise TrainError(f"--resume with other {', '.join(changed)} than the run in {out_dir} ({was}): an "
                              f"exact resume needs the same data and schedule; --init_from starts a new run from it")
         if ckpt["dataset_id"] != meta["dataset_id"]:

@@ -27,6 +27,8 @@ one place that writes and reads them, in three parts:
    without a model's fields, tensors of another shape).
 2. The log, and what a kill or a full disk leaves: a cut-off last line, temporary files, a folder set
    aside. A rerun repairs what is safe to repair and refuses the rest in one line that says what to do.
+   One process writes a run folder at a time (settings.lock_folder): a second one is refused before it
+   reads or repairs anything there.
 3. Metrics beside log.jsonl, where people look (TensorBoard, Weights & Biases): optional packages,
    imported only when asked for.
 """
@@ -433,9 +435,17 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
     mistyped --out_dir never continues another run) or starts anew, decided by every rank before
     anything is written. A run killed before its first checkpoint leaves config.json and at most one log
     line (the eval whose checkpoint was being written): nothing worth keeping, so the same command, with
-    or without --resume, starts it again. Any other folder is refused with what to do."""
+    or without --resume, starts it again. Any other folder is refused with what to do. Before it looks,
+    rank 0 locks the folder for the rest of the run (settings.lock_folder, which makes it): a second
+    process on the same folder is refused before it reads or repairs anything there."""
     latest, log_path = os.path.join(out_dir, "ckpt_latest.pt"), os.path.join(out_dir, "log.jsonl")
+    no_run = f"--resume: {out_dir} holds no run to continue; start it without --resume"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
+    if resume and not os.path.exists(out_dir):
+        raise TrainError(no_run)  # (a mistyped --out_dir: refused before the lock makes the folder)
     if rt.master:
+        settings.lock_folder(out_dir)
         restore_set_aside(out_dir)
     if rt.world_size > 1:
         dist.barrier()
@@ -447,8 +457,6 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
                              f"checkpoints: resume it with --parallel {'fsdp' if os.path.isdir(latest) else 'ddp'}"
                              f"{' (on any number of processes)' if os.path.isdir(latest) else ''}")
         return True
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
     if glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
         raise TrainError(f"{out_dir} has milestone checkpoints but no ckpt_latest.pt, and milestones hold weights only: "
                          f"go on from the newest with --init_from and another --out_dir, or move the folder away "
@@ -465,7 +473,7 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
             print(f"note: {out_dir} holds a run killed before its first checkpoint: starting it again", file=sys.stderr)
         return False
     if resume:
-        raise TrainError(f"--resume: {out_dir} holds no run to continue; start it without --resume")
+        raise TrainError(no_run)
     return False
 
 

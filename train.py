@@ -22,8 +22,9 @@ miniature's; a preset in configs/ sets a larger scale's), the optimizer, the lea
 the weight average, the losses of a log line, train_loop, and pretrain, which puts them together.
 What lets the same loop run at scale and survive a kill lives beside it, to read afterwards:
 processes.py (torchrun, DDP and FSDP2, the memory plan), run_folder.py (checkpoints, the log, what a
-rerun does with a killed run's folder) and settings.py (TrainConfig's fields as flags). finetune.py
-reuses the optimizer, Schedule, mean_loss and train_loop, evaluate.py the losses.
+rerun does with a killed run's folder, which one process writes at a time) and settings.py
+(TrainConfig's fields as flags). finetune.py reuses the optimizer, Schedule, mean_loss and train_loop,
+evaluate.py the losses.
 """
 import contextlib
 import dataclasses
@@ -495,11 +496,11 @@ def pretrain(cfg: TrainConfig) -> str:
               file=sys.stderr)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
-    resuming = run_folder.will_resume(out_dir, cfg.resume, cfg.parallel == "fsdp", rt)
     meta = open_dataset(cfg.data_dir, rt)
     processes.check_memory(cfg, model_config(cfg, meta["vocab_size"]), rt)
-
     model = build_model(cfg, meta["vocab_size"])
+
+    resuming = run_folder.will_resume(out_dir, cfg.resume, cfg.parallel == "fsdp", rt)  # locks out_dir: one writer
     start = resume_point(cfg, resuming, out_dir, meta, model)
     model.to(rt.device)
     seq_len = model.cfg.seq_len

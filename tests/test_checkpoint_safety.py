@@ -67,8 +67,7 @@ def crafted(runs, folder, sentinel) -> dict:
     info = torch.load(os.path.join(shards, "info.pt"), weights_only=True)
     torch.save({**info, "notes": RunsCommand(sentinel)}, os.path.join(forms["info"], "info.pt"))
     shutil.copytree(shards, forms["index"])
-    with open(os.path.join(shards, ".metadata"), "rb") as f:
-        index = pickle.load(f)  # our own file: trusted
+    index = run_folder.CheckpointReader(shards).read_metadata()
     index.planner_data = RunsCommand(sentinel)
     with open(os.path.join(forms["index"], ".metadata"), "wb") as f:
         pickle.dump(index, f)
@@ -124,8 +123,7 @@ def test_a_crafted_value_in_the_shards_is_refused_before_it_runs(tiny_data, tmp_
         dist.destroy_process_group()  # left by the interrupted run (a real one exits)
     monkeypatch.undo()
     latest = os.path.join(out, "ckpt_latest.pt")
-    with open(os.path.join(latest, ".metadata"), "rb") as f:
-        index = pickle.load(f)
+    index = run_folder.CheckpointReader(latest).read_metadata()
     name = next(n for n, entry in index.state_dict_metadata.items()
                 if isinstance(entry, BytesStorageMetadata) and n.startswith("optimizer.param_groups") and n.endswith(".lr"))
     key = next(k for k in index.storage_data if k.fqn == name)
@@ -205,8 +203,7 @@ def test_contents_that_this_code_does_not_write_are_one_line_errors(runs, tiny_d
 
 def test_a_folder_whose_index_holds_other_shapes_is_one_line(runs, tmp_path):
     folder = shutil.copytree(os.path.join(runs[1], "ckpt_2048.pt"), str(tmp_path / "ckpt_2048.pt"))
-    with open(os.path.join(folder, ".metadata"), "rb") as f:
-        index = pickle.load(f)
+    index = run_folder.CheckpointReader(folder).read_metadata()
     entry = index.state_dict_metadata["model.wte.weight"]
     entry.size = torch.Size([64, 320])
     with open(os.path.join(folder, ".metadata"), "wb") as f:

@@ -129,6 +129,7 @@ def optimizer_state(model, optimizer, sharded: bool) -> dict:
 # a folder's index through IndexUnpickler, its shards through DCP with CheckpointReader and CheckpointPlanner.
 
 def refused(path: str, name: str) -> TrainError:
+    """The one line for a checkpoint whose pickle asks for `name` (a function it would call as it loads)."""
     return TrainError(f"checkpoint {path} is refused: loading it would call {name}, which is code, not data (a "
                       f"checkpoint holds tensors and plain values only); use one written by this code, and share "
                       f"models as Hugging Face exports (scripts/export_hf.py)")
@@ -247,7 +248,7 @@ def load_checkpoint(path: str) -> dict:
     damaged = ": it is damaged or not a checkpoint of this code"
     for key, value in ckpt.items():
         if key in KEY_TYPES and (isinstance(value, bool) or not isinstance(value, KEY_TYPES[key])):
-            raise TrainError(f"{path} holds a {type(value).__name__} as {key}, not a {KEY_TYPES[key].__name__}{damaged}")
+            raise TrainError(f"{path} holds {key} of type {type(value).__name__}, not {KEY_TYPES[key].__name__}{damaged}")
     if "mixture" in ckpt:  # ckpt_latest.pt: what --resume reads besides the tensors
         lacks = sorted(RESUME_KEYS - keys) + ([] if isinstance(ckpt["mixture"].get("general_start"), int)
                                               else ["mixture.general_start"])

@@ -168,7 +168,7 @@ def config_from_dict(config_cls, values, where: str):
     it), with every field of config_cls and no other, each of its field's type; else a one-line error."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     if not isinstance(values, dict):
-        problem = f"is a {type(values).__name__}, not a dict"
+        problem = f"is of type {type(values).__name__}, not dict"
     elif fields.keys() - values.keys():
         problem = f"lacks {', '.join(sorted(fields.keys() - values.keys()))}"
     elif values.keys() - fields.keys():
@@ -178,7 +178,7 @@ def config_from_dict(config_cls, values, where: str):
         if not wrong:
             return config_cls(**values)
         name = wrong[0]
-        problem = f"has a {type(values[name]).__name__} for {name}, not a {field_type(fields[name]).__name__}"
+        problem = f"has {name} of type {type(values[name]).__name__}, not {field_type(fields[name]).__name__}"
     raise TrainError(f"{where} {problem}: it was not written by this code (or is damaged); use a file this code wrote")
 
 

@@ -162,11 +162,11 @@ def test_contents_that_this_code_does_not_write_are_one_line_errors(runs, tiny_d
     cases = [
         (dict(model_config={}), "model_config lacks d_ff, d_model, n_head, n_layer, norm, rope_theta, "
                                 "seq_len, tie_embeddings, vocab_size"),
-        (dict(model_config={**model_config, "n_layer": "2"}), "model_config has a str for n_layer, not a int"),
+        (dict(model_config={**model_config, "n_layer": "2"}), "model_config has n_layer of type str, not int"),
         (dict(model_config={**model_config, "depth": 2}), "model_config has unknown keys depth"),
         (dict(model_config={**model_config, "d_model": 0}), "model_config has d_model=0, not a size > 0"),
-        (dict(model_config=[1, 2]), "holds a list as model_config, not a dict"),
-        (dict(step="8"), "holds a str as step, not a int"),
+        (dict(model_config=[1, 2]), "holds model_config of type list, not dict"),
+        (dict(step="8"), "holds step of type str, not int"),
         (dict(model={**weights, "wte.weight": weights["wte.weight"].t()}),
          r"holds wte.weight of shape \[64, 320\], not the \[320, 64\] of its model_config"),
         (dict(model={k: v for k, v in weights.items() if k != "norm_f.weight" and "mlp.proj" not in k}),

@@ -14,7 +14,8 @@ needs from data, in the order a reader needs it:
    overlap, and counts its domain repeats E = T * delta / |D_dom| exactly.
 3. prepare: named sources of documents (corpora.py) -> a dataset, split per document by a hash of its
    text: worker processes tokenize independent units in parallel, on one machine or many, and a
-   killed preparation keeps what it finished.
+   killed preparation keeps what it finished. One process at a time finishes a dataset folder (a
+   second one is refused); the parts of many machines share it.
 4. The command line (its parser, the one atomic writer and the token-count parser are settings.py's):
        python data.py                     # the default dataset: general English mix + ABC music, gpt2
        python data.py --list              # the named sources
@@ -535,6 +536,10 @@ def prepare(out_dir: str, general: str, domain: str | None, tokenizer: str = "gp
             g.units = g.source.plan(g.budget and math.ceil(g.budget / (1 - g.holdout_frac)))
             key = hashlib.sha256(json.dumps([UNIT_VERSION, g.source.name, tokenizer, g.units]).encode()).hexdigest()[:16]
             g.work = os.path.join(out_dir, ".work", f"{g.name}-{key}")
+        # One writer: the final step holds the folder alone, the parts share it (any number at once, on
+        # any machine, but not while a final step runs: it removes their .work at its end)
+        settings.lock_folder(out_dir, shared=part is not None)
+        for g in groups:
             os.makedirs(g.work, exist_ok=True)
         while True:  # (the units finished refine how many an online source needs)
             wanted = {g.name: units_needed(g, seed, n_parts) for g in groups}
@@ -619,5 +624,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:
+    except (DataError, settings.TrainError) as e:  # TrainError: the folder is being written by another process
         sys.exit(f"data.py: {e}")

@@ -345,13 +345,14 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, eval_windows: in
     """
     rt = processes.setup_runtime(device)
     model, ckpt = run_folder.load_model(path, rt.device)
-    data_dir = data_dir or ckpt["config"]["data_dir"]
+    run = settings.config_from_dict(train.TrainConfig, ckpt["config"], f"{path}'s config")  # the run that wrote it
+    data_dir = data_dir or run.data_dir
     meta = data.load_meta(data_dir)
     run_folder.check_vocabulary(ckpt, meta, path, data_dir)
     splits = {name: data.open_split(data_dir, split) for name, split in train.LOSS_SPLITS}
     seq_len = model.cfg.seq_len
-    windows = eval_windows or ckpt["config"]["eval_windows"]
-    result = {"checkpoint": path, "tokens": ckpt["tokens"], "domain_frac": ckpt["config"]["domain_frac"],
+    windows = eval_windows or run.eval_windows
+    result = {"checkpoint": path, "tokens": ckpt["tokens"], "domain_frac": run.domain_frac,
               "dataset_id": meta["dataset_id"], "tokenizer": meta["tokenizer"], "eval_windows": windows}
     if "finetune" in ckpt:
         result["finetune"] = ckpt["finetune"]

@@ -47,7 +47,8 @@ finetune. Measured on the miniature (cpu-mini, 1M pretraining tokens, 40K tokens
 at the 10-epoch cap; the grid stops at 1x because the pretraining peak is known to be stable.
 Absolute values (`--lr 1e-5,4e-5,1e-4`) give the paper's grid as is.
 
-Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/):
+Output, in out_dir (default: <checkpoint folder>/ft_<checkpoint name>/), which one process writes at a
+time (a second finetune.py on it is refused in one line, settings.lock_folder):
 - finetune.json, rewritten atomically at every eval: the pretrained losses, per configuration its
   curve, its best point and whether it finished, and the best over the grid. A rerun with the same
   out_dir and settings (the checkpoint's pretraining run included) skips finished configurations
@@ -374,8 +375,11 @@ def finetune_grid(cfg: FinetuneConfig) -> dict:
     settings.check_ranges(cfg, RANGES)
     rt = processes.setup_runtime(cfg.device, cfg.dtype)
     pretrained, ckpt = run_folder.load_model(cfg.init)  # read once; every configuration starts from a copy
-    pretraining = train.TrainConfig(**ckpt["config"])  # the settings of the run that wrote the checkpoint
+    # the settings of the run that wrote the checkpoint
+    pretraining = settings.config_from_dict(train.TrainConfig, ckpt["config"], f"{cfg.init}'s config")
     plan = make_plan(cfg, ckpt, pretraining, rt.world_size)
+    if rt.master:  # one writer: a second finetune.py on this out_dir is refused before it reads the results
+        settings.lock_folder(plan.out_dir)
     json_path, log_path = os.path.join(plan.out_dir, "finetune.json"), os.path.join(plan.out_dir, "log.jsonl")
     done = previous_results(json_path, plan.settings)
     mixture = data.Mixture(plan.data_dir, 1 - cfg.replay, plan.batch_size, plan.settings["seq_len"], cfg.seed,
@@ -393,7 +397,6 @@ def finetune_grid(cfg: FinetuneConfig) -> dict:
 
     with run_folder.writes_in(plan.out_dir, recovery):  # results, log lines and ckpt_best.pt
         if rt.master:
-            os.makedirs(plan.out_dir, exist_ok=True)
             run_folder.remove_temporary_files(plan.out_dir)  # left by a kill
             print(f"finetuning {cfg.init} ({settings.format_tokens(ckpt['tokens'])} tokens, delta "
                   f"{pretraining.domain_frac:g}) on {plan.data_dir}: "

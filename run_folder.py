@@ -17,22 +17,38 @@ one place that writes and reads them, in three parts:
    (NAME.old<step>) and is put back by the next start if a kill came between the two renames.
    FORMAT is the version of the checkpoints and finetune.json that this code writes: it reads no
    other, and says so in one line rather than guessing at what an older file meant.
+   A checkpoint is data, never code. Checkpoints travel (a colleague's run folder, a study copied
+   from another cluster), and a pickle can call any function as it loads. So every .pt file is read
+   by torch.load's weights_only reader (tensors and plain values), a folder's index (DCP's .metadata,
+   a plain pickle) by IndexUnpickler, which builds only what the index is made of, and the values DCP
+   reads as pickled bytes (an optimizer's settings) by torch.load's reader again (CheckpointPlanner).
+   A file that asks for anything else is refused in one line, before it runs; so is one whose
+   contents are not what this code writes (a missing key, a value of another type, a model_config
+   without a model's fields, tensors of another shape).
 2. The log, and what a kill or a full disk leaves: a cut-off last line, temporary files, a folder set
    aside. A rerun repairs what is safe to repair and refuses the rest in one line that says what to do.
+   One process writes a run folder at a time (settings.lock_folder): a second one is refused before it
+   reads or repairs anything there.
 3. Metrics beside log.jsonl, where people look (TensorBoard, Weights & Biases): optional packages,
    imported only when asked for.
 """
 import contextlib
+import dataclasses
 import errno
 import glob
 import json
 import os
+import pickle
+import re
 import shutil
 import sys
+import zipfile
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 import data
@@ -42,7 +58,23 @@ from processes import Runtime
 from settings import TrainError
 
 FORMAT = 1  # of checkpoints and finetune.json: raise it when their contents change meaning
-CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position"}
+# What a checkpoint holds, by name and type. Every checkpoint holds CHECKPOINT_KEYS (a milestone: the
+# weights and what the run was); ckpt_latest.pt also what --resume needs (RESUME_KEYS, the optimizer
+# state and, with --ema, the weight average), finetune.py's ckpt_best.pt where it came from ("finetune").
+# In a folder the tensors ("model", "optimizer", "ema") are in the shards and the rest is in info.pt.
+KEY_TYPES = {"format": int, "model": dict, "model_config": dict, "config": dict, "step": int, "tokens": int,
+             "general_position": int, "dataset_id": str, "mixture_step0": int, "tokens_offset": int,
+             "mixture": dict, "rng": torch.Tensor, "optimizer": dict, "ema": dict, "ema_steps": int,
+             "finetune": dict}
+CHECKPOINT_KEYS = {"model", "model_config", "config", "step", "tokens", "general_position", "dataset_id"}
+RESUME_KEYS = {"mixture", "mixture_step0", "tokens_offset", "rng"}
+# What DCP's index (.metadata) is made of, as pickle names it: its dataclasses, the path it was saved
+# to, and torch's shapes, layouts and memory formats (dtypes are allowed by value: IndexUnpickler).
+INDEX_CLASSES = {("torch.distributed.checkpoint.metadata", name) for name in (
+    "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+    "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,34 +125,117 @@ def optimizer_state(model, optimizer, sharded: bool) -> dict:
     return {"optimizer": get_optimizer_state_dict(model, optimizer)} if optimizer.state else {}
 
 
-def shard_contents(path: str) -> set[str]:
-    """The tensors a checkpoint folder holds ("model.wte.weight", ...), once every file its index names
-    is there in full: a shard that is missing or cut short fails here, in one line, not inside DCP."""
+# Reading checkpoints as data (see the docstring): a .pt file through torch.load's weights_only reader,
+# a folder's index through IndexUnpickler, its shards through DCP with CheckpointReader and CheckpointPlanner.
+
+def refused(path: str, name: str) -> TrainError:
+    """The one line for a checkpoint whose pickle asks for `name` (a function it would call as it loads)."""
+    return TrainError(f"checkpoint {path} is refused: loading it would call {name}, which is code, not data (a "
+                      f"checkpoint holds tensors and plain values only); use one written by this code, and share "
+                      f"models as Hugging Face exports (scripts/export_hf.py)")
+
+
+def load_as_data(f, path: str):
+    """torch.load's weights_only reader, which builds tensors and plain values (numbers, strings, lists,
+    dicts) and nothing else, of a checkpoint's file or of bytes DCP read from one (`path` names it)."""
     try:
-        index = dcp.FileSystemReader(path).read_metadata()
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        name = re.search(r"GLOBAL (\S+)", str(e))  # what the pickle asked for, as torch's refusal names it
+        if name:
+            raise refused(path, name[1]) from None
+        raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a "
+                         f"checkpoint") from None
+
+
+class IndexUnpickler(pickle.Unpickler):
+    """Reads a checkpoint folder's index (DCP's .metadata, a plain pickle) as data: it makes the classes
+    of INDEX_CLASSES and torch's dtypes, and refuses any other name before importing it."""
+
+    def __init__(self, file, path: str):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in INDEX_CLASSES or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return super().find_class(module, name)
+        raise refused(self.path, f"{module}.{name}")
+
+
+class CheckpointReader(dcp.FileSystemReader):
+    """DCP's reader of a checkpoint folder, but for its index: DCP's own reads it with pickle.load."""
+
+    def read_metadata(self, *args, **kwargs):
+        with open(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+            index = IndexUnpickler(f, str(self.path)).load()
+        index.storage_meta = index.storage_meta or StorageMeta()  # as DCP's own read_metadata leaves it
+        index.storage_meta.load_id = self.load_id
+        return index
+
+
+class CheckpointPlanner(DefaultLoadPlanner):
+    """DCP's load planner, but what it reads as pickled bytes (an optimizer's settings: numbers and
+    tuples) goes through torch.load's weights_only reader first: DCP's own loads it with the full one."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def load_bytes(self, read_item, value):
+        load_as_data(value, self.path)  # refuses code before DCP's own load sees the bytes
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+def read_shards(state: dict, path: str):
+    """Read a checkpoint folder's tensors into `state`'s ({"model": model.state_dict(), ...}), in place;
+    collectively if this is one of several processes, which DCP reshards to."""
+    try:
+        dcp.load(state, storage_reader=CheckpointReader(path), planner=CheckpointPlanner(path),
+                 no_dist=not dist.is_initialized())
+    except (Exception, dcp.CheckpointException) as e:  # every rank's failure in one: a refusal goes on as it is
+        errors = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()] or [e]
+        raise next((error for error in errors if isinstance(error, TrainError)), None) or TrainError(
+            f"checkpoint {path} cannot be read into this model ({type(errors[0]).__name__}): it is damaged; use "
+            f"another checkpoint") from None
+
+
+def shard_contents(path: str) -> dict[str, tuple | None]:
+    """The shape of every tensor a checkpoint folder holds ({"model.wte.weight": (320, 64), ...}; None for
+    what DCP pickled, an optimizer's settings), once every file its index names is there in full: a shard
+    that is missing or cut short fails here, in one line, not inside DCP."""
+    try:
+        index = CheckpointReader(path).read_metadata()
+        shards = [(os.path.join(path, where.relative_path), where.offset + where.length)
+                  for where in index.storage_data.values()]
+        shapes = {name: tuple(entry.size) if isinstance(entry, TensorStorageMetadata) else None
+                  for name, entry in index.state_dict_metadata.items()}
+    except TrainError:  # IndexUnpickler's refusal
+        raise
     except Exception:
         raise TrainError(f"{path} is not a complete checkpoint folder (its .metadata is missing or damaged): "
                          f"copy the whole folder again, or use another checkpoint")
-    for where in index.storage_data.values():
-        shard = os.path.join(path, where.relative_path)
-        if not os.path.isfile(shard) or os.path.getsize(shard) < where.offset + where.length:
+    for shard, end in shards:
+        if not os.path.isfile(shard) or os.path.getsize(shard) < end:
             raise TrainError(f"{shard} is missing or cut short: checkpoint {path} is damaged; copy the whole "
                              f"folder again (every rank's shard), or use another checkpoint")
-    return set(index.state_dict_metadata)
+    return shapes
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint's dict. Of a folder: what info.pt holds, the tensors staying on disk until
-    load_weights or load_training_state reads them into a model (any number of processes)."""
+    """A checkpoint's dict, read as data and checked against what this code writes (KEY_TYPES and a
+    model_config a GPT can be made of). Of a folder: what info.pt holds, the tensors staying on disk
+    until load_weights or load_training_state reads them into a model (any number of processes)."""
     if not os.path.exists(path):
         raise TrainError(f"checkpoint {path} does not exist")
     sharded = os.path.isdir(path)
-    if sharded and not os.path.exists(os.path.join(path, "info.pt")):
+    file = os.path.join(path, "info.pt") if sharded else path
+    if sharded and not os.path.exists(file):
         raise TrainError(f"{path} is a folder but not a checkpoint (it has no info.pt): give a ckpt_<tokens>.pt")
-    try:
-        ckpt = torch.load(os.path.join(path, "info.pt") if sharded else path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TrainError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint")
+    if not zipfile.is_zipfile(file):  # torch.save's format; an older one or a bare pickle is not read at all
+        raise TrainError(f"checkpoint {path} cannot be read (not a file torch.save writes): it is corrupt or not "
+                         f"a checkpoint")
+    ckpt = load_as_data(file, path)
     keys = set(ckpt) if isinstance(ckpt, dict) else set()
     if sharded and any(k.startswith("model.") for k in shard_contents(path)):
         keys.add("model")
@@ -130,6 +245,19 @@ def load_checkpoint(path: str) -> dict:
     if ckpt.get("format") != FORMAT:
         raise TrainError(f"{path} is a checkpoint of format {ckpt.get('format', 'none')}, and this code reads format "
                          f"{FORMAT}: use the version of the code that wrote it, or train it again")
+    damaged = ": it is damaged or not a checkpoint of this code"
+    for key, value in ckpt.items():
+        if key in KEY_TYPES and (isinstance(value, bool) or not isinstance(value, KEY_TYPES[key])):
+            raise TrainError(f"{path} holds {key} of type {type(value).__name__}, not {KEY_TYPES[key].__name__}{damaged}")
+    if "mixture" in ckpt:  # ckpt_latest.pt: what --resume reads besides the tensors
+        lacks = sorted(RESUME_KEYS - keys) + ([] if isinstance(ckpt["mixture"].get("general_start"), int)
+                                              else ["mixture.general_start"])
+        if lacks:
+            raise TrainError(f"{path} holds a data position but lacks {', '.join(lacks)}, which --resume needs{damaged}")
+    model_config = settings.config_from_dict(GPTConfig, ckpt["model_config"], f"{path}'s model_config")
+    for name, value in dataclasses.asdict(model_config).items():
+        if type(value) in (int, float) and not value > 0:
+            raise TrainError(f"{path}'s model_config has {name}={value}, not a size > 0{damaged}")
     return ckpt
 
 
@@ -153,13 +281,32 @@ def check_shape(model, ckpt: dict, path: str):
         model.untie()
 
 
+def check_tensors(model, found: dict, path: str):
+    """The checkpoint's weights (name -> shape; None: not a tensor) against `model`'s, in one line that
+    names the first that differs rather than PyTorch's list of every mismatch."""
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    name = next((n for n in sorted(expected.keys() | found.keys(), key=str) if expected.get(n) != found.get(n)), None)
+    if name is None:
+        return
+    if name not in expected:
+        problem = f"holds {name}, which a model of its model_config does not have"
+    elif found.get(name) is None:
+        problem = f"lacks the tensor {name}"
+    else:
+        problem = f"holds {name} of shape {list(found[name])}, not the {list(expected[name])} of its model_config"
+    raise TrainError(f"{path} {problem}: it is damaged or not a checkpoint of this code")
+
+
 def load_weights(model, ckpt: dict, path: str):
-    """Load a checkpoint's weights into `model` (a GPT, sharded or not), after check_shape."""
+    """Load a checkpoint's weights into `model` (a GPT, not yet sharded), after check_shape and check_tensors."""
     check_shape(model, ckpt, path)
     if os.path.isdir(path):
-        # into the model's tensors, in place; collectively if this is one of several processes
-        dcp.load({"model": model.state_dict()}, checkpoint_id=path, no_dist=not dist.is_initialized())
+        check_tensors(model, {name[len("model."):]: shape for name, shape in shard_contents(path).items()
+                              if name.startswith("model.")}, path)
+        read_shards({"model": model.state_dict()}, path)
     else:
+        check_tensors(model, {name: tuple(t.shape) if isinstance(t, torch.Tensor) else None
+                              for name, t in ckpt["model"].items()}, path)
         model.load_state_dict(ckpt["model"])
 
 
@@ -167,7 +314,10 @@ def load_model(path: str, device="cpu") -> tuple[GPT, dict]:
     """The project's one checkpoint loader: the model of any checkpoint (a file or a folder of shards,
     of train.py or finetune.py, untied if it was), in fp32 on `device`, and the checkpoint's dict."""
     ckpt = load_checkpoint(path)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+    except ValueError as e:  # a shape no GPT has (model.py says why)
+        raise TrainError(f"{path}'s model_config: {e}: it is damaged or not a checkpoint of this code")
     load_weights(model, ckpt, path)
     return model.to(device), ckpt
 
@@ -175,22 +325,26 @@ def load_model(path: str, device="cpu") -> tuple[GPT, dict]:
 def load_training_state(model, optimizer, ckpt: dict, path: str, average=None):
     """What --resume reads besides the weights: the optimizer state, the weight average (train.py's
     WeightAverage, with --ema) and the random state. A folder's tensors are resharded by DCP to this
-    run's processes."""
-    if os.path.isdir(path):
-        state = {"model": model.state_dict(), **({"ema": average.weights} if average else {})}
-        if any(k.startswith("optimizer.") for k in shard_contents(path)):
-            state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-        dcp.load(state, checkpoint_id=path)  # into the tensors in place
-        if "optimizer" in state:
-            set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    else:
-        optimizer.load_state_dict(ckpt["optimizer"])
+    run's processes. What does not fit this run is refused in one line."""
+    try:
+        if os.path.isdir(path):
+            state = {"model": model.state_dict(), **({"ema": average.weights} if average else {})}
+            if any(k.startswith("optimizer.") for k in shard_contents(path)):
+                state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+            read_shards(state, path)  # into the tensors in place
+            if "optimizer" in state:
+                set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if average:
+                for name, weights in average.weights.items():
+                    weights.copy_(ckpt["ema"][name])
         if average:
-            for name, weights in average.weights.items():
-                weights.copy_(ckpt["ema"][name])
-    if average:
-        average.steps = ckpt["ema_steps"]
-    torch.set_rng_state(ckpt["rng"])
+            average.steps = ckpt["ema_steps"]
+        torch.set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (TrainError, from read_shards, goes on as it is)
+        raise TrainError(f"{path} holds an optimizer state, weight average or random state that does not fit this "
+                         f"run ({type(e).__name__}): it is damaged; move the folder away to start over") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +436,17 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
     mistyped --out_dir never continues another run) or starts anew, decided by every rank before
     anything is written. A run killed before its first checkpoint leaves config.json and at most one log
     line (the eval whose checkpoint was being written): nothing worth keeping, so the same command, with
-    or without --resume, starts it again. Any other folder is refused with what to do."""
+    or without --resume, starts it again. Any other folder is refused with what to do. Before it looks,
+    rank 0 locks the folder for the rest of the run (settings.lock_folder, which makes it): a second
+    process on the same folder is refused before it reads or repairs anything there."""
     latest, log_path = os.path.join(out_dir, "ckpt_latest.pt"), os.path.join(out_dir, "log.jsonl")
+    no_run = f"--resume: {out_dir} holds no run to continue; start it without --resume"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
+    if resume and not os.path.exists(out_dir):
+        raise TrainError(no_run)  # (a mistyped --out_dir: refused before the lock makes the folder)
     if rt.master:
+        settings.lock_folder(out_dir)
         restore_set_aside(out_dir)
     if rt.world_size > 1:
         dist.barrier()
@@ -296,8 +458,6 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
                              f"checkpoints: resume it with --parallel {'fsdp' if os.path.isdir(latest) else 'ddp'}"
                              f"{' (on any number of processes)' if os.path.isdir(latest) else ''}")
         return True
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise TrainError(f"--out_dir {out_dir} is a file: give a folder")
     if glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
         raise TrainError(f"{out_dir} has milestone checkpoints but no ckpt_latest.pt, and milestones hold weights only: "
                          f"go on from the newest with --init_from and another --out_dir, or move the folder away "
@@ -314,7 +474,7 @@ def will_resume(out_dir: str, resume: bool, sharded: bool, rt: Runtime) -> bool:
             print(f"note: {out_dir} holds a run killed before its first checkpoint: starting it again", file=sys.stderr)
         return False
     if resume:
-        raise TrainError(f"--resume: {out_dir} holds no run to continue; start it without --resume")
+        raise TrainError(no_run)
     return False
 
 

@@ -15,15 +15,21 @@ checkpoints and runs (data.DataError the one for data); each script's __main__ p
 `script.py: message` and exits with status 1.
 
 The rest is done one way here, for every script: atomic_write (a file through a temporary file and a
-rename, so that a kill never leaves half of one), token_count and format_tokens (token counts read
-as 3e6, 3M or 1.5B, and written back exactly and short: 3M, 250K, 2048), integer (1e3 is an integer,
-2.5 is not) and ArgumentParser (a meaning and a default on every --help line, errors in one line).
-Nothing here imports the rest of the project.
+rename, so that a kill never leaves half of one), lock_folder (one process writes a folder at a time:
+a second one is refused, never interleaved), token_count and format_tokens (token counts read as
+3e6, 3M or 1.5B, and written back exactly and short: 3M, 250K, 2048), integer (1e3 is an integer, 2.5
+is not), config_from_dict (a config that a file holds, checked field by field) and ArgumentParser (a
+meaning and a default on every --help line, errors in one line). Nothing here imports the rest of
+the project.
 """
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
 import types
 from dataclasses import field
 
@@ -33,7 +39,7 @@ class TrainError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing files and counting tokens
+# Writing files (atomically, one process per folder) and counting tokens
 
 def atomic_write(path, write_fn, mode="wb"):
     """Write through a temporary file and rename, so a crash never leaves half a file behind."""
@@ -48,6 +54,48 @@ def atomic_write(path, write_fn, mode="wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# One writer per folder: a run folder (train.py, finetune.py), a dataset folder (data.py) and a study's
+# out_dir (scripts/study.py) are written by one process at a time. Without that, a job that a scheduler
+# requeues while its first copy still runs, or a command started twice, interleaves two runs in one log
+# and keeps whichever checkpoint was written last. The lock is the kernel's (a POSIX record lock,
+# fcntl.lockf, on the folder's .lock file), so it ends with its process however that ends (kill -9
+# too): nothing stale is ever left to remove by hand. It is the process's own, not shared with the
+# children it forks (data.py's workers, which a kill -9 can leave behind), and it lasts while the file
+# stays open: closing any descriptor of the file drops it, so the holder opens it once (LOCKS). What it
+# guarantees on a shared filesystem: README, "What happens when things go wrong".
+
+LOCK_NAME = ".lock"  # in the folder it guards; it holds who has the lock, for the refusal to name
+LOCKS = {}  # lock file -> the open file: a folder this process has locked stays locked until it ends
+
+
+def lock_folder(folder: str, shared: bool = False):
+    """Make `folder` (created if need be) this process's to write until the process ends, or refuse in
+    one line that names the process holding it and says what to do. `shared`: any number of holders
+    at once, but none while an exclusive one holds it (data.py's --part processes, beside its final step).
+    Taking a lock this process holds again changes only its kind."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.realpath(os.path.join(folder, LOCK_NAME))
+    lock_file = LOCKS.get(path) or open(path, "a+")  # a+: created if missing, never emptied by opening
+    try:
+        fcntl.lockf(lock_file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # another process holds it
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        if path not in LOCKS:
+            lock_file.close()
+        raise TrainError(f"{folder} is being written by {holder}: one process writes a folder at a time; wait "
+                         f"for that one to end (or stop it) and run this again, or use another folder")
+    except OSError as e:  # a filesystem without locks (NFS without its lock service, Lustre mounted noflock)
+        print(f"warning: cannot lock {folder} ({e.strerror}): nothing stops a second process from writing it "
+              f"at the same time (README: shared filesystems)", file=sys.stderr)
+    if path not in LOCKS:
+        LOCKS[path] = lock_file
+        lock_file.truncate(0)  # who holds it: the refusals name the process
+        lock_file.write(f"{os.path.basename(sys.argv[0]) or 'python'} (pid {os.getpid()} on {socket.gethostname()} "
+                        f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        lock_file.flush()
 
 
 def token_count(text: str) -> int:
@@ -102,6 +150,36 @@ def check_ranges(cfg, ranges: dict):
             ok, what = ranges[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise TrainError(f"--{f.name} {value}: must be {what}")
+
+
+def has_field_type(value, f) -> bool:
+    """Whether `value` is of a dataclass field's type: None where the annotation allows it (int | None),
+    an int where a float is expected, never a bool for a number."""
+    if value is None:
+        return isinstance(f.type, types.UnionType) and type(None) in f.type.__args__
+    kind = field_type(f)
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def config_from_dict(config_cls, values, where: str):
+    """A config that a file holds (a checkpoint's model_config or the settings of the run that wrote
+    it), with every field of config_cls and no other, each of its field's type; else a one-line error."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if not isinstance(values, dict):
+        problem = f"is of type {type(values).__name__}, not dict"
+    elif fields.keys() - values.keys():
+        problem = f"lacks {', '.join(sorted(fields.keys() - values.keys()))}"
+    elif values.keys() - fields.keys():
+        problem = f"has unknown keys {', '.join(sorted(map(str, values.keys() - fields.keys())))}"
+    else:
+        wrong = [name for name, f in fields.items() if not has_field_type(values[name], f)]
+        if not wrong:
+            return config_cls(**values)
+        name = wrong[0]
+        problem = f"has {name} of type {type(values[name]).__name__}, not {field_type(fields[name]).__name__}"
+    raise TrainError(f"{where} {problem}: it was not written by this code (or is damaged); use a file this code wrote")
 
 
 # ---------------------------------------------------------------------------------------------

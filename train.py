@@ -22,8 +22,9 @@ miniature's; a preset in configs/ sets a larger scale's), the optimizer, the lea
 the weight average, the losses of a log line, train_loop, and pretrain, which puts them together.
 What lets the same loop run at scale and survive a kill lives beside it, to read afterwards:
 processes.py (torchrun, DDP and FSDP2, the memory plan), run_folder.py (checkpoints, the log, what a
-rerun does with a killed run's folder) and settings.py (TrainConfig's fields as flags). finetune.py
-reuses the optimizer, Schedule, mean_loss and train_loop, evaluate.py the losses.
+rerun does with a killed run's folder, which one process writes at a time) and settings.py
+(TrainConfig's fields as flags). finetune.py reuses the optimizer, Schedule, mean_loss and train_loop,
+evaluate.py the losses.
 """
 import contextlib
 import dataclasses
@@ -427,9 +428,10 @@ def resume_point(cfg: TrainConfig, resuming: bool, out_dir: str, meta: dict, mod
         if "mixture" not in ckpt:
             raise TrainError(f"{latest} holds weights only (a milestone's), not the optimizer and data position an "
                              f"exact resume needs: start a new run from it with --init_from in another --out_dir")
-        changed = [k for k in RESUME_FIXED if ckpt["config"][k] != getattr(cfg, k)]
+        run = settings.config_from_dict(TrainConfig, ckpt["config"], f"{latest}'s config")
+        changed = [k for k in RESUME_FIXED if getattr(run, k) != getattr(cfg, k)]
         if changed:
-            was = ", ".join(f"{k}={ckpt['config'][k]}" for k in changed)
+            was = ", ".join(f"{k}={getattr(run, k)}" for k in changed)
             raise TrainError(f"--resume with other {', '.join(changed)} than the run in {out_dir} ({was}): an "
                              f"exact resume needs the same data and schedule; --init_from starts a new run from it")
         if ckpt["dataset_id"] != meta["dataset_id"]:
@@ -494,11 +496,11 @@ def pretrain(cfg: TrainConfig) -> str:
               file=sys.stderr)
     out_dir = cfg.out_dir or os.path.join("out", f"d{cfg.domain_frac:g}")
     log_path, latest = os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "ckpt_latest.pt")
-    resuming = run_folder.will_resume(out_dir, cfg.resume, cfg.parallel == "fsdp", rt)
     meta = open_dataset(cfg.data_dir, rt)
     processes.check_memory(cfg, model_config(cfg, meta["vocab_size"]), rt)
-
     model = build_model(cfg, meta["vocab_size"])
+
+    resuming = run_folder.will_resume(out_dir, cfg.resume, cfg.parallel == "fsdp", rt)  # locks out_dir: one writer
     start = resume_point(cfg, resuming, out_dir, meta, model)
     model.to(rt.device)
     seq_len = model.cfg.seq_len

@@ -590,6 +590,10 @@ def main(argv=None):
     out = os.path.abspath(args.out_dir or os.path.join(ROOT, "out", "study", name))
     results_dir = os.path.abspath(args.results_dir or os.path.join(ROOT, "results", name))
     pilots_until(preset)  # a preset without pilots fails before any work
+    try:  # one study per out_dir: a second one is refused before it starts anything
+        settings.lock_folder(out)
+    except settings.TrainError as e:
+        sys.exit(f"study.py: {e}")
     data_dir = prepare(preset, out, args.data_dir and os.path.abspath(args.data_dir))
     pretrain(preset, out, data_dir, args.jobs)
     finetune(preset, out, args.jobs)

@@ -15,6 +15,7 @@ import torch
 
 import corpora
 import data
+import settings
 
 
 def test_gpt2_tokenizer_matches_known_ids():
@@ -79,11 +80,12 @@ def byte_tokens(text):
 
 
 def folder_bytes(folder, skip=()):
-    """Every file under `folder` (relative path -> content), but those under the names in `skip`."""
+    """Every file under `folder` (relative path -> content), but those under the names in `skip` and the
+    lock file (which says who last held the folder: not data)."""
     out = {}
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d not in skip]
-        for name in files:
+        for name in set(files) - {settings.LOCK_NAME}:
             path = os.path.join(root, name)
             out[os.path.relpath(path, folder)] = open(path, "rb").read()
     return out
@@ -392,7 +394,7 @@ def test_prepare_removes_what_earlier_preparations_left(tiny_data, tmp_path):
     meta = data.load_meta(folder)
     data.prepare(folder, meta["sources"]["general"], meta["sources"]["domain"], tokenizer="byte", val_frac=0.1,
                  test_frac=0.1)
-    assert sorted(os.listdir(folder)) == sorted(["meta.json", meta["shard_dir"], "notes.txt"])
+    assert sorted(os.listdir(folder)) == sorted([settings.LOCK_NAME, "meta.json", meta["shard_dir"], "notes.txt"])
     assert data.load_meta(folder)["dataset_id"] == meta["dataset_id"]
 
 

@@ -56,7 +56,7 @@ def checkpoint(path, norm="layernorm", tied=True, vocab_size=257):
         for p in model.parameters():
             p.mul_(10)
     run_folder.save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config_dict(), "config": {},
-                                 "step": 0, "tokens": 0, "general_position": 0})
+                                 "step": 0, "tokens": 0, "general_position": 0, "dataset_id": "none"})
     return model
 
 

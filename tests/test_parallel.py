@@ -188,7 +188,7 @@ def test_a_failed_sharded_save_keeps_the_previous_checkpoint(tiny_data, tmp_path
     assert str(failure.value) == (f"cannot write in {out}: No space left on device (the disk is full); {latest} is "
                                   f"intact: free space, then rerun the same command with --resume")
     assert run_folder.load_checkpoint(latest)["step"] == 0 and sorted(os.listdir(out)) == [
-        "ckpt_latest.pt", "config.json", "log.jsonl"]
+        settings.LOCK_NAME, "ckpt_latest.pt", "config.json", "log.jsonl"]
     monkeypatch.undo()
     os.rename(latest, latest + ".old8")  # as a kill after the first rename of the next save leaves it
     train.main(tiny_args(tiny_data, out, "--parallel", "fsdp", "--ckpt_tokens", "", "--resume"))

@@ -102,7 +102,7 @@ def read_json(path):
 
 
 def same_weights(path_a, path_b):
-    a, b = (torch.load(p, weights_only=False)["model"] for p in (path_a, path_b))
+    a, b = (torch.load(p, weights_only=True)["model"] for p in (path_a, path_b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

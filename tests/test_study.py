@@ -117,7 +117,7 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     # (Its own command again, SIGKILLed as it starts writing the last milestone.)
     run = os.path.join(out, "runs", "d0.2_s0")
     last = os.path.join(run, "ckpt_8192.pt")
-    weights = torch.load(last, weights_only=False)["model"]
+    weights = torch.load(last, weights_only=True)["model"]
     config = json.load(open(os.path.join(run, "config.json")))
     args = [f"--{f.name}={config[f.name]}" for f in dataclasses.fields(train.TrainConfig)
             if config[f.name] not in (None, "")]
@@ -126,7 +126,7 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL and not os.path.exists(last), killed.stderr[-3000:]
     last_step = 8192 // (preset["train"]["batch_size"] * preset["train"]["seq_len"])
-    assert torch.load(os.path.join(run, "ckpt_latest.pt"), weights_only=False)["step"] == \
+    assert torch.load(os.path.join(run, "ckpt_latest.pt"), weights_only=True)["step"] == \
         last_step - preset["train"]["eval_interval"]
     outputs = [os.path.join(root, f) for root, _, files in os.walk(out) for f in files
                if f in ("finetune.json", "log.jsonl", "eval.jsonl") and root != run]
@@ -136,7 +136,7 @@ def test_micro_study_end_to_end(tiny_data, tmp_path):
     assert "1 jobs, 2 at a time" in proc.stderr  # one pretraining run again, its command line first in its log
     trained = open(os.path.join(out, "logs", "pretrain_d0.2_s0.txt")).readline()
     assert trained.startswith("$") and f"--out_dir={run}" in trained and "--resume" in trained
-    for name, tensor in torch.load(last, weights_only=False)["model"].items():  # the same checkpoint again
+    for name, tensor in torch.load(last, weights_only=True)["model"].items():  # the same checkpoint again
         torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-6)
     assert {f: open(f).read() for f in outputs} == before  # finetuning and evaluation: nothing redone
     assert "evaluate.py" not in proc.stdout

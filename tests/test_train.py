@@ -42,7 +42,7 @@ def test_run_learns_logs_and_checkpoints(tiny_data, tmp_path):
     assert log[-1]["domain_epochs"] == pytest.approx(8192 * 0.25 / json.load(
         open(os.path.join(out, "config.json")))["domain_train_tokens"], rel=0.05)
     assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["ckpt_2048.pt", "ckpt_4096.pt", "ckpt_latest.pt"]
-    milestone, latest = (torch.load(os.path.join(out, f), weights_only=False) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
+    milestone, latest = (torch.load(os.path.join(out, f), weights_only=True) for f in ("ckpt_4096.pt", "ckpt_latest.pt"))
     assert milestone["step"] == 16 and milestone["tokens"] == 4096 and latest["step"] == 32
     assert not {"optimizer", "mixture", "rng"} & set(milestone)  # a milestone is the weights, for finetuning
     assert {"model", "optimizer", "mixture", "rng"} <= set(latest)
@@ -150,8 +150,8 @@ def test_init_from_continues_tokens_and_general_data(tiny_data, tmp_path):
     train.main(tiny_args(tiny_data, scpt, "--init_from", os.path.join(npt, "ckpt_6144.pt"), "--domain_frac", "0.5"))
     log = read_log(scpt)
     assert log[0]["tokens"] > 6144 and log[-1]["tokens"] == 8192 and log[-1]["domain_frac"] == 0.5
-    ckpt = torch.load(os.path.join(scpt, "ckpt_latest.pt"), weights_only=False)
-    init = torch.load(os.path.join(npt, "ckpt_6144.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(scpt, "ckpt_latest.pt"), weights_only=True)
+    init = torch.load(os.path.join(npt, "ckpt_6144.pt"), weights_only=True)
     assert ckpt["mixture"]["general_start"] == init["general_position"] > 0
 
 
@@ -192,7 +192,7 @@ def test_bad_inputs_fail_with_one_line(tiny_data, tmp_path, capsys):
     torch.save({"weights": torch.zeros(2)}, bad)  # a torch file, but not a checkpoint
     with pytest.raises(train.TrainError, match="not a checkpoint of train.py.*model_config"):
         train.main(tiny_args(tiny_data, str(tmp_path / "w"), "--init_from", str(bad)))
-    ckpt = torch.load(os.path.join(out, "ckpt_latest.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(out, "ckpt_latest.pt"), weights_only=True)
     torch.save({k: v for k, v in ckpt.items() if k != "format"}, bad)  # a checkpoint of no known format
     with pytest.raises(train.TrainError, match="bad.pt is a checkpoint of format none, and this code reads format 1: "
                                                "use the version of the code that wrote it, or train it again"):
@@ -251,7 +251,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(tiny_data, tmp_path
     timing = ("tokens_per_s", "mfu", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(plain)] == \
            [{k: v for k, v in r.items() if k not in timing} for r in read_log(ckpt)]
-    a, b = (torch.load(os.path.join(d, "ckpt_latest.pt"), weights_only=False)["model"] for d in (plain, ckpt))
+    a, b = (torch.load(os.path.join(d, "ckpt_latest.pt"), weights_only=True)["model"] for d in (plain, ckpt))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -4,64 +4,51 @@
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --fit_until 4M --rolling   # forecast checks
     python fit_laws.py RUN_DIR... --finetune FT_DIR... --holdout_delta 0.05   # ... or without one delta
 
-SPT mixes a small domain corpus D_dom of U tokens into pretraining as a share delta of the tokens,
-repeated E = T delta / U times by T tokens: more delta helps the domain until the repeats make the
-model memorise D_dom and its domain *test* loss turns up. From pilot runs (train.py's config.json and
-log.jsonl) and finetunes of their checkpoints (finetune.json), this file forecasts which delta gives
-the lowest domain test loss after finetuning at T pretraining tokens. It writes --out (JSON,
-atomically), PNG plots next to it and a report.
+SPT mixes a domain corpus D_dom of U tokens into pretraining as a share delta of the T tokens, so it is
+repeated E = T delta / U times: more delta helps the domain until the repeats make the model memorise
+D_dom and its domain *test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and
+finetunes of their checkpoints (finetune.json) this file forecasts which delta gives the lowest domain
+test loss after finetuning at T tokens. It writes --out (JSON, atomically), PNG plots and a report.
 
-1. The paper's law (PAPER.md), fitted on the runs of the whole domain set. A saturating power law can
-   only fall, but the domain *train* loss, on the repeated tokens, does keep falling; what grows is the
-   train-test *gap*. So the paper models both:
+1. The paper's law (PAPER.md) on the runs of the whole domain set. The domain *train* loss keeps
+   falling; what grows with the repeats is the train-test *gap*, so the law models both:
        L_train(T, d) = A_train T^b_train(d) + C_train(d)      b_x(d) = d b_x_s + (1 - d) b_x_g
        L_gap(T, d)   = A_gap(d) T^b_gap(d)                    A_gap(d) = a1 d^a2 exp(a3 d)
        L_test(T, d)  = L_train(T, d) + L_gap(T, d)            C_train(d) = k0 - k1 log(d + k2) - k3 d
-   and places each delta's overfitting onset where the gap's slope overtakes the train loss's,
+   Its onset, where the gap's slope overtakes the train loss's, is
    T*(d) = (-A_gap b_gap / (A_train b_train))^(1 / (b_train - b_gap)). T is in units of t_scale (the
-   power of ten nearest the largest token count): A_train is shared, so the unit is part of the law.
-   Least squares on every eval's domain train and test loss, inside bounds with the paper's signs, and
-   C_train(1) >= 0 fitted in place of k0, so that no forecast goes below zero (A_train = 9418 against
-   k0 = -9417 was seen without it); stage 1 fits each delta alone to start the joint fit. Beside it, a
-   baseline per delta that can only saturate: L_test = E + B T^-beta, fitted as Chinchilla was.
+   power of ten nearest the largest token count). Least squares on every eval's train and test loss,
+   inside bounds with the paper's signs and C_train(1) >= 0 in place of k0 (no forecast below zero);
+   each delta fitted alone (stage 1) starts the joint fit.
 
-2. Repeats. Pilots of the whole domain set rarely reach the repeat counts of the target (16M tokens at
-   delta 0.2 repeat a 40K-token set 80 times, 4M only 20), so they cannot show where it overfits.
-   Arms on nested subsets of D_dom (U/4, U/8: the same test split, data.py --domain_tokens) reach
-   those counts at pilot budgets. Every arm's (delta, U) loss after finetuning is fitted as its own
-   saturating curve plus one shared penalty for repeating past an onset:
+2. Repeats. Pilots of the whole set rarely reach the target's repeat counts (16M tokens at delta 0.2
+   repeat a 40K-token set 80 times, 4M only 20), so they cannot show where it overfits. Arms on nested
+   subsets of D_dom (U/4, U/8, the same test split: data.py --domain_tokens) reach those counts at
+   pilot budgets. Every arm's (delta, U) loss after finetuning is its own saturating curve plus one
+   shared penalty for repeating past an onset:
        L(T) = E_a + B_a x^-beta + c d^gamma max(0, ln(E / E0_U))^2,    E0_U = E0 (U / U_full)^kappa
-   (x = T / t_scale; E_a, B_a, c >= 0). beta, c, gamma, E0 and kappa are the same for every arm; kappa
-   says whether smaller sets overfit at fewer repeats (fitted where there are two set sizes). The fit
-   is on the losses after finetuning because those are what is forecast, and because their curves are
-   saturating ones: the pretrained domain test loss over these budgets is not (a saturating curve
-   misses it by 0.02-0.06 nats), and a penalty fitted on it absorbs the misfit.
+   (x = T / t_scale; E_a, B_a, c >= 0; kappa: whether smaller sets overfit at fewer repeats). It is
+   fitted after finetuning, on what is forecast: the pretrained test loss over these budgets is no
+   saturating curve (misfit by 0.02-0.06 nats), and a penalty fitted on it absorbs the misfit.
 
-3. After finetuning, which is what counts: `law - drop`, the paper's law shrunk by the paper's drop
-   (log(before / after) = a_d x^b + c_d, a log ratio so that no extrapolation goes below zero);
-   `direct`, the whole set's losses after finetuning fitted as they are, E_d + B_d x^-beta (E_d, B_d >= 0,
-   one exponent), which can neither go below zero nor turn up; and `repeats` (part 2) at U_full, the
-   forecast that turns up past the onset. Between fitted deltas the coefficients are interpolated.
-   Which one recommends is decided by the pilots themselves: `repeats`, unless `law - drop` refitted
-   on the pilots' first half (T <= T0 / 2) forecast their last budget T0 better (so where the data
-   follow the paper's law, its forecast recommends). Every seed's points are fitted; measurements are
-   seed means.
+3. Three forecasts after finetuning: `law - drop`, the law shrunk by the paper's drop (log(before /
+   after) = a_d x^b + c_d, never below zero); `direct`, E_d + B_d x^-beta per delta of the whole set,
+   which cannot turn up; and `repeats` at U_full, which does. Between fitted deltas the coefficients
+   are interpolated. The pilots choose which recommends: `repeats`, unless `law - drop` refitted on
+   T <= T0 / 2 forecast their last budget T0 better. Every seed is fitted; measurements are seed means.
 
-4. The forecast check: a forecast counts once checked against runs the fit did not see. --fit_until T0
-   refits every model on the evals and finetunes at T <= T0 (--holdout_delta d: without that delta's
-   runs) and scores each model's forecast for every larger budget of the whole set against the seed
-   mean measured there, with its standard error: the error, whether it is within max(1%, 2 standard
-   errors), the rank agreement (Spearman) and the *regret* of its recommendation (its measured loss
-   over the best measured, in %). --rolling adds the check from every earlier origin (2 -> 4, 2 -> 8,
-   4 -> 8 ...: each budget fitted up to, forecasting those up to 4x larger) as one summary table.
+4. The forecast check (a forecast counts once checked against runs the fit did not see): --fit_until
+   T0 refits on the evals and finetunes at T <= T0 (--holdout_delta d: without that delta) and scores
+   every forecast of the larger budgets against the seed means there: the error, whether it is within
+   max(1%, 2 standard errors), the Spearman rank agreement and the *regret* of its recommendation (its
+   measured loss over the best, in %). --rolling repeats it from every origin with 3 finetuned budgets
+   (2 -> 4, 2 -> 8, 4 -> 8 ...), forecasting up to 4x, as one table.
 
-5. The recommendation at --target_tokens: every candidate's forecast with its repeats E and bootstrap
-   intervals (each run's curve plus its own residuals resampled, the finetunes the same way: points
-   on a curve are correlated, so the intervals are optimistic). Chosen by expected regret over the
-   bootstrap refits, not by the point forecast; a tie when the runner-up's forecast minus the choice's
-   has an interval that holds zero. A candidate whose target repeats, relative to the onset, exceed
-   what the pilots reached is flagged "onset not observed"; one outside the fitted deltas is never
-   recommended.
+5. The recommendation at --target_tokens: each candidate's forecasts, its repeats and bootstrap
+   intervals (residuals resampled per curve: correlated points make them optimistic). Chosen by
+   expected regret over the bootstrap, not by the point forecast; a tie when the runner-up's margin
+   has an interval that holds zero. "onset not observed": the target is further past the onset than
+   any pilot got. A candidate outside the fitted deltas is never recommended.
 """
 import itertools
 import json
@@ -80,7 +67,6 @@ import settings
 CI_LEVEL = 0.95
 GOAL_ERROR_PCT = 1.0        # a forecast is within the goal at max(this, 2 standard errors of the seed mean)
 ONSET_HORIZON = 1000.0      # an onset further than this many times the largest fitted T is "none in range"
-HUBER_DELTA = 1e-3          # Chinchilla's Huber threshold on log loss
 NOISE_FLAGS = 3.0           # stage-1 coefficients are flagged only beyond this many standard errors
 RANDOM_STARTS = 7           # of the joint fit, besides the one from stage 1
 
@@ -225,7 +211,7 @@ def load_finetunes(paths: list[str], setting: dict, warnings: list) -> list[Fine
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The paper's law and how it is fitted; the baseline, a saturating power law per delta
+# 2. The paper's law and how it is fitted
 
 Params = namedtuple("Params", "A_train b_train_s b_train_g b_gap_s b_gap_g a1 a2 a3 k0 k1 k2 k3")  # docstring, 1.
 
@@ -379,40 +365,6 @@ def fit_law(runs: list[Run], t_scale: float, seed: int = 0, x0=None) -> Law:
                math.sqrt(2 * best.cost / len(target)), rows, flags)
 
 
-def fit_saturating(x: np.ndarray, y: np.ndarray, start: dict | None = None) -> dict:
-    """L = E + B x^-beta, as the Chinchilla paper fits it: Huber loss (threshold 1e-3) on log loss,
-    summed, from a grid of starts (least_squares with loss="huber" minimises that very sum); only the
-    three best starts are refined (or `start` alone: the bootstrap's refits)."""
-    log_x, log_y = np.log(x), np.log(y)
-
-    def residuals(theta):
-        e, b, beta = theta
-        return np.logaddexp(e, b - beta * log_x) - log_y
-
-    def huber(theta):
-        r = np.abs(residuals(theta))
-        return np.sum(np.where(r <= HUBER_DELTA, r ** 2, 2 * HUBER_DELTA * r - HUBER_DELTA ** 2))
-
-    starts = [[math.log(0.9 * y.min()), 0.0, 0.5]]
-    for beta in np.linspace(0.05, 2.0, 40):  # E and B solved linearly for each beta on a grid
-        (e, b), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x ** -beta]), y, rcond=None)
-        if e > 0 and b > 0:
-            starts.append([math.log(e), math.log(b), beta])
-    starts = [[math.log(start["E"]), start["log_B"], start["beta"]]] if start else sorted(starts, key=huber)[:3]
-    best = min((optimize.least_squares(residuals, s, loss="huber", f_scale=HUBER_DELTA,
-                                       bounds=([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 5.0])) for s in starts),
-               key=lambda res: res.cost)
-    e, b, beta = best.x
-    return {"E": math.exp(e), "log_B": float(b), "beta": float(beta)}
-
-
-def saturating(fits: dict, tokens, delta, t_scale: float):
-    """A per-delta fit at `delta`; between fitted deltas the parameters are interpolated linearly."""
-    ds = sorted(fits)
-    e, log_b, beta = (np.interp(delta, ds, [fits[d][k] for d in ds]) for k in ("E", "log_B", "beta"))
-    return e + np.exp(log_b - beta * np.log(np.asarray(tokens, dtype=float) / t_scale))
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. Repeats: the loss after finetuning of every arm, with one penalty for repeating past an onset
 
@@ -525,18 +477,17 @@ def fit_post_ft(points: list[Finetuned], kind: str, t_scale: float) -> PostFT:
 # ---------------------------------------------------------------------------------------------
 # 5. Forecasts: every model fitted on the same data, the forecast checks and the recommendation
 
-BEFORE, AFTER = ("law", "baseline"), ("after_law", "after_direct", "after_repeats")  # before / after finetuning
+AFTER = ("after_law", "after_direct", "after_repeats")  # the forecasts after finetuning
 
 
-class Models(namedtuple("Models", "law baseline drop direct repeats by choice")):
-    """Every model fitted on the same data: the Law and the baseline (per delta) of the whole set, and
-    after finetuning its drop and direct PostFT's and every arm's Repeats (None without finetunes); `by`
+class Models(namedtuple("Models", "law drop direct repeats by choice")):
+    """Every model fitted on the same data: the Law of the whole set, and after finetuning its drop and
+    direct PostFT's and every arm's Repeats (None without finetunes); `by`
     is the forecast that recommends, `choice` the pilots' own check that chose it (None: none possible)."""
 
     def forecast(self, tokens: float, delta: float) -> dict:
         """Every model's domain test loss of the whole set at (tokens, delta), before and after finetuning."""
-        out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta))),
-               "baseline": float(saturating(self.baseline, tokens, delta, self.law.t_scale))}
+        out = {"law": float(sum(law(self.law.params, tokens / self.law.t_scale, delta)))}
         if self.drop:
             out.update(after_law=out["law"] * math.exp(-float(self.drop(tokens, delta))),
                        after_direct=float(self.direct(tokens, delta)),
@@ -567,11 +518,8 @@ def fit_models(runs: list[Run], points: list[Finetuned], t_scale: float, seed: i
     if points and len({p.tokens for p in full_points}) < 3:
         raise FitError("the forecast after finetuning needs finetuned checkpoints of the whole domain set at 3 or "
                        "more pretraining token counts: finetune more milestones")
-    baseline = {d: fit_saturating(np.concatenate([r.tokens for r in full if r.delta == d]) / t_scale,
-                                  np.concatenate([r.test for r in full if r.delta == d]), start and start.baseline[d])
-                for d in sorted({r.delta for r in full})}
     x0 = start and inside(to_vector(start.law.params))
-    models = Models(fit_law(full, t_scale, seed, x0), baseline, None, None, None, "law", None)
+    models = Models(fit_law(full, t_scale, seed, x0), None, None, None, "law", None)
     if not points:
         return models
     models = models._replace(drop=fit_post_ft(full_points, "drop", t_scale),
@@ -596,17 +544,17 @@ def choose_forecast(models: Models, runs, points, t_scale: float, seed: int) -> 
 
 def bootstrap(runs: list[Run], points: list[Finetuned], models: Models, n: int, seed: int) -> list[Models]:
     """n refits on resampled residuals (part 5), each starting from the fit itself: the whole set's runs
-    around the law's train loss and the baseline's test loss, the finetunes around repeats' fit."""
+    around the law's train and test loss, the finetunes around repeats' fit."""
     rng, boot, t_scale, full = np.random.default_rng(seed + 1), [], models.law.t_scale, whole(runs, runs)
-    fitted = [(law(models.law.params, r.tokens / t_scale, r.delta)[0],
-               saturating(models.baseline, r.tokens, r.delta, t_scale)) for r in full]
+    fitted = [law(models.law.params, r.tokens / t_scale, r.delta) for r in full]
     after = np.array([float(models.repeats(p.tokens, p.delta, p.domain_tokens)) for p in points]) if points else []
     noise = np.array([p.after for p in points]) - after
 
     def resample(fit, values):
         return fit + (values - fit)[rng.integers(0, len(values), len(values))]
     for _ in range(n):
-        resampled = [r._replace(train=resample(tr, r.train), test=resample(te, r.test)) for r, (tr, te) in zip(full, fitted)]
+        resampled = [r._replace(train=resample(train, r.train), test=resample(train + gap, r.test))
+                     for r, (train, gap) in zip(full, fitted)]
         shifted = [p._replace(after=a + e) for p, a, e in zip(points, after, rng.choice(noise, len(points)))]
         boot.append(fit_models(resampled, shifted, t_scale, seed, start=models, by=models.by))
     return boot
@@ -736,8 +684,7 @@ def recommend(models: Models, boot: list[Models], target: float, candidates: lis
 # ---------------------------------------------------------------------------------------------
 # 6. Report and plots
 
-LABEL = {"law": "paper's law", "baseline": "saturating", "after_law": "law - drop", "after_direct": "direct",
-         "after_repeats": "repeats"}
+LABEL = {"law": "paper's law", "after_law": "law - drop", "after_direct": "direct", "after_repeats": "repeats"}
 
 
 def aligned(rows: list[list], widths: list[int], indent: str) -> list[str]:
@@ -765,14 +712,14 @@ def check_lines(check: dict) -> list[str]:
              f"E0 = {p['e0']:.3g} repeats (U^{p['kappa']:+.2f}), c = {p['c']:.3g} d^{p['gamma']:.2f}; the runs reached "
              f"{check['reach']:.2g}x their onset. Measured: seed mean +- standard error."]
     for b in check["budgets"]:
-        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", *(LABEL[k] for k in BEFORE)]]
+        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", LABEL["law"]]]
         for r in b["rows"]:
             cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
             table.append([f"{r['delta']:g}", measured(r), *(cell[k] for k in AFTER), f"{r['measured_before']:.4f}",
-                          *(cell[k] for k in BEFORE)])
+                          cell["law"]])
         lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
                      f"error %) and before:" + "".join(f" ({m})" for m in b["missing_seeds"]))
-        lines += aligned(table, [6, 15] + [17] * len(AFTER) + [7] + [17] * len(BEFORE), "    ")
+        lines += aligned(table, [6, 15] + [17] * len(AFTER) + [7, 17], "    ")
         for key, s in b["summary"].items():
             rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
             tie = f" (a tie with {s['tie']:g})" if s["tie"] is not None else ""
@@ -797,16 +744,12 @@ def format_report(results: dict) -> str:
     lines = check_lines(results["check"]) + [""] if results.get("check") else []
     lines += rolling_lines(results["rolling"]) + [""] if results.get("rolling") else []
     lines += [f"The paper's law ({law['runs']} runs of the whole set, deltas {law['deltas']}; T in units of "
-              f"{law['t_scale']:.0e} tokens): RMSE {law['rmse']:.4f} on domain train and test loss (the saturating "
-              f"baseline, per delta, on test loss: {results['baseline_rmse']:.4f})",
+              f"{law['t_scale']:.0e} tokens): RMSE {law['rmse']:.4f} on domain train and test loss",
               f"  {'param':<10}{'value':>11}   {CI_LEVEL:.0%} interval"]
     for name, value in law["params"].items():
         ci = law["interval"].get(name)
         lines.append(f"  {name:<10}{value:11.4g}   " + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-"))
-    lines += ["  flags: " + ("none" if not law["flags"] else "; ".join(law["flags"])),
-              "  stage 1, each delta on its own:  delta  A_train  C_train  A_gap (+- stderr)"]
-    lines += [f"    {r['delta']:8g} {r['A_train']:8.4g} {r['C_train']:8.4g} {r['A_gap']:8.4g} "
-              f"(+- {r['A_gap_stderr']:.2g})" for r in law["stage1"]]
+    lines.append("  flags: " + ("none" if not law["flags"] else "; ".join(law["flags"])))
     if p:
         lines.append(f"Repeats (the finetunes of domain sets of {', '.join(f'{u:,}' for u in results['domain_sets'])} "
                      f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^"
@@ -974,7 +917,6 @@ def run(args) -> dict:
     models = fit_models(runs, points, t_scale, args.seed)
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     fit, reach = models.law, models.repeats and models.repeats.penalty.reach(points)
-    baseline_errors = np.concatenate([saturating(models.baseline, r.tokens, r.delta, t_scale) - r.test for r in full])
     results = {"runs": [{"path": r.path, "delta": r.delta, "domain_tokens": r.domain_tokens, "seed": r.seed,
                          "evals": len(r.tokens)} for r in runs],
                "finetunes": [p._asdict() for p in points], "domain_tokens": setting["domain_tokens"],
@@ -984,7 +926,6 @@ def run(args) -> dict:
                        "runs": len(full), "flags": fit.flags, "stage1": fit.per_delta,
                        "interval": {n: interval([getattr(b.law.params, n) for b in boot]) for n in Params._fields}
                        if boot else {}},
-               "baseline": models.baseline, "baseline_rmse": float(np.sqrt(np.mean(baseline_errors ** 2))),
                "penalty": models.repeats and models.repeats.penalty._asdict(), "reach": reach, "choice": models.choice,
                "post": {name: {"exponent": p.exponent, "coef": {f"{k:g}" if name != "repeats" else f"{k[0]:g} @ U={k[1]}":
                                                                 c for k, c in p.coef.items()}}

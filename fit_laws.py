@@ -755,9 +755,9 @@ def format_report(results: dict) -> str:
                      f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^"
                      f"{p['kappa']:.3f}; penalty {p['c']:.3g} d^{p['gamma']:.3f} ln(E / E0_U)^2 past it; the pilots "
                      f"reached {results['reach']:.3g}x their onset")
-    for kind, post in results["post"].items():
-        lines.append(f"  after finetuning, {kind}: exponent {post['exponent']:.3g}, per delta "
-                     + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in post["coef"].items()))
+    for kind, fitted in results["post"].items():
+        lines.append(f"  after finetuning, {kind}: exponent {fitted['exponent']:.3g}, per delta "
+                     + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in fitted["coef"].items()))
     if results["choice"]:
         lines.append("  " + choice_line({"by": fc["by"], "choice": results["choice"]}))
     keys = [k for k in fc["rows"][0] if k in LABEL]
@@ -894,7 +894,7 @@ def parse_args(argv):
     return args
 
 
-def run(args) -> dict:
+def fit_and_report(args) -> dict:
     warnings = []
     runs, setting = load_runs(args.run_dirs, warnings)
     points = load_finetunes(args.finetune, setting, warnings)
@@ -947,7 +947,7 @@ def run(args) -> dict:
 
 def main(argv=None):
     try:
-        return run(parse_args(argv))
+        return fit_and_report(parse_args(argv))
     except (FitError, settings.TrainError, data.DataError) as e:
         sys.exit(f"fit_laws.py: {e}")
 

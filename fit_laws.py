@@ -532,7 +532,7 @@ def choose_forecast(models: Models, runs, points, t_scale: float, seed: int) -> 
     """Part 3: repeats recommends unless law - drop, both refitted on the finetuned budgets up to half the
     last, forecast the last one better (mean |error| over its deltas' seed means). Needs 4 budgets."""
     budgets = sorted({p.tokens for p in whole(points, runs)})
-    half = [b for b in budgets if b <= budgets[-1] / 2]
+    half = [b for b in budgets if b <= 0.51 * budgets[-1]]  # (milestones are rounded up to whole steps)
     if len(half) < 3:
         return models
     early = fit_models(*cut(runs, points, half[-1]), t_scale, seed, by="after_repeats")

@@ -134,20 +134,20 @@ def write_tokenizer(name: str, seq_len: int, folder: str):
 
 
 def export(checkpoint: str, out_dir: str, no_tokenizer: bool = False) -> str:
+    if os.path.exists(out_dir):
+        raise settings.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
+    model, ckpt = run_folder.load_model(checkpoint)  # the checkpoint is checked first, with or without the packages
+    vocab = model.cfg.vocab_size
+    if vocab not in TOKENIZERS and not no_tokenizer:
+        raise settings.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
+                                  f"tokenizer: add --no_tokenizer to export the model alone (ids 0-255 are UTF-8 "
+                                  f"bytes, 256 ends a document)")
     try:
         from safetensors.torch import save_file
         import tokenizers  # noqa: F401
     except ImportError:
         raise settings.TrainError("the export needs safetensors and tokenizers: pip install safetensors tokenizers "
-                               "(transformers brings both)")
-    if os.path.exists(out_dir):
-        raise settings.TrainError(f"{out_dir} exists: give a new folder (the export never writes over one)")
-    model, ckpt = run_folder.load_model(checkpoint)
-    vocab = model.cfg.vocab_size
-    if vocab not in TOKENIZERS and not no_tokenizer:
-        raise settings.TrainError(f"{checkpoint} has a {vocab}-token (byte-level) vocabulary, which has no Hugging Face "
-                               f"tokenizer: add --no_tokenizer to export the model alone (ids 0-255 are UTF-8 "
-                               f"bytes, 256 ends a document)")
+                                  "(transformers brings both)") from None
     tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"  # written whole, then renamed: never half an export
     try:
         os.makedirs(tmp)

@@ -363,6 +363,14 @@ def why_missed(fit_results: dict, budget: dict, by: str) -> str:
     if worst["unobserved"]:
         why += (f"; at {worst['repeats']:.3g} repeats it is further past the onset than any pilot reached "
                 f"(onset not observed)")
+    s = budget["summary"][by]
+    if s["regret_pct"] > GOAL_REGRET:  # the pick against the best measured: forecast and measured margins
+        row = {r["delta"]: r for r in budget["rows"]}
+        pick, best = row[s["recommended"]], row[budget["best_measured"]]
+        margin = 100 * (pick["forecast"][by] - best["forecast"][by]) / best["forecast"][by]
+        noise = "within" if s["tie"] == best["delta"] else "beyond"
+        why += (f"; the forecast put delta {pick['delta']:g} {margin:+.2f}% against {best['delta']:g} ({noise} its own "
+                f"noise), the runs measured it {s['regret_pct']:+.2f}%")
     return (f"- Why the goals were missed here: the largest error is at delta {worst['delta']:g} "
             f"({worst['error_pct'][by]:+.2f}%); {why}.")
 

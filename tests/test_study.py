@@ -200,8 +200,18 @@ def test_why_a_forecast_missed_is_read_from_the_finetunes():
              "unobserved": True, "repeats": 80.0},
             {"delta": 0.1, "measured_after": 1.8, "forecast": {"repeats": 1.79}, "error_pct": {"repeats": -0.56},
              "unobserved": False, "repeats": 40.0}]
-    line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows}, "repeats")
+    right = {"repeats": {"recommended": 0.2, "tie": None, "regret_pct": 0.0}}
+    line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows, "summary": right, "best_measured": 0.2},
+                            "repeats")
     assert line == ("- Why the goals were missed here: the largest error is at delta 0.2 (-8.57%); from its last "
                     "pilot (4M tokens: 1.8000 after finetuning) the measured loss moved -0.0500 to 1.7500, the "
                     "forecast -0.2000 to 1.6000; the measured loss turned up after 8M tokens (1.7000); at 80 repeats "
                     "it is further past the onset than any pilot reached (onset not observed).")
+    # a missed regret: how far apart the forecast put the pick and the best measured, and whether it said tie
+    rows[1]["measured_after"] = 1.7
+    for tie, noise in ((None, "beyond"), (0.1, "within")):
+        wrong = {"repeats": {"recommended": 0.2, "tie": tie, "regret_pct": 100 * (1.75 - 1.7) / 1.7}}
+        line = study.why_missed(fit_results, {"tokens": 16e6, "rows": rows, "summary": wrong, "best_measured": 0.1},
+                                "repeats")
+        assert line.endswith(f"; the forecast put delta 0.2 -10.61% against 0.1 ({noise} its own noise), the runs "
+                             f"measured it +2.94%.")

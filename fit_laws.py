@@ -8,7 +8,8 @@ SPT mixes a domain corpus D_dom of U tokens into pretraining as a share delta of
 repeated E = T delta / U times: more delta helps the domain until the repeats make the model memorise
 D_dom and its domain *test* loss turns up. From pilot runs (train.py's config.json and log.jsonl) and
 finetunes of their checkpoints (finetune.json) this file forecasts which delta gives the lowest domain
-test loss after finetuning at T tokens. It writes --out (JSON, atomically), PNG plots and a report.
+test loss after finetuning at T tokens. It writes --out (JSON, atomically, with the fitted curves),
+then the report and PNG plots that laws_report.py makes from that JSON alone.
 
 1. The paper's law (PAPER.md) on the runs of the whole domain set. The domain *train* loss keeps
    falling; what grows with the repeats is the train-test *gap*, so the law models both:
@@ -63,6 +64,7 @@ from scipy import optimize, stats
 import data
 import run_folder
 import settings
+from laws_report import approx, format_report, plot_all
 
 CI_LEVEL = 0.95
 GOAL_ERROR_PCT = 1.0        # a forecast is within the goal at max(this, 2 standard errors of the seed mean)
@@ -73,14 +75,6 @@ RANDOM_STARTS = 7           # of the joint fit, besides the one from stage 1
 
 class FitError(Exception):
     """Bad input or an impossible fit: main() prints it as one line."""
-
-
-def approx(tokens: float) -> str:
-    """4001792 -> 4.0M: a token count for reading (settings.format_tokens names checkpoints exactly)."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if tokens >= scale:
-            return f"{tokens / scale:.3g}{unit}"
-    return f"{tokens:.3g}"
 
 
 def warn(message: str, warnings: list):
@@ -299,13 +293,14 @@ def starting_points(endpoints, rows, seed: int) -> list[np.ndarray]:
     a_train = [r["A_train"] for r in rows if r["A_train"] > 0]
     a_train = float(np.median(a_train)) if a_train else 1.0
     starts = [inside(to_vector(Params(a_train, *endpoints, a1, a2, a3, k0, max(k1, 0.0), k2, max(k3, 0.0))))]
-    rng = np.random.default_rng(seed)
+    rng, first = np.random.default_rng(seed), Params(*starts[0])  # (its k0 slot holds C_train(1), as fitted)
     for _ in range(RANDOM_STARTS):
-        x = starts[0].copy()
-        x[1:5] = rng.uniform(np.array(LOWER[1:5]), np.array([-1e-3, -1e-3, 3.0, 0.0]))
-        x[[0, 5, 9]] *= np.exp(rng.normal(0, 0.7, 3))  # A_train, a1, k1
-        x[6], x[7], x[10] = rng.uniform(0.2, 2.0), rng.uniform(-20, 10), 10 ** rng.uniform(-4, 0)
-        starts.append(inside(x))
+        b_train_s, b_train_g, b_gap_s, b_gap_g = rng.uniform(np.array(LOWER[1:5]), np.array([-1e-3, -1e-3, 3.0, 0.0]))
+        scale_a_train, scale_a1, scale_k1 = np.exp(rng.normal(0, 0.7, 3))
+        x = first._replace(b_train_s=b_train_s, b_train_g=b_train_g, b_gap_s=b_gap_s, b_gap_g=b_gap_g,
+                           A_train=first.A_train * scale_a_train, a1=first.a1 * scale_a1, k1=first.k1 * scale_k1,
+                           a2=rng.uniform(0.2, 2.0), a3=rng.uniform(-20, 10), k2=10 ** rng.uniform(-4, 0))
+        starts.append(inside(np.array(x)))
     return starts
 
 
@@ -681,188 +676,22 @@ def recommend(models: Models, boot: list[Models], target: float, candidates: lis
             "tie": None if pick["tie"] is None else rows[pick["tie"]]["delta"]}
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. Report and plots
-
-LABEL = {"law": "paper's law", "after_law": "law - drop", "after_direct": "direct", "after_repeats": "repeats"}
-
-
-def aligned(rows: list[list], widths: list[int], indent: str) -> list[str]:
-    """A table's rows, each cell right-aligned in its column."""
-    return [indent + " ".join(f"{cell:>{w}}" for cell, w in zip(row, widths)) for row in rows]
-
-
-def measured(row: dict) -> str:
-    return f"{row['measured_after']:.4f}" + (f"+-{row['se_after']:.4f}" if row["se_after"] is not None else "")
-
-
-def choice_line(check: dict) -> str:
-    c = check["choice"]
-    if c is None:
-        return f"{LABEL[check['by']]} recommends (too few finetuned budgets for the pilots to choose)"
-    return (f"{LABEL[check['by']]} recommends: refitted on T <= {approx(c['fitted_until'])}, it forecast "
-            f"{approx(c['scored'])} with mean |error| {c['mean_abs_error_pct']['after_repeats']:.2f}% (repeats) against "
-            f"{c['mean_abs_error_pct']['after_law']:.2f}% (law - drop)")
-
-
-def check_lines(check: dict) -> list[str]:
-    p = check["penalty"]
-    lines = [f"Forecast check: every model refitted on {check['scope']} (finetunes at "
-             f"{', '.join(approx(t) for t in check['pilot_budgets'])}); {choice_line(check)}. Penalty: onset at "
-             f"E0 = {p['e0']:.3g} repeats (U^{p['kappa']:+.2f}), c = {p['c']:.3g} d^{p['gamma']:.2f}; the runs reached "
-             f"{check['reach']:.2g}x their onset. Measured: seed mean +- standard error."]
-    for b in check["budgets"]:
-        table = [["delta", "after", *(LABEL[k] for k in AFTER), "before", LABEL["law"]]]
-        for r in b["rows"]:
-            cell = {k: f"{v:.4f} ({r['error_pct'][k]:+.2f})" for k, v in r["forecast"].items()}
-            table.append([f"{r['delta']:g}", measured(r), *(cell[k] for k in AFTER), f"{r['measured_before']:.4f}",
-                          cell["law"]])
-        lines.append(f"  at {approx(b['tokens'])} tokens, after finetuning (measured, then each forecast and its "
-                     f"error %) and before:" + "".join(f" ({m})" for m in b["missing_seeds"]))
-        lines += aligned(table, [6, 15] + [17] * len(AFTER) + [7, 17], "    ")
-        for key, s in b["summary"].items():
-            rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
-            tie = f" (a tie with {s['tie']:g})" if s["tie"] is not None else ""
-            lines.append(f"    {LABEL[key]:>17}: recommends {s['recommended']:g}{tie} (best measured "
-                         f"{b['best_measured']:g}), regret {s['regret_pct']:.2f}%, Spearman {rho}, largest error "
-                         f"{s['max_abs_error_pct']:.2f}%, {s['within']} of {len(b['rows'])} within the goal")
-    return lines
-
-
-def rolling_lines(rows: list[dict]) -> list[str]:
-    table = [["fitted", "forecast", "by", "recommends", "best", "regret %", "largest error %", "within goal"]]
-    table += [[approx(r["origin"]), approx(r["tokens"]), LABEL[r["by"]],
-               f"{r['recommended']:g}" + (f" (tie {r['tie']:g})" if r["tie"] is not None else ""),
-               f"{r['best_measured']:g}", f"{r['regret_pct']:.2f}", f"{r['max_abs_error_pct']:.2f}",
-               f"{r['within']} of {r['deltas']}"] for r in rows]
-    return ["Rolling origins: fitted up to each budget, forecasting those up to 4x larger (against seed means):"] + \
-        aligned(table, [7, 9, 10, 16, 5, 9, 16, 12], "  ")
-
-
-def format_report(results: dict) -> str:
-    law, fc, p = results["law"], results["forecast"], results["penalty"]
-    lines = check_lines(results["check"]) + [""] if results.get("check") else []
-    lines += rolling_lines(results["rolling"]) + [""] if results.get("rolling") else []
-    lines += [f"The paper's law ({law['runs']} runs of the whole set, deltas {law['deltas']}; T in units of "
-              f"{law['t_scale']:.0e} tokens): RMSE {law['rmse']:.4f} on domain train and test loss",
-              f"  {'param':<10}{'value':>11}   {CI_LEVEL:.0%} interval"]
-    for name, value in law["params"].items():
-        ci = law["interval"].get(name)
-        lines.append(f"  {name:<10}{value:11.4g}   " + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-"))
-    lines.append("  flags: " + ("none" if not law["flags"] else "; ".join(law["flags"])))
-    if p:
-        lines.append(f"Repeats (the finetunes of domain sets of {', '.join(f'{u:,}' for u in results['domain_sets'])} "
-                     f"tokens): onset E0 = {p['e0']:.3g} repeats of the whole set, E0_U = E0 (U / U_full)^"
-                     f"{p['kappa']:.3f}; penalty {p['c']:.3g} d^{p['gamma']:.3f} ln(E / E0_U)^2 past it; the pilots "
-                     f"reached {results['reach']:.3g}x their onset")
-    for kind, fitted in results["post"].items():
-        lines.append(f"  after finetuning, {kind}: exponent {fitted['exponent']:.3g}, per delta "
-                     + ", ".join(f"{d}: ({a:.3g}, {c:.3g})" for d, (a, c) in fitted["coef"].items()))
-    if results["choice"]:
-        lines.append("  " + choice_line({"by": fc["by"], "choice": results["choice"]}))
-    keys = [k for k in fc["rows"][0] if k in LABEL]
-    table = [["delta", "repeats", *(LABEL[k] for k in keys), "interval", "exp. regret", "onset (law)"]]
-    table += [[f"{r['delta']:g}", f"{r['repeats']:.3g}", *(f"{r[k]:.4f}" for k in keys),
-               f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "interval" in r else "-",
-               f"{r['expected_regret_pct']:.2f}%" if "interval" in r and r["inside"] else "-",
-               approx(r["onset"]) if r["onset"] else "-"] for r in fc["rows"]]
-    notes = [""] + [("  onset not observed" if r["unobserved"] else "") + ("" if r["trained"] else "  untrained" if
-                    r["inside"] else "  outside the fitted deltas: not recommended") for r in fc["rows"]]
-    lines.append(f"Forecast at {approx(fc['target_tokens'])} tokens (|D_dom| = {results['domain_tokens']:,} tokens; "
-                 f"recommended by {LABEL[fc['by']]}, by expected regret over the bootstrap):")
-    lines += [row + note for row, note in zip(aligned(table, [7, 8] + [17] * len(keys) + [17, 11, 11], "  "), notes)]
-    best = fc["recommended"]
-    tie = f"; a tie with {fc['tie']:g}, within the forecast's own noise" if fc["tie"] is not None else ""
-    lines.append(f"Recommended domain_frac: {best['delta']:g} ({best['repeats']:.3g} repeats of D_dom){tie}")
-    return "\n".join(lines + [f"warning: {w}" for w in results["warnings"]])
-
-
-def errorbars(ax, x, y, ci, **style):
-    """Points with their intervals, if any (a bootstrap interval need not contain the point fit: clipped at 0)."""
-    y, ci = np.asarray(y), np.array([c or [v, v] for c, v in zip(ci, y)])  # no interval: no bar
-    ax.errorbar(x, y, yerr=np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None), capsize=3, **style)
-
-
-def plot_all(results: dict, runs: list[Run], points: list[Finetuned], models: Models, stem: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fc, fit, figures = results["forecast"], models.law, {}
-
-    figures["curves"], axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    grid = np.geomspace(min(r.tokens.min() for r in runs), max(fc["target_tokens"], fit.max_tokens), 200)
-    for d, color in zip(fit.deltas, plt.cm.viridis(np.linspace(0, 0.9, len(fit.deltas)))):
-        train_loss, gap = law(fit.params, grid / fit.t_scale, d)
-        for ax, y in zip(axes, (train_loss, gap, train_loss + gap)):
-            ax.plot(grid, y, color=color, label=f"delta {d:g}")
-        for r in (r for r in whole(runs, runs) if r.delta == d):
-            for ax, y in zip(axes, (r.train, r.test - r.train, r.test)):
-                ax.plot(r.tokens, y, ".", ms=3, color=color, alpha=0.5)
-    for ax, title in zip(axes, ("domain train loss", "train-test gap", "domain test loss")):
-        ax.set(xscale="log", xlabel="pretraining tokens", ylabel=title, title=f"{title}: evals (dots), the paper's law")
-    axes[2].legend(fontsize=8)
-
-    if models.repeats:  # every arm's losses after finetuning (seed means) against its repeats, and its fit
-        figures["repeats"], ax = plt.subplots(figsize=(7.5, 5))
-        sizes = sorted({p.domain_tokens for p in points}, reverse=True)
-        for (d, u), color in zip(models.repeats.coef, plt.cm.viridis(np.linspace(0, 0.9, len(models.repeats.coef)))):
-            if d == 0:
-                continue
-            arm = sorted({p.tokens for p in points if (p.delta, p.domain_tokens) == (d, u)})
-            means = [np.mean([p.after for p in points if (p.delta, p.domain_tokens, p.tokens) == (d, u, t)]) for t in arm]
-            grid = np.geomspace(arm[0], 4 * arm[-1], 60)
-            ax.plot(np.array(arm) * d / u, means, "os^vD"[sizes.index(u) % 5], color=color, ms=5)
-            ax.plot(grid * d / u, models.repeats(grid, d, u), "-", color=color, lw=1,
-                    label=f"delta {d:g}, U = {u:,}" + (" (the whole set)" if u == sizes[0] else ""))
-        for u in sizes:
-            ax.axvline(models.repeats.penalty.onset(u), color="gray", ls="--", lw=0.8)
-        ax.set(xscale="log", xlabel="repeats of the domain set E = T delta / U (dashed: onsets)",
-               ylabel="domain test loss after finetuning", title="every arm (seed means) and its fit, to 4x its pilots")
-        ax.legend(fontsize=6, ncol=2)
-
-    if results.get("check"):
-        figures["check"], ax = plt.subplots(figsize=(6.5, 5.5))
-        for b in results["check"]["budgets"]:
-            for key, marker in zip(AFTER, "s^o"):
-                rows = b["rows"]
-                ax.errorbar([r["measured_after"] for r in rows], [r["forecast"][key] for r in rows],
-                            xerr=[r["se_after"] or 0 for r in rows], fmt=marker, capsize=2,
-                            label=f"{LABEL[key]} at {approx(b['tokens'])}")
-            for r in b["rows"]:
-                ax.annotate(f"{r['delta']:g}", (r["measured_after"], r["forecast"][results["check"]["by"]]), fontsize=7,
-                            xytext=(4, -8), textcoords="offset points")
-        lims = np.array(ax.get_xlim())
-        ax.plot(lims, lims, "k-", lw=0.8, label="forecast = measured")
-        ax.fill_between(lims, lims * 0.99, lims * 1.01, color="gray", alpha=0.25, label="within 1%")
-        ax.set(xlabel="measured loss after finetuning (seed mean +- standard error)",
-               ylabel="forecast from the pilots alone", title=f"forecast check: fitted on {results['check']['scope']}")
-        ax.legend(fontsize=7)
-
-    figures["recommendation"], (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for trained, marker, label in ((True, "o", "trained deltas"), (False, "^", "untrained candidates")):
-        pick = [r for r in fc["rows"] if r["trained"] == trained]
-        if pick:
-            errorbars(ax, [r["delta"] for r in pick], [r[fc["by"]] for r in pick], [r.get("interval") for r in pick],
-                      fmt=marker, mfc=None if trained else "none", label=label)
-    ax.plot(fc["recommended"]["delta"], fc["recommended"][fc["by"]], "r*", ms=14, label="recommended")
-    ax.set_xscale("symlog", linthresh=1e-3)
-    ax.set(xlabel="domain_frac (symlog axis)", ylabel=f"forecast domain test loss ({LABEL[fc['by']]})",
-           title=f"forecast at {approx(fc['target_tokens'])} tokens ({CI_LEVEL:.0%} intervals)")
-    ax.legend(fontsize=8)
-    ax2.plot(*zip(*[(b["tokens"], b["delta"]) for b in results["best_by_budget"]]), "o-",
-             label=f"best domain_frac ({LABEL[fc['by']]})")
-    ax2.set(xscale="log", xlabel="pretraining budget (tokens)", ylabel="best domain_frac",
-            title="best domain_frac by budget", ylim=(0, 1.1 * max(r["delta"] for r in fc["rows"] if r["inside"])))
-    ax2.legend(fontsize=8)
-    for name, fig in figures.items():
-        fig.tight_layout()
-        fig.savefig(f"{stem}_{name}.png", dpi=110)
-        plt.close(fig)
-    return [f"{stem}_{name}.png" for name in figures]
+def curves(models: Models, runs: list[Run], points: list[Finetuned], target: float) -> dict:
+    """What the plots draw (laws_report.py), kept in the results: the law at every fitted delta from the
+    first eval to the target, and every arm after finetuning from its first pilot to 4x its last."""
+    fit, arms = models.law, []
+    grid = np.geomspace(min(r.tokens.min() for r in runs), max(target, fit.max_tokens), 200)
+    for d, u in models.repeats.coef if models.repeats else []:
+        tokens = sorted(p.tokens for p in points if (p.delta, p.domain_tokens) == (d, u))
+        arm_grid = np.geomspace(tokens[0], 4 * tokens[-1], 60)
+        arms.append({"delta": d, "domain_tokens": u, "onset": models.repeats.penalty.onset(u), "tokens": arm_grid,
+                     "loss": models.repeats(arm_grid, d, u)})
+    return {"tokens": grid, "arms": arms,
+            "law": [dict(zip(("delta", "train", "gap"), (d, *law(fit.params, grid / fit.t_scale, d)))) for d in fit.deltas]}
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Command line
+# 6. Command line: fit, forecast, recommend, then write the results and report them (laws_report.py)
 
 def fractions(text: str) -> list[float]:
     values = [float(v) for v in text.split(",") if v.strip()]
@@ -918,7 +747,7 @@ def fit_and_report(args) -> dict:
     boot = bootstrap(runs, points, models, args.bootstrap, args.seed)
     fit, reach = models.law, models.repeats and models.repeats.penalty.reach(points)
     results = {"runs": [{"path": r.path, "delta": r.delta, "domain_tokens": r.domain_tokens, "seed": r.seed,
-                         "evals": len(r.tokens)} for r in runs],
+                         "tokens": r.tokens, "train": r.train, "test": r.test} for r in runs],
                "finetunes": [p._asdict() for p in points], "domain_tokens": setting["domain_tokens"],
                "domain_sets": sorted(set(setting["datasets"].values()), reverse=True),
                "dataset_id": setting["dataset_id"], "settings": {**vars(args), "target_tokens": target},
@@ -936,10 +765,11 @@ def fit_and_report(args) -> dict:
                                    ["recommended"]["delta"]} for t in np.geomspace(max_tokens, 100 * max_tokens, 13)],
                "check": check,
                "rolling": rolling(runs, points, t_scale, args.bootstrap, args.seed, check) if args.rolling else None,
+               "curves": curves(models, runs, points, target), "ci_level": CI_LEVEL,
                "warnings": warnings + [m for b in (check or {}).get("budgets", []) for m in b["missing_seeds"]]}
+    results = json.loads(json.dumps(results, default=lambda v: np.asarray(v).tolist()))  # numpy -> plain JSON
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    results["plots"] = [] if args.no_plots else plot_all(results, runs, points, models, os.path.splitext(args.out)[0])
-    results = json.loads(json.dumps(results, default=float))  # numpy numbers -> plain JSON
+    results["plots"] = [] if args.no_plots else plot_all(results, os.path.splitext(args.out)[0])
     settings.atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
     print(format_report(results))
     return results

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import fit_laws  # noqa: E402
+import laws_report  # noqa: E402
 import run_folder  # noqa: E402
 import settings  # noqa: E402
 from settings import format_tokens  # noqa: E402
@@ -355,11 +356,11 @@ def why_missed(fit_results: dict, budget: dict, by: str) -> str:
     means, last = whole_set_means(fit_results, worst["delta"]), max(fit_results["check"]["pilot_budgets"])
     pilot = means[max(t for t in means if t <= last)]
     measured, forecast = worst["measured_after"], worst["forecast"][by]
-    why = (f"from its last pilot ({fit_laws.approx(last)} tokens: {pilot:.4f} after finetuning) the measured "
+    why = (f"from its last pilot ({laws_report.approx(last)} tokens: {pilot:.4f} after finetuning) the measured "
            f"loss moved {measured - pilot:+.4f} to {measured:.4f}, the forecast {forecast - pilot:+.4f} to {forecast:.4f}")
     low = min((t for t in means if t < budget["tokens"]), key=means.get)
     if means[low] < measured:
-        why += f"; the measured loss turned up after {fit_laws.approx(low)} tokens ({means[low]:.4f})"
+        why += f"; the measured loss turned up after {laws_report.approx(low)} tokens ({means[low]:.4f})"
     if worst["unobserved"]:
         why += (f"; at {worst['repeats']:.3g} repeats it is further past the onset than any pilot reached "
                 f"(onset not observed)")
@@ -385,7 +386,7 @@ def forecast_section(fit_results: dict, preset: dict) -> list[str]:
              f"domain set ({fit_results['domain_tokens']:,} tokens) and of its subset arms ({subsets}), every seed. "
              f"They were then asked for the domain test loss after finetuning at each larger budget of the whole set, "
              f"which the runs measured on seeds {', '.join(map(str, preset.get('seeds', [0])))} (the seed mean, "
-             f"+- its standard error). {fit_laws.choice_line(check)}. The repeat penalty fitted on the pilots places "
+             f"+- its standard error). {laws_report.choice_line(check)}. The repeat penalty fitted on the pilots places "
              f"the onset at {p['e0']:.3g} repeats of the whole set (E0_U = E0 (U / U_full)^{p['kappa']:.2f}, "
              f"penalty {p['c']:.3g} d^{p['gamma']:.2f} ln(E / E0_U)^2); the pilots reached {check['reach']:.3g}x their "
              f"onset. Goals: regret <= {GOAL_REGRET}%; every forecast within max({fit_laws.GOAL_ERROR_PCT:g}%, 2 standard "
@@ -394,27 +395,27 @@ def forecast_section(fit_results: dict, preset: dict) -> list[str]:
     for b in sorted(check["budgets"], key=lambda b: -b["tokens"]):  # the largest budget first: the headline
         keys = [by] + [k for k in fit_laws.AFTER if k != by]
         rows = [[f"{r['delta']:g}", f"{r['repeats']:.3g}" + (" (onset not observed)" if r["unobserved"] else ""),
-                 fit_laws.measured(r) + f" ({len(r['seeds'])})",
+                 laws_report.measured(r) + f" ({len(r['seeds'])})",
                  f"{max(fit_laws.GOAL_ERROR_PCT, 200 * (r['se_after'] or 0) / r['measured_after']):.2f}%"]
                 + [f"{r['forecast'][k]:.4f} ({r['error_pct'][k]:+.2f}%)" + ("" if r["within"][k] else " *") for k in keys]
                 + [f"{r['measured_before']:.4f}", f"{r['forecast']['law']:.4f} ({r['error_pct']['law']:+.2f}%)"]
                 for r in b["rows"]]
-        lines += [f"At {fit_laws.approx(b['tokens'])} tokens ({b['tokens'] / pilots:.0f}x the pilots):", ""]
+        lines += [f"At {laws_report.approx(b['tokens'])} tokens ({b['tokens'] / pilots:.0f}x the pilots):", ""]
         lines += table(["delta", "repeats", "measured after FT (seeds)", "goal"]
-                       + [f"forecast: {fit_laws.LABEL[k]}" for k in keys]
+                       + [f"forecast: {laws_report.LABEL[k]}" for k in keys]
                        + ["measured before FT", "forecast: paper's law"], rows) + [""]
         s = b["summary"][by]
         rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f}"
         tie = f" (a tie with {s['tie']:g}: their difference is within the forecast's own noise)" if s["tie"] is not None else ""
-        lines += [f"- {fit_laws.LABEL[by]}: recommends delta = {s['recommended']:g}{tie} (least expected regret over the "
-                  f"bootstrap); the best measured is {b['best_measured']:g}; regret {s['regret_pct']:.2f}% "
+        lines += [f"- {laws_report.LABEL[by]}: recommends delta = {s['recommended']:g}{tie} (least expected regret "
+                  f"over the bootstrap); the best measured is {b['best_measured']:g}; regret {s['regret_pct']:.2f}% "
                   f"({'met' if s['regret_pct'] <= GOAL_REGRET else 'not met'}: goal <= {GOAL_REGRET}%); "
                   f"{s['within']} of {len(b['rows'])} forecasts within their goal "
                   f"({'met' if s['within'] == len(b['rows']) else 'not met'}; * marks the others); largest error "
                   f"{s['max_abs_error_pct']:.2f}%; Spearman rank agreement {rho}."]
         if s["regret_pct"] > GOAL_REGRET or s["within"] < len(b["rows"]):
             lines += [why_missed(fit_results, b, by)]
-        lines += [f"- {fit_laws.LABEL[k]}: recommends {v['recommended']:g}, regret {v['regret_pct']:.2f}%, "
+        lines += [f"- {laws_report.LABEL[k]}: recommends {v['recommended']:g}, regret {v['regret_pct']:.2f}%, "
                   f"{v['within']} of {len(b['rows'])} within, largest error {v['max_abs_error_pct']:.2f}%."
                   for k, v in b["summary"].items() if k != by]
         lines += [f"- Seeds missing: {'; '.join(b['missing_seeds'])} (the mean is of those there)."] if b["missing_seeds"] else []
@@ -424,7 +425,7 @@ def forecast_section(fit_results: dict, preset: dict) -> list[str]:
                   "budget up to 4x larger, by the forecast that recommends there:", ""]
         lines += table(["fitted up to", "forecast at", "recommends by", "recommends", "best measured", "regret",
                         "within goal", "largest error"],
-                       [[fit_laws.approx(r["origin"]), fit_laws.approx(r["tokens"]), fit_laws.LABEL[r["by"]],
+                       [[laws_report.approx(r["origin"]), laws_report.approx(r["tokens"]), laws_report.LABEL[r["by"]],
                          f"{r['recommended']:g}" + (f" (tie: {r['tie']:g})" if r["tie"] is not None else ""),
                          f"{r['best_measured']:g}", f"{r['regret_pct']:.2f}%", f"{r['within']} of {r['deltas']}",
                          f"{r['max_abs_error_pct']:.2f}%"] for r in fit_results["rolling"]]) + [""]
@@ -533,7 +534,7 @@ def write_report(preset_name: str, preset: dict, out: str, eval_path: str, fit_p
                     "dom test bits/byte (pretrained)", "(after FT)"], rows) + [""]
 
     lines += ["## Scaling laws", "", "The fits on every pilot and budget (the forecast check above refits them on the "
-              "pilots alone):", "", "```", fit_laws.format_report({**fit_results, "check": None, "rolling": None}),
+              "pilots alone):", "", "```", laws_report.format_report({**fit_results, "check": None, "rolling": None}),
               "```", ""]
     for plot in fit_results["plots"]:
         shutil.copy(plot, os.path.join(results_dir, os.path.basename(plot)))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import fit_laws
+import laws_report
 
 TRUE = fit_laws.Params(A_train=1.0, b_train_s=-0.6, b_train_g=-0.3, b_gap_s=3.0, b_gap_g=-0.1,
                        a1=3.0, a2=1.0, a3=-2.0, k0=2.0, k1=0.15, k2=0.002, k3=0.5)
@@ -264,7 +265,14 @@ def test_cli_writes_json_and_plots_deterministically(world, results, tmp_path, c
                                   "--bootstrap", "3", "--candidates", "0,0.005,0.01,0.02,0.05,0.1,0.2",
                                   "--out", str(tmp_path / "again.json")])
     assert again["forecast"] == results["forecast"] and again["check"] == results["check"]
-    assert "Recommended domain_frac: 0.05" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Recommended domain_frac: 0.05" in printed
+    with open(tmp_path / "again.json") as f:  # the JSON alone remakes the report and every plot, byte for byte
+        saved = json.load(f)
+    assert laws_report.format_report(saved) + "\n" in printed
+    for plot, remade in zip(again["plots"], laws_report.plot_all(saved, str(tmp_path / "remade")), strict=True):
+        with open(plot, "rb") as f, open(remade, "rb") as g:
+            assert f.read() == g.read(), remade
 
 
 def test_a_negative_gap_is_flagged_only_when_it_is_significant():

@@ -121,7 +121,8 @@ def format_report(results: dict) -> str:
 
 
 def plot_all(results: dict, stem: str) -> list[str]:
-    """The four figures as {stem}_{name}.png; returns their paths."""
+    """The figures (curves, and repeats and check where the results have them, recommendation) as
+    {stem}_{name}.png; returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
